@@ -1,0 +1,24 @@
+# Two commands for a fresh machine: `make demo` (set up, then run the main job on the bundled
+# example: tiny model, CPU) and `make test` (set up, then run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO_FLAGS := --base-model tiny --device cpu --resolution 64 --train-steps 30 --num-samples 8 --sample-steps 20
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/realfill example runs/example-scene
+	$(BIN)/realfill fill runs/example-scene --out runs/example $(DEMO_FLAGS)
+
+test: setup
+	$(BIN)/python -m pytest

@@ -1,0 +1,191 @@
+"""Every default of the RealFill recipe, in one place.
+
+The CLI, the Ray jobs and the manifests read these dataclasses; nothing else restates a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-inpainting"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class TuneConfig:
+    """LoRA fine-tuning of the inpainting model on one scene (paper recipe by default)."""
+
+    resolution: int = 512
+    """Side of the square training crops, in pixels."""
+    train_steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Independent draws (with replacement) from refs + target per step."""
+    resize_max_scale: float = 576 / 512
+    """Augmentation: the short side is resized uniformly to [resolution, resolution * this], then cropped."""
+    lora_rank: int = 8
+    """LoRA rank r."""
+    lora_alpha: int = 16
+    """LoRA alpha (scale = alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA branch."""
+    unet_lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """UNet modules that get LoRA layers."""
+    text_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    """Text-encoder modules that get LoRA layers."""
+    unet_lr: float = 2e-4
+    """AdamW learning rate of the UNet LoRA (constant schedule)."""
+    text_lr: float = 4e-5
+    """AdamW learning rate of the text-encoder LoRA (constant schedule)."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    prompt: str = "a photo of sks"
+    """Training (and sampling) prompt."""
+    prompt_dropout: float = 0.1
+    """Probability that a draw's prompt is replaced by the empty prompt."""
+    mask_min_boxes: int = 1
+    """Random masks: fewest rectangles."""
+    mask_max_boxes: int = 29
+    """Random masks: most rectangles."""
+    mask_min_side: float = 0.03
+    """Random masks: smallest rectangle side, as a fraction of the resolution."""
+    mask_max_side: float = 0.25
+    """Random masks: rectangle sides are drawn from [min_side, max_side) * resolution."""
+    mask_invert_prob: float = 0.5
+    """Random masks: probability of inverting the rectangles (fill everything but them)."""
+    mask_full_prob: float = 0.1
+    """Random masks: probability of masking the whole image."""
+    mixed_precision: str = "auto"
+    """auto (bf16 where the GPU supports it, else fp16; fp32 on CPU), no, fp16 or bf16."""
+    gradient_checkpointing: str = "auto"
+    """auto (on with CUDA, off on CPU), on or off."""
+    checkpoint_every: int = 250
+    """Save a resumable checkpoint every this many steps (0 = never)."""
+
+    def __post_init__(self) -> None:
+        self.unet_lora_targets = tuple(self.unet_lora_targets)
+        self.text_lora_targets = tuple(self.text_lora_targets)
+        _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
+        _check(self.train_steps >= 1, "train_steps must be >= 1")
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(self.resize_max_scale >= 1.0, "resize_max_scale must be >= 1")
+        _check(self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank and lora_alpha must be positive")
+        _check(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
+        _check(self.unet_lr > 0 and self.text_lr >= 0, "learning rates must be positive")
+        _check(1 <= self.mask_min_boxes <= self.mask_max_boxes, "need 1 <= mask_min_boxes <= mask_max_boxes")
+        _check(0 < self.mask_min_side < self.mask_max_side <= 1, "need 0 < mask_min_side < mask_max_side <= 1")
+        for name in ("prompt_dropout", "mask_invert_prob", "mask_full_prob"):
+            _check(0 <= getattr(self, name) <= 1, f"{name} must be a probability")
+        _check(self.mixed_precision in ("auto", "no", "fp16", "bf16"), "mixed_precision: auto, no, fp16 or bf16")
+        _check(self.gradient_checkpointing in ("auto", "on", "off"), "gradient_checkpointing: auto, on or off")
+        _check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
+
+
+FAST_SAMPLING = {"scheduler": "dpm", "steps": 25}
+"""The fast preset: DPM-Solver++ in 25 steps instead of DDPM in 200."""
+
+
+@dataclass
+class SampleConfig:
+    """Sampling many seeds from the tuned model and compositing them into the target."""
+
+    resolution: int = 512
+    """Long side of the generated image; the short side follows the target's aspect (multiples of 8)."""
+    num_samples: int = 64
+    """Seeds per scene."""
+    steps: int = 200
+    """Denoising steps."""
+    scheduler: str = "ddpm"
+    """ddpm (paper) or dpm (DPM-Solver++, the fast preset)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance scale (1.0 = none, as in the paper)."""
+    batch_size: int = 8
+    """Seeds generated per forward pass."""
+    dilate_px: int = 4
+    """Compositing: the fill region is grown by this many native pixels ..."""
+    feather_px: int = 6
+    """... and then blended into the known pixels over this many more."""
+
+    def __post_init__(self) -> None:
+        _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
+        _check(self.num_samples >= 1, "num_samples must be >= 1")
+        _check(self.steps >= 1, "steps must be >= 1")
+        _check(self.scheduler in ("ddpm", "dpm"), "scheduler: ddpm or dpm")
+        _check(self.guidance_scale >= 1.0, "guidance_scale must be >= 1")
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(self.dilate_px >= 0 and self.feather_px >= 0, "dilate_px and feather_px must be >= 0")
+
+
+@dataclass
+class FillConfig:
+    """One complete RealFill run: which model, where it runs, and the stage configs."""
+
+    base_model: str = DEFAULT_BASE_MODEL
+    """tiny, a hub id, a local diffusers folder, or an fsspec URI to one."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+    seed: int = 0
+    """Seeds training; sample i uses seed + i."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Fine-tuning settings."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Sampling and compositing settings."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tune, dict):
+            self.tune = TuneConfig(**self.tune)
+        if isinstance(self.sample, dict):
+            self.sample = SampleConfig(**self.sample)
+        _check(self.device in ("auto", "cpu", "cuda"), "device: auto, cpu or cuda")
+        _check(bool(self.base_model), "base_model must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_key(config: Any) -> str:
+    """A short stable digest of a config dataclass (or dict), for cache keys and resume checks."""
+    payload = config if isinstance(config, dict) else dataclasses.asdict(config)
+    text = json.dumps(payload, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field, for CLI help."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = str(after.value.value)
+    return docs
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file of config fields (JSON is YAML, so one parser reads both)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read config ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: config must be a mapping of field names to values")
+    return data

@@ -1,0 +1,109 @@
+"""The stages of one scene as plain functions: tune, sample, record. `realfill fill` chains them on
+one machine; the Ray pipeline wraps the same functions as tasks and actors."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+from tqdm.auto import tqdm
+
+from realfill import manifest, storage
+from realfill.config import FillConfig, config_key
+from realfill.models import resolve_base_model
+from realfill.sample import Sampler, composite_sample
+from realfill.scene import Scene, load_scene
+from realfill.tune import ADAPTER_INFO, read_adapter_info, tune
+
+
+def run_key(config: FillConfig) -> str:
+    """Identifies a run's complete config: manifests, sample folders and resume checks use it."""
+    return config_key(config)
+
+
+def adapter_uri(out_uri: str, scene: Scene, config: FillConfig) -> str:
+    """Adapters are stored by what they were made from (scene content, tune config, seed, base model),
+    so any run that changes only sampling or ranking finds and reuses them."""
+    key = config_key({"scene": scene.fingerprint(), "tune": asdict(config.tune), "seed": config.seed,
+                      "base": config.base_model})
+    return storage.join(out_uri, "adapters", f"{scene.scene_id}-{key}")
+
+
+def tune_scene(scene: Scene, out_uri: str, config: FillConfig, show_progress: bool = True,
+               after_step=None) -> tuple[str, dict]:
+    """Train (or reuse, or resume) the scene's adapter; returns its URI and info."""
+    uri = adapter_uri(out_uri, scene, config)
+    if storage.exists(storage.join(uri, ADAPTER_INFO)):
+        return uri, read_adapter_info(uri)
+    info = tune(scene, resolve_base_model(config.base_model), config.tune, uri, seed=config.seed,
+                device=config.device, base_model=config.base_model, show_progress=show_progress,
+                after_step=after_step)
+    return uri, info
+
+
+def samples_uri(out_uri: str, scene_id: str, key: str) -> str:
+    return storage.join(out_uri, "samples", f"{scene_id}-{key}")
+
+
+def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, config: FillConfig,
+                 show_progress: bool = True) -> list[dict]:
+    """Generate, composite and store every seed of a scene; returns one manifest row per sample."""
+    sampler.use_adapter(adapter)
+    prompt = read_adapter_info(adapter)["config"]["prompt"]
+    key = run_key(config)
+    folder = samples_uri(out_uri, scene.scene_id, key)
+    seeds = [config.seed + index for index in range(config.sample.num_samples)]
+    height, width = scene.target.shape[:2]
+    rows = []
+    for seed, generated in tqdm(sampler.generate(scene, config.sample, seeds, prompt), total=len(seeds),
+                                desc=f"sample {scene.scene_id}", disable=not show_progress, leave=False):
+        uri = storage.join(folder, f"seed-{seed:05d}.png")
+        storage.write_png(uri, composite_sample(scene, generated, config.sample))
+        rows.append({"scene_id": scene.scene_id, "seed": seed, "uri": uri, "status": "ok", "error": None,
+                     "run_key": key, "width": width, "height": height})
+    return rows
+
+
+def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str | None = None,
+              adapter: str | None = None, num_samples: int = 0, tune_s: float | None = None,
+              sample_s: float | None = None) -> dict:
+    return {
+        "scene_id": scene_id, "scene_uri": scene_uri, "status": "failed" if error else "ok", "error": error,
+        "run_key": run_key(config), "adapter_uri": adapter, "num_samples": num_samples, "tune_s": tune_s,
+        "sample_s": sample_s, "config": json.dumps(config.to_dict(), sort_keys=True),
+    }
+
+
+def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sampler | None = None,
+               show_progress: bool = True) -> dict:
+    """Complete one scene end to end and write its manifest parts; returns its scene row.
+    Bad input or a failing stage is recorded in the row (status failed, error), never raised."""
+    scene_id = scene_uri.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    key = run_key(config)
+    samples: list[dict] = []
+    try:
+        scene = load_scene(scene_uri)
+        started = time.perf_counter()
+        adapter, _ = tune_scene(scene, out_uri, config, show_progress)
+        tuned = time.perf_counter()
+        sampler = sampler or Sampler(resolve_base_model(config.base_model), config.device)
+        samples = sample_scene(sampler, scene, adapter, out_uri, config, show_progress)
+        row = scene_row(scene_id, scene_uri, config, adapter=adapter, num_samples=len(samples),
+                        tune_s=tuned - started, sample_s=time.perf_counter() - tuned)
+    except Exception as exc:  # recorded per scene, so one bad scene never stops the others
+        row = scene_row(scene_id, scene_uri, config, error=describe(exc))
+    manifest.write_part(out_uri, "samples", samples, scene_id, key)
+    manifest.write_part(out_uri, "scenes", [row], scene_id, key)
+    return row
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the message alone for our own input errors, the type too for anything else."""
+    from realfill.models import ModelError
+    from realfill.scene import SceneError
+
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, (SceneError, ModelError)):
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

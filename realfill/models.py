@@ -1,0 +1,197 @@
+"""Base models: where they come from (tiny, hub id, local folder, fsspec URI), and which device and
+precision they run in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from realfill import storage
+
+TINY = "tiny"
+TINY_VERSION = "tiny-sd-inpaint-v1"
+HUB_FILES = [
+    "model_index.json",
+    "*/*.json",
+    "*/*.txt",
+    "*/diffusion_pytorch_model.safetensors",
+    "*/model.safetensors",
+]
+"""What is fetched of a hub model: configs, tokenizer files and safetensors weights, never pickles."""
+
+
+class ModelError(RuntimeError):
+    """The base model cannot be found or loaded; the message says how to provide it."""
+
+
+def cache_dir() -> Path:
+    """Where built and downloaded models live: $REALFILL_CACHE, else ~/.cache/realfill."""
+    return Path(os.environ.get("REALFILL_CACHE", Path.home() / ".cache" / "realfill"))
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but no CUDA GPU is visible to torch")
+    return torch.device(requested)
+
+
+def mixed_precision(device: torch.device, requested: str = "auto") -> str:
+    """fp32 ('no') on CPU; on CUDA bf16 where supported, else fp16, unless a mode is asked for."""
+    if device.type != "cuda":
+        return "no"
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+# --- the tiny model ---------------------------------------------------------------------------
+
+
+def _tiny_tokenizer_files() -> tuple[dict[str, int], list[str]]:
+    """A byte-level BPE vocabulary with no merges: every byte is a token, as in CLIP's alphabet."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = sorted(ByteLevel.alphabet())
+    tokens = alphabet + [char + "</w>" for char in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}, []
+
+
+def build_tiny_model(directory: str | Path) -> Path:
+    """Write a tiny random-weight SD inpainting pipeline (9-channel UNet, VAE with the real 8x
+    downsampling, CLIP text encoder and tokenizer), deterministic for a given library version."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    directory = Path(directory)
+    vocab, merges = _tiny_tokenizer_files()
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(scratch) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges))
+        tokenizer = CLIPTokenizer(
+            vocab=str(Path(scratch) / "vocab.json"), merges=str(Path(scratch) / "merges.txt"), model_max_length=77
+        )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=9,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 16, 16, 16),
+            norm_num_groups=8,
+            layers_per_block=1,
+            latent_channels=4,
+            sample_size=64,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                intermediate_size=37,
+                projection_dim=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=vocab["<|startoftext|>"],
+                eos_token_id=vocab["<|endoftext|>"],
+                pad_token_id=vocab["<|endoftext|>"],
+            )
+        )
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
+    )
+    pipeline = StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def _publish(build, destination: Path) -> Path:
+    """Build into a scratch folder beside destination, then rename: concurrent workers never see half a model."""
+    if (destination / "model_index.json").exists():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=destination.parent))
+    try:
+        build(scratch)
+        try:
+            scratch.rename(destination)
+        except OSError:
+            if not (destination / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return destination
+
+
+def tiny_model_path() -> Path:
+    return _publish(build_tiny_model, cache_dir() / "models" / TINY_VERSION)
+
+
+def _from_uri(uri: str) -> Path:
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if not storage.exists(storage.join(uri, "model_index.json")):
+        raise ModelError(f"{uri}: not a diffusers model folder (no model_index.json)")
+    return _publish(lambda scratch: storage.download_dir(uri, scratch), cache_dir() / "models" / f"uri-{key}")
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as exc:  # the hub client raises many types for "offline", "gated", "missing"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"base model '{repo_id}' is not available here ({reason}). On a machine with internet run "
+            f"`huggingface-cli download {repo_id}` and copy the folder over, then pass --base-model FOLDER "
+            f"(or an s3://, gs:// URI to it); `--base-model tiny` runs without any weights."
+        ) from None
+
+
+def resolve_base_model(name: str) -> Path:
+    """A local diffusers folder for tiny, a local path, an fsspec URI or a hub id."""
+    if name == TINY:
+        return tiny_model_path()
+    if "://" in name and not name.startswith("file://"):
+        return _from_uri(name)
+    local = Path(name.removeprefix("file://")).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").exists():
+            raise ModelError(f"{local}: not a diffusers model folder (no model_index.json)")
+        return local
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelError(f"{name}: no such model folder, and not a hub id of the form owner/name")
+    return _from_hub(name)

@@ -1,0 +1,121 @@
+"""Sampling many seeds from a tuned model and compositing them into the target (RealFill, step 2).
+
+A Sampler holds the base pipeline once and swaps scene adapters in and out, so one process (or one
+Ray actor) serves many scenes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from realfill import storage
+from realfill.config import SampleConfig
+from realfill.masks import composite, composite_alpha
+from realfill.models import mixed_precision, pick_device, torch_dtype
+from realfill.scene import Scene
+
+ADAPTER_NAME = "scene"
+
+
+def sample_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(height, width) with the long side = resolution and the target's aspect, multiples of 8."""
+    scale = resolution / max(height, width)
+    return (max(8, round(height * scale / 8) * 8), max(8, round(width * scale / 8) * 8))
+
+
+def resize_inputs(scene: Scene, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Target and hole at generation size; the hole keeps every pixel the native hole touches."""
+    height, width = size
+    target = cv2.resize(scene.target, (width, height), interpolation=cv2.INTER_AREA)
+    hole = cv2.resize(scene.mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA) > 0
+    return target, hole
+
+
+def make_scheduler(kind: str, base_config):
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    if kind == "dpm":
+        return DPMSolverMultistepScheduler.from_config(base_config, algorithm_type="dpmsolver++")
+    return DDPMScheduler.from_config(base_config)
+
+
+class Sampler:
+    """The base inpainting pipeline, loaded once, with at most one scene adapter active."""
+
+    def __init__(self, base_path: str | Path, device: str = "auto"):
+        from diffusers import StableDiffusionInpaintPipeline
+
+        self.device = pick_device(device)
+        self.dtype = torch_dtype(mixed_precision(self.device))
+        self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(
+            base_path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
+            requires_safety_checker=False,
+        ).to(self.device)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.base_scheduler_config = self.pipeline.scheduler.config
+        self.adapter_uri: str | None = None
+
+    def use_adapter(self, adapter_uri: str | None) -> None:
+        """Swap in a scene's LoRA adapter (None = the bare base model)."""
+        if adapter_uri == self.adapter_uri:
+            return
+        if self.adapter_uri is not None:
+            self.pipeline.unload_lora_weights()
+            self.adapter_uri = None
+        if adapter_uri is not None:
+            with tempfile.TemporaryDirectory() as scratch:
+                storage.download_dir(adapter_uri, scratch)
+                self.pipeline.load_lora_weights(scratch, adapter_name=ADAPTER_NAME)
+            self.adapter_uri = adapter_uri
+
+    @torch.no_grad()
+    def conditioning_latents(self, target: np.ndarray, hole: np.ndarray) -> torch.Tensor:
+        """VAE latents of the known pixels (hole zeroed), as in training: deterministic, once per scene."""
+        pixels = torch.from_numpy(target).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        keep = torch.from_numpy(~hole)[None, None].float()
+        pixels = (pixels * keep).to(self.device, self.dtype)
+        vae = self.pipeline.vae
+        return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def generate(self, scene: Scene, config: SampleConfig, seeds: list[int], prompt: str) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (seed, raw generated image at generation size) for each seed, batch by batch.
+
+        Each seed has its own CPU generator, so its image does not depend on the batch it was in."""
+        size = sample_size(*scene.target.shape[:2], config.resolution)
+        target, hole = resize_inputs(scene, size)
+        latents = self.conditioning_latents(target, hole)
+        self.pipeline.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
+        image, mask = Image.fromarray(target), Image.fromarray(hole.astype(np.uint8) * 255)
+        for start in range(0, len(seeds), config.batch_size):
+            chunk = seeds[start : start + config.batch_size]
+            output = self.pipeline(
+                prompt=[prompt] * len(chunk),
+                image=image,
+                mask_image=mask,
+                masked_image_latents=latents,
+                height=size[0],
+                width=size[1],
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                generator=[torch.Generator("cpu").manual_seed(seed) for seed in chunk],
+                output_type="np",
+            )
+            for seed, generated in zip(chunk, output.images):
+                yield seed, np.clip(np.rint(generated * 255.0), 0, 255).astype(np.uint8)
+
+
+def composite_sample(scene: Scene, generated: np.ndarray, config: SampleConfig) -> np.ndarray:
+    """The generated image resized to the target's native size and blended in with a feathered mask;
+    pixels outside the feather band keep the target's exact bytes."""
+    height, width = scene.target.shape[:2]
+    native = cv2.resize(generated, (width, height), interpolation=cv2.INTER_CUBIC)
+    alpha = composite_alpha(scene.mask, config.dilate_px, config.feather_px)
+    return composite(scene.target, native, alpha)

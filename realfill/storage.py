@@ -1,0 +1,97 @@
+"""Reading and writing through fsspec, so every stage works on local paths, s3://, gs:// and memory://."""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+from fsspec.core import url_to_fs
+from PIL import Image
+
+
+def is_local(uri: str) -> bool:
+    fs, _ = url_to_fs(str(uri))
+    return "file" in _protocols(fs)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI or a local path, keeping its protocol."""
+    uri = str(uri)
+    if "://" in uri:
+        return posixpath.join(uri, *parts)
+    return os.path.join(uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = url_to_fs(str(uri))
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = url_to_fs(str(uri))
+    with fs.open(path, "rb") as handle:
+        return handle.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a file so that no reader ever sees it half-written: a hidden temporary name, then a move."""
+    fs, path = url_to_fs(str(uri))
+    parent = posixpath.dirname(path) if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    temporary = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    with fs.open(temporary, "wb") as handle:
+        handle.write(data)
+    fs.mv(temporary, path)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Entry names (not paths) directly under a folder URI, sorted."""
+    fs, path = url_to_fs(str(uri))
+    return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = url_to_fs(str(uri))
+    return fs.isdir(path)
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local folder's files to a URI, each file written atomically."""
+    local_dir = Path(local_dir)
+    for file in sorted(local_dir.rglob("*")):
+        if file.is_file():
+            write_bytes(join(uri, *file.relative_to(local_dir).parts), file.read_bytes())
+
+
+def download_dir(uri: str, local_dir: str | Path) -> None:
+    fs, path = url_to_fs(str(uri))
+    local_dir = Path(local_dir)
+    for remote in fs.find(path):
+        relative = posixpath.relpath(remote, path)
+        if any(part.startswith(".tmp-") for part in relative.split("/")):
+            continue
+        destination = local_dir / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open(remote, "rb") as handle:
+            destination.write_bytes(handle.read())
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_png(uri: str, image: np.ndarray) -> None:
+    write_bytes(uri, encode_png(image))

@@ -1,0 +1,360 @@
+"""LoRA fine-tuning of an inpainting model on one scene (RealFill, step 1).
+
+Read top to bottom: load the models, add LoRA, then per step draw a batch (`make_batch`),
+compute the weighted epsilon loss (`training_loss`), step the optimizer, and checkpoint.
+Every step's randomness is derived from (seed, step), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from realfill import storage
+from realfill.config import TuneConfig, config_key
+from realfill.masks import draw_mask, render_mask
+from realfill.models import mixed_precision, pick_device, torch_dtype
+from realfill.scene import Scene
+
+ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
+ADAPTER_INFO = "realfill_adapter.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor
+    """B x 3 x R x R images in [-1, 1]."""
+    mask: torch.Tensor
+    """B x 1 x R x R conditioning mask, 1 = to generate (random mask, plus the target's hole)."""
+    unknown: torch.Tensor
+    """B x 1 x R x R, 1 where the pixel is unknown (the target's hole): no loss there."""
+    prompts: list[str]
+
+
+@dataclass
+class Models:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    noise_scheduler: object
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def augment(image: np.ndarray, unknown: np.ndarray, resolution: int, max_scale: float,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Joint random resize (short side to [res, res * max_scale]) and random crop to res x res."""
+    height, width = image.shape[:2]
+    short = rng.uniform(resolution, resolution * max_scale)
+    scale = short / min(height, width)
+    new_h, new_w = max(resolution, round(height * scale)), max(resolution, round(width * scale))
+    image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    unknown = cv2.resize(unknown.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+    top = int(rng.integers(0, new_h - resolution + 1))
+    left = int(rng.integers(0, new_w - resolution + 1))
+    window = (slice(top, top + resolution), slice(left, left + resolution))
+    return image[window], unknown[window].astype(bool)
+
+
+def make_batch(scene: Scene, config: TuneConfig, rng: np.random.Generator) -> Batch:
+    """batch_size independent draws, with replacement, from the references and the target."""
+    images = [*scene.refs, scene.target]
+    unknowns = [np.zeros(ref.shape[:2], bool) for ref in scene.refs] + [scene.mask]
+    pixels, masks, unknown_masks, prompts = [], [], [], []
+    for _ in range(config.batch_size):
+        index = int(rng.integers(len(images)))
+        image, unknown = augment(images[index], unknowns[index], config.resolution, config.resize_max_scale, rng)
+        mask = np.maximum(render_mask(draw_mask(rng, config.resolution, config), config.resolution), unknown)
+        pixels.append(image.astype(np.float32) / 127.5 - 1.0)
+        masks.append(mask)
+        unknown_masks.append(unknown.astype(np.float32))
+        prompts.append("" if rng.random() < config.prompt_dropout else config.prompt)
+    return Batch(
+        pixels=torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(),
+        mask=torch.from_numpy(np.stack(masks))[:, None],
+        unknown=torch.from_numpy(np.stack(unknown_masks))[:, None],
+        prompts=prompts,
+    )
+
+
+def load_models(base_path: str | Path) -> Models:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return Models(
+        tokenizer=CLIPTokenizer.from_pretrained(base_path, subfolder="tokenizer"),
+        text_encoder=CLIPTextModel.from_pretrained(base_path, subfolder="text_encoder", use_safetensors=True),
+        vae=AutoencoderKL.from_pretrained(base_path, subfolder="vae", use_safetensors=True),
+        unet=UNet2DConditionModel.from_pretrained(base_path, subfolder="unet", use_safetensors=True),
+        noise_scheduler=DDPMScheduler.from_pretrained(base_path, subfolder="scheduler"),
+    )
+
+
+def add_lora(models: Models, config: TuneConfig) -> None:
+    from peft import LoraConfig
+
+    for module, targets in ((models.unet, config.unet_lora_targets), (models.text_encoder, config.text_lora_targets)):
+        module.requires_grad_(False)
+        module.add_adapter(
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                init_lora_weights="gaussian",
+                target_modules=list(targets),
+            )
+        )
+    models.vae.requires_grad_(False)
+
+
+def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [parameter for parameter in module.parameters() if parameter.requires_grad]
+
+
+def encode_prompts(models: Models, prompts: list[str], device: torch.device) -> torch.Tensor:
+    ids = models.tokenizer(
+        prompts, padding="max_length", max_length=models.tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return models.text_encoder(ids.to(device))[0]
+
+
+def unknown_latent_weight(unknown: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """Loss weight per latent: 0 on any latent that sees an unknown pixel (plus a one-latent margin,
+    since the VAE's receptive field spreads past its own 8x8 cell), 1 elsewhere."""
+    touched = F.adaptive_max_pool2d(unknown, latent_size)
+    return 1.0 - F.max_pool2d(touched, kernel_size=3, stride=1, padding=1)
+
+
+def training_loss(models: Models, batch: Batch, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Weighted epsilon (or v) MSE of the inpainting UNet on one batch."""
+    pixels = batch.pixels.to(device, dtype)
+    mask = batch.mask.to(device, dtype)
+    scaling = models.vae.config.scaling_factor
+    with torch.no_grad():
+        latents = models.vae.encode(pixels).latent_dist.sample() * scaling
+        conditioning = models.vae.encode(pixels * (1.0 - mask)).latent_dist.mode() * scaling
+    latent_size = tuple(latents.shape[-2:])
+    mask_latent = F.interpolate(mask, size=latent_size)
+    weight = unknown_latent_weight(batch.unknown.to(device, torch.float32), latent_size)
+
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(
+        0, models.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device
+    ).long()
+    noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
+    hidden = encode_prompts(models, batch.prompts, device)
+    prediction = models.unet(torch.cat([noisy, mask_latent, conditioning], dim=1), timesteps, hidden).sample
+    if models.noise_scheduler.config.prediction_type == "v_prediction":
+        goal = models.noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        goal = noise
+    squared = (prediction.float() - goal.float()) ** 2 * weight
+    return squared.sum() / (weight.sum() * squared.shape[1]).clamp_min(1.0)
+
+
+# --- checkpoints: LoRA weights, AdamW moments and progress, all as safetensors + JSON -------------
+
+
+def _lora_state(models: Models) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    state = {}
+    for prefix, module in (("unet.", models.unet), ("text_encoder.", models.text_encoder)):
+        for name, tensor in get_peft_model_state_dict(module, save_embedding_layers=False).items():
+            state[prefix + name] = tensor.detach().float().cpu().contiguous()
+    return state
+
+
+def _restore_lora(models: Models, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    for prefix, module in (("unet.", models.unet), ("text_encoder.", models.text_encoder)):
+        own = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+        set_peft_model_state_dict(module, own)
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {
+        f"{index}.{name}": value.detach().cpu().contiguous()
+        for index, entries in optimizer.state_dict()["state"].items()
+        for name, value in entries.items()
+    }
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def save_checkpoint(uri: str, models: Models, optimizer, progress: dict) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        save_file(_lora_state(models), f"{scratch}/lora.safetensors")
+        save_file(_optimizer_state(optimizer), f"{scratch}/optimizer.safetensors")
+        storage.upload_dir(scratch, uri)
+    storage.write_bytes(storage.join(uri, "progress.json"), json.dumps(progress).encode())
+
+
+def load_checkpoint(uri: str, key: str, models: Models, optimizer) -> dict | None:
+    """The saved progress if a checkpoint of this very run exists (same config key), else None."""
+    progress_uri = storage.join(uri, "progress.json")
+    if not storage.exists(progress_uri):
+        return None
+    progress = json.loads(storage.read_bytes(progress_uri))
+    if progress.get("key") != key:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        storage.download_dir(uri, scratch)
+        _restore_lora(models, load_file(f"{scratch}/lora.safetensors"))
+        _restore_optimizer(optimizer, load_file(f"{scratch}/optimizer.safetensors"))
+    return progress
+
+
+# --- the adapter ----------------------------------------------------------------------------------
+
+
+def save_adapter(uri: str, models: Models, info: dict) -> None:
+    """Diffusers LoRA format (loadable by `pipeline.load_lora_weights`) plus a JSON of how it was made."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import get_peft_model_state_dict
+
+    layers = {
+        name: convert_state_dict_to_diffusers(get_peft_model_state_dict(module, save_embedding_layers=False))
+        for name, module in (("unet", models.unet), ("text_encoder", models.text_encoder))
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        StableDiffusionInpaintPipeline.save_lora_weights(
+            scratch,
+            unet_lora_layers=layers["unet"],
+            text_encoder_lora_layers=layers["text_encoder"],
+            unet_lora_adapter_metadata=models.unet.peft_config["default"].to_dict(),
+            text_encoder_lora_adapter_metadata=models.text_encoder.peft_config["default"].to_dict(),
+        )
+        storage.upload_dir(scratch, uri)
+    storage.write_bytes(storage.join(uri, ADAPTER_INFO), json.dumps(info, indent=2).encode())
+
+
+def read_adapter_info(uri: str) -> dict:
+    return json.loads(storage.read_bytes(storage.join(uri, ADAPTER_INFO)))
+
+
+def tune(
+    scene: Scene,
+    base_path: str | Path,
+    config: TuneConfig,
+    out_uri: str,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    base_model: str | None = None,
+    show_progress: bool = True,
+    after_step: Callable[[int], None] | None = None,
+) -> dict:
+    """Fine-tune LoRA on one scene and write the adapter to out_uri; resumes from out_uri/checkpoint.
+
+    after_step(step) runs after each optimizer step (progress reporting, fault injection in tests).
+    Returns the adapter info that is also written next to the weights.
+    """
+    from accelerate import Accelerator
+
+    started = time.perf_counter()
+    torch_device = pick_device(device)
+    precision = mixed_precision(torch_device, config.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=torch_device.type == "cpu")
+    weight_dtype = torch_dtype(precision)
+
+    models = load_models(base_path)
+    torch.manual_seed(seed)  # the LoRA A matrices start random: seed them too
+    add_lora(models, config)
+    for module in (models.vae, models.unet, models.text_encoder):
+        module.to(accelerator.device)
+        if weight_dtype != torch.float32:  # frozen weights in half precision, LoRA weights stay fp32
+            module.to(dtype=weight_dtype)
+    for module in (models.unet, models.text_encoder):
+        for parameter in lora_parameters(module):
+            parameter.data = parameter.data.float()
+    checkpointing = config.gradient_checkpointing == "on" or (
+        config.gradient_checkpointing == "auto" and torch_device.type == "cuda"
+    )
+    if checkpointing:
+        models.unet.enable_gradient_checkpointing()
+        models.text_encoder.gradient_checkpointing_enable()
+
+    unet_params, text_params = lora_parameters(models.unet), lora_parameters(models.text_encoder)
+    optimizer = torch.optim.AdamW(
+        [{"params": unet_params, "lr": config.unet_lr}, {"params": text_params, "lr": config.text_lr}],
+        weight_decay=config.weight_decay,
+    )
+    models.unet, models.text_encoder, optimizer = accelerator.prepare(models.unet, models.text_encoder, optimizer)
+    models.unet.train()
+    models.text_encoder.train()
+
+    key = config_key({"tune": asdict(config), "seed": seed, "scene": scene.fingerprint(), "base": str(base_model)})
+    checkpoint_uri = storage.join(out_uri, CHECKPOINT_DIR)
+    progress = load_checkpoint(checkpoint_uri, key, models, optimizer) or {"key": key, "step": 0, "losses": []}
+    load_seconds = time.perf_counter() - started
+
+    bar = tqdm(total=config.train_steps, initial=progress["step"], desc=f"tune {scene.scene_id}",
+               disable=not show_progress, leave=False)
+    train_started = time.perf_counter()
+    for step in range(progress["step"], config.train_steps):
+        torch.manual_seed(step_seed(seed, step))
+        batch = make_batch(scene, config, np.random.default_rng([seed, step]))
+        with accelerator.autocast():
+            loss = training_loss(models, batch, accelerator.device, weight_dtype)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(unet_params + text_params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        progress["losses"].append(float(loss.detach()))
+        progress["step"] = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{progress['losses'][-1]:.4f}")
+        if config.checkpoint_every and progress["step"] % config.checkpoint_every == 0:
+            save_checkpoint(checkpoint_uri, models, optimizer, progress)
+        if after_step is not None:
+            after_step(progress["step"])
+    bar.close()
+
+    models.unet = accelerator.unwrap_model(models.unet)
+    models.text_encoder = accelerator.unwrap_model(models.text_encoder)
+    info = {
+        "format": 1,
+        "scene_id": scene.scene_id,
+        "scene_fingerprint": scene.fingerprint(),
+        "base_model": base_model,
+        "seed": seed,
+        "key": key,
+        "config": asdict(config),
+        "device": str(torch_device),
+        "mixed_precision": precision,
+        "gradient_checkpointing": checkpointing,
+        "losses": progress["losses"],
+        "timings": {
+            "load_s": round(load_seconds, 3),
+            "train_s": round(time.perf_counter() - train_started, 3),
+            "total_s": round(time.perf_counter() - started, 3),
+        },
+    }
+    save_adapter(out_uri, models, info)
+    return info

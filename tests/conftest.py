@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny random-weight model built in code, small scenes written in code, and the
+real RealBench-layout photos from $REALFILL_SCENES (skipped, with the reason shown, when unset)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realfill.config import FillConfig, SampleConfig, TuneConfig
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Every test session builds its own tiny model, through the same cache code users run."""
+    cache = tmp_path_factory.mktemp("realfill-cache")
+    previous = os.environ.get("REALFILL_CACHE")
+    os.environ["REALFILL_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield cache
+    if previous is None:
+        os.environ.pop("REALFILL_CACHE", None)
+    else:
+        os.environ["REALFILL_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache) -> Path:
+    from realfill.models import tiny_model_path
+
+    return tiny_model_path()
+
+
+@pytest.fixture(scope="session")
+def scenes_root() -> Path:
+    root = os.environ.get("REALFILL_SCENES")
+    if not root:
+        pytest.skip("REALFILL_SCENES is not set: point it at a RealBench-layout scenes folder to run this test")
+    return Path(root)
+
+
+def write_scene(root: Path, *, size=(96, 64), refs=2, hole_value=0, seed=0, ref_size=(120, 80)) -> Path:
+    """A small synthetic scene: textured target with a rectangular hole, and shifted references."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    world = rng.integers(0, 256, (height * 2, width * 2, 3), dtype=np.uint8)
+    world = np.asarray(Image.fromarray(world).resize((width * 4, height * 4), Image.NEAREST))
+    target = world[:height, :width].copy()
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4 : height // 2, width // 3 : 2 * width // 3] = 255
+    gt = target.copy()
+    target[mask > 0] = hole_value
+    (root / "target").mkdir(parents=True, exist_ok=True)
+    (root / "ref").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(target).save(root / "target" / "target.png")
+    Image.fromarray(mask).save(root / "target" / "mask.png")
+    Image.fromarray(gt).save(root / "target" / "gt.png")
+    for index in range(refs):
+        top, left = 4 * (index + 1), 6 * (index + 1)
+        crop = world[top : top + ref_size[1], left : left + ref_size[0]]
+        Image.fromarray(crop).save(root / "ref" / f"{index:02d}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture
+def scene_dir(tmp_path) -> Path:
+    return write_scene(tmp_path / "synthetic")
+
+
+def tiny_config(**tune_overrides) -> FillConfig:
+    """The smallest config that still exercises every code path."""
+    tune = dict(resolution=64, train_steps=2, batch_size=2, checkpoint_every=0)
+    tune.update(tune_overrides)
+    return FillConfig(
+        base_model="tiny",
+        device="cpu",
+        tune=TuneConfig(**tune),
+        sample=SampleConfig(resolution=64, num_samples=3, steps=2, batch_size=2),
+    )
+
+
+def copy_scene(source: Path, destination: Path) -> Path:
+    shutil.copytree(source, destination)
+    return destination

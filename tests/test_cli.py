@@ -1,0 +1,78 @@
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+
+from conftest import write_scene
+from realfill import manifest
+from realfill.cli import build_config, main, make_parser
+from realfill.masks import composite_alpha
+from realfill.scene import load_scene
+
+TINY_FLAGS = ["--base-model", "tiny", "--device", "cpu", "--resolution", "64", "--train-steps", "2",
+              "--batch-size", "2", "--num-samples", "3", "--sample-steps", "2", "--quiet"]
+
+
+def test_fill_end_to_end_on_real_scenes(tmp_path, scenes_root):
+    out = tmp_path / "out"
+    for name in ("realfill_flowerwoman", "opensfm_berlin_dom"):  # RGBA with white hole; RGB with black hole
+        assert main(["fill", str(scenes_root / name), "--out", str(out), *TINY_FLAGS]) == 0
+
+    samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
+    scenes = ds.dataset(out / "manifest" / "scenes", format="parquet").to_table().to_pylist()
+    assert sorted(row["scene_id"] for row in scenes) == ["opensfm_berlin_dom", "realfill_flowerwoman"]
+    assert all(row["status"] == "ok" and row["error"] is None and row["num_samples"] == 3 for row in scenes)
+    assert len(samples) == 6 and {row["seed"] for row in samples} == {0, 1, 2}
+    for row in samples:
+        scene = load_scene(str(scenes_root / row["scene_id"]))
+        image = np.asarray(Image.open(row["uri"]))
+        assert image.shape == scene.target.shape == (512, 512, 3)
+        untouched = composite_alpha(scene.mask, 4, 6) == 0
+        np.testing.assert_array_equal(image[untouched], scene.target[untouched])
+    adapter = scenes[0]["adapter_uri"]
+    assert (tmp_path / "out" / "adapters").exists() and adapter.startswith(str(out))
+
+
+def test_bad_scene_exits_non_zero_with_one_line(tmp_path, capsys):
+    scene = write_scene(tmp_path / "broken")
+    Image.new("L", (96, 64), 0).save(scene / "target" / "mask.png")
+    assert main(["fill", str(scene), "--out", str(tmp_path / "out"), *TINY_FLAGS]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "mask.png" in error and "empty" in error
+    rows = manifest.read_table(str(tmp_path / "out"), "scenes").to_pylist()
+    assert rows[0]["status"] == "failed" and "mask.png" in rows[0]["error"]
+
+
+def test_config_file_then_flags(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("train-steps: 7\nresolution: 128\nfast: true\ntune:\n  lora_rank: 4\n")
+    args = make_parser().parse_args(["fill", "scene", "--out", "o", "--config", str(config_file),
+                                     "--resolution", "64"])
+    config = build_config(args)
+    assert config.tune.train_steps == 7 and config.tune.lora_rank == 4
+    assert config.tune.resolution == config.sample.resolution == 64
+    assert (config.sample.scheduler, config.sample.steps) == ("dpm", 25)
+    config_file.write_text('{"train_stepz": 7}')
+    with pytest.raises(ValueError, match="train_stepz"):
+        build_config(make_parser().parse_args(["fill", "s", "--out", "o", "--config", str(config_file)]))
+
+
+def test_fill_writes_to_a_memory_uri(tmp_path):
+    scene = write_scene(tmp_path / "scene", refs=1)
+    assert main(["fill", str(scene), "--out", "memory://runs/one", *TINY_FLAGS]) == 0
+    samples = manifest.read_table("memory://runs/one", "samples")
+    assert samples.num_rows == 3 and all(uri.startswith("memory://") for uri in samples.column("uri").to_pylist())
+
+
+def test_console_script_runs_the_bundled_example(tmp_path):
+    """The README's first command, as a user runs it: a separate process, through the console script."""
+    realfill = [sys.executable, "-m", "realfill.cli"]
+    subprocess.run([*realfill, "example", str(tmp_path / "example")], check=True)
+    result = subprocess.run([*realfill, "fill", str(tmp_path / "example"), "--out", str(tmp_path / "out"),
+                             *TINY_FLAGS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "3 samples" in result.stdout
+    assert manifest.read_table(str(tmp_path / "out"), "samples").num_rows == 3

@@ -1,0 +1,47 @@
+import fsspec
+import pytest
+from safetensors.torch import load_file
+
+from realfill import storage
+from realfill.models import ModelError, build_tiny_model, mixed_precision, pick_device, resolve_base_model
+
+
+def test_tiny_model_is_deterministic_and_safetensors_only(tmp_path, tiny_model):
+    again = build_tiny_model(tmp_path / "again")
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors"):
+        first, second = load_file(tiny_model / part), load_file(again / part)
+        assert first.keys() == second.keys() and all((first[k] == second[k]).all() for k in first)
+    assert not list(tiny_model.rglob("*.bin")) and not list(tiny_model.rglob("*.pt"))
+
+
+def test_resolve_local_folder_and_fsspec_uri(tiny_model):
+    assert resolve_base_model(str(tiny_model)) == tiny_model
+    assert resolve_base_model("tiny") == tiny_model
+    memory = fsspec.filesystem("memory")
+    for file in tiny_model.rglob("*"):
+        if file.is_file():
+            memory.pipe(f"/models/tiny/{file.relative_to(tiny_model).as_posix()}", file.read_bytes())
+    copied = resolve_base_model("memory://models/tiny")
+    assert (copied / "unet" / "config.json").read_bytes() == (tiny_model / "unet" / "config.json").read_bytes()
+
+
+def test_missing_models_say_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="huggingface-cli download"):
+        resolve_base_model("stabilityai/stable-diffusion-2-inpainting")
+    with pytest.raises(ModelError, match="model_index.json"):
+        resolve_base_model(str(tmp_path))
+    with pytest.raises(ModelError, match="not a diffusers model folder"):
+        resolve_base_model("memory://nothing/here")
+
+
+def test_device_and_precision_follow_the_hardware():
+    import torch
+
+    device = pick_device("auto")
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert mixed_precision(torch.device("cpu"), "bf16") == "no"
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            pick_device("cuda")

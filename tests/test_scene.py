@@ -1,0 +1,102 @@
+import io
+import shutil
+
+import cv2
+import fsspec
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_scene
+from realfill.scene import SceneError, list_scenes, load_scene, read_image
+
+
+def test_every_shared_scene_loads(scenes_root):
+    uris = list_scenes(str(scenes_root))
+    assert len(uris) >= 10
+    for uri in uris:
+        scene = load_scene(uri)
+        assert scene.target.dtype == np.uint8 and scene.target.shape[2] == 3
+        assert scene.mask.shape == scene.target.shape[:2] and scene.mask.any() and not scene.mask.all()
+        assert scene.refs and all(ref.ndim == 3 and ref.shape[2] == 3 for ref in scene.refs)
+        assert (scene.target[scene.mask] == 0).all(), "hole pixels must never be used"
+
+
+def test_rgba_scene_with_white_hole(scenes_root):
+    scene = load_scene(str(scenes_root / "realfill_flowerwoman"))
+    raw_mask = np.asarray(Image.open(scenes_root / "realfill_flowerwoman" / "target" / "mask.png"))
+    assert raw_mask.shape[2] == 4
+    np.testing.assert_array_equal(scene.mask, raw_mask[..., 0] > 127)
+    raw_target = np.asarray(Image.open(scenes_root / "realfill_flowerwoman" / "target" / "target.png"))
+    np.testing.assert_array_equal(scene.target[~scene.mask], raw_target[..., :3][~scene.mask])
+    assert len(scene.refs) == 3 and scene.gt is None
+
+
+def _break(scene, how):
+    target_dir = scene / "target"
+    if how == "missing target":
+        (target_dir / "target.png").unlink()
+        return "target.png", "not found"
+    if how == "missing mask":
+        (target_dir / "mask.png").unlink()
+        return "mask.png", "not found"
+    if how == "no refs":
+        shutil.rmtree(scene / "ref")
+        (scene / "ref").mkdir()
+        (scene / "ref" / "notes.txt").write_text("not an image")
+        return "ref", "no reference images"
+    if how == "mask size":
+        Image.new("L", (10, 10), 255).save(target_dir / "mask.png")
+        return "mask.png", "10x10"
+    if how == "empty mask":
+        Image.new("L", (96, 64), 0).save(target_dir / "mask.png")
+        return "mask.png", "empty"
+    if how == "unreadable target":
+        (target_dir / "target.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        return "target.png", "unreadable"
+    if how == "unreadable ref":
+        (scene / "ref" / "01.jpg").write_bytes(b"not a jpeg at all")
+        return "01.jpg", "unreadable"
+    raise AssertionError(how)
+
+
+BAD = ["missing target", "missing mask", "no refs", "mask size", "empty mask", "unreadable target", "unreadable ref"]
+
+
+@pytest.mark.parametrize("how", BAD)
+def test_bad_scene_fails_with_one_line_naming_the_file(tmp_path, how):
+    scene = write_scene(tmp_path / "bad")
+    filename, words = _break(scene, how)
+    with pytest.raises(SceneError) as caught:
+        load_scene(str(scene))
+    message = str(caught.value)
+    assert "\n" not in message and filename in message and words in message
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(np.zeros((30, 60, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_image(str(tmp_path / "rotated.jpg")).shape == (60, 30, 3)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "grey16.png"), values)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), np.stack([values] * 3, axis=-1))
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    assert read_image(str(tmp_path / "grey16.png"), mode="L").tolist() == [[0, 128, 255]]
+    assert read_image(str(tmp_path / "rgb16.png"))[..., 0].tolist() == [[0, 128, 255]]
+
+
+def test_scene_loads_from_an_fsspec_uri(tmp_path):
+    local = write_scene(tmp_path / "local", refs=1)
+    memory = fsspec.filesystem("memory")
+    for file in local.rglob("*"):
+        if file.is_file():
+            memory.pipe(f"/scenes/remote/{file.relative_to(local).as_posix()}", file.read_bytes())
+    scene = load_scene("memory://scenes/remote")
+    assert scene.scene_id == "remote" and len(scene.refs) == 1
+    np.testing.assert_array_equal(scene.target, load_scene(str(local)).target)
+    assert list_scenes("memory://scenes") == ["memory://scenes/remote"]

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config, write_scene
+from realfill.config import TuneConfig
+from realfill.scene import load_scene
+from realfill.tune import (
+    add_lora,
+    load_models,
+    lora_parameters,
+    make_batch,
+    read_adapter_info,
+    save_adapter,
+    training_loss,
+    tune,
+    unknown_latent_weight,
+)
+
+CPU = torch.device("cpu")
+
+
+def loss_and_grads(models, scene, config, seed=3):
+    torch.manual_seed(seed)
+    batch = make_batch(scene, config, np.random.default_rng(seed))
+    for module in (models.unet, models.text_encoder):
+        module.zero_grad(set_to_none=True)
+    loss = training_loss(models, batch, CPU, torch.float32)
+    loss.backward()
+    grads = [p.grad.clone() for m in (models.unet, models.text_encoder) for p in lora_parameters(m)]
+    return batch, loss.item(), grads
+
+
+@pytest.fixture
+def lora_models(tiny_model):
+    models = load_models(tiny_model)
+    add_lora(models, TuneConfig(lora_dropout=0.0))
+    return models
+
+
+def test_loss_ignores_the_target_hole(tmp_path, lora_models):
+    config = TuneConfig(resolution=64, batch_size=6, prompt_dropout=0.0)
+    scenes = [load_scene(str(write_scene(tmp_path / f"s{value}", refs=1, hole_value=value))) for value in (0, 255)]
+    noisy = write_scene(tmp_path / "noise", refs=1)
+    target = np.asarray(Image.open(noisy / "target" / "target.png")).copy()
+    hole = np.asarray(Image.open(noisy / "target" / "mask.png")) > 0
+    target[hole] = np.random.default_rng(5).integers(0, 256, (hole.sum(), 3))
+    Image.fromarray(target).save(noisy / "target" / "target.png")
+    scenes.append(load_scene(str(noisy)))
+
+    results = [loss_and_grads(lora_models, scene, config) for scene in scenes]
+    batch = results[0][0]
+    assert batch.unknown.sum() > 0, "the batch must contain a draw of the target"
+    for _, loss, grads in results[1:]:
+        assert loss == results[0][1]
+        for grad, reference in zip(grads, results[0][2]):
+            assert torch.equal(grad, reference)
+
+    # ... while the known pixels do matter: the test can fail
+    known = write_scene(tmp_path / "known", refs=1)
+    target = np.asarray(Image.open(known / "target" / "target.png")).copy()
+    target[~hole] = 255 - target[~hole]
+    Image.fromarray(target).save(known / "target" / "target.png")
+    assert loss_and_grads(lora_models, load_scene(str(known)), config)[1] != results[0][1]
+
+
+def test_unknown_latents_get_zero_weight():
+    unknown = torch.zeros(1, 1, 64, 64)
+    unknown[..., 16:24, 32:48] = 1
+    weight = unknown_latent_weight(unknown, (8, 8))
+    assert weight[0, 0, 2, 4:6].eq(0).all()  # the hole's own latents
+    assert weight[0, 0, 1:4, 3:7].eq(0).all()  # and a one-latent margin
+    assert weight[0, 0, 6:, :].eq(1).all() and weight.sum() == 64 - 3 * 4
+
+
+def test_batch_has_n_independent_draws_with_one_reference(tmp_path):
+    scene = load_scene(str(write_scene(tmp_path / "one", refs=1)))
+    config = TuneConfig(resolution=32, batch_size=16)
+    batch = make_batch(scene, config, np.random.default_rng(0))
+    assert batch.pixels.shape == (16, 3, 32, 32) and batch.mask.shape == (16, 1, 32, 32)
+    assert len(batch.prompts) == 16
+    flat = batch.pixels.flatten(1)
+    assert len({tuple(row.tolist()) for row in flat}) == 16, "every draw has its own crop"
+    from_target = batch.unknown.flatten(1).amax(1) > 0
+    assert 0 < from_target.sum() < 16, "both the reference and the target are drawn"
+    assert (batch.mask >= batch.unknown).all(), "the target's hole is always in the conditioning mask"
+
+
+def test_lora_save_load_round_trip_is_exact(tmp_path, tiny_model, lora_models):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    with torch.no_grad():  # stand-in for training: every LoRA weight moves away from its init
+        generator = torch.Generator().manual_seed(0)
+        for module in (lora_models.unet, lora_models.text_encoder):
+            for parameter in lora_parameters(module):
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    save_adapter("memory://adapters/round-trip", lora_models, {"format": 1})
+
+    pipeline = StableDiffusionInpaintPipeline.from_pretrained(tiny_model, safety_checker=None)
+    ids = pipeline.tokenizer(["a photo of sks"], padding="max_length", return_tensors="pt").input_ids
+    latents = torch.randn(1, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def outputs(unet, text_encoder):
+        with torch.no_grad():
+            hidden = text_encoder(ids)[0]
+            return hidden, unet(latents, 500, hidden).sample
+
+    base_hidden, base_noise = outputs(pipeline.unet, pipeline.text_encoder)
+    lora_models.unet.eval()
+    lora_models.text_encoder.eval()
+    trained_hidden, trained_noise = outputs(lora_models.unet, lora_models.text_encoder)
+
+    from realfill import storage
+
+    storage.download_dir("memory://adapters/round-trip", tmp_path / "adapter")
+    pipeline.load_lora_weights(str(tmp_path / "adapter"), adapter_name="scene")
+    loaded_hidden, loaded_noise = outputs(pipeline.unet, pipeline.text_encoder)
+
+    torch.testing.assert_close(loaded_hidden, trained_hidden, rtol=0, atol=1e-6)
+    torch.testing.assert_close(loaded_noise, trained_noise, rtol=0, atol=1e-6)
+    assert (loaded_hidden - base_hidden).abs().max() > 1e-3, "the text-encoder adapter changes outputs"
+    assert (loaded_noise - base_noise).abs().max() > 1e-3, "the UNet adapter changes outputs"
+
+
+def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_model):
+    scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
+    config = tiny_config(train_steps=4, checkpoint_every=2).tune
+
+    straight = tune(scene, tiny_model, config, str(tmp_path / "straight"), seed=1, device="cpu",
+                    show_progress=False)
+    assert (tmp_path / "straight" / "pytorch_lora_weights.safetensors").exists()
+    assert len(straight["losses"]) == 4 and all(np.isfinite(straight["losses"]))
+    assert read_adapter_info(str(tmp_path / "straight"))["config"]["lora_rank"] == 8
+
+    class Preempted(Exception):
+        pass
+
+    def preempt(step):
+        if step == 3:
+            raise Preempted
+
+    with pytest.raises(Preempted):
+        tune(scene, tiny_model, config, str(tmp_path / "resumed"), seed=1, device="cpu", show_progress=False,
+             after_step=preempt)
+    steps_seen = []
+    resumed = tune(scene, tiny_model, config, str(tmp_path / "resumed"), seed=1, device="cpu",
+                   show_progress=False, after_step=steps_seen.append)
+    assert steps_seen == [3, 4], "resumed from the checkpoint at step 2"
+    assert resumed["losses"] == straight["losses"]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "straight" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "resumed" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_checkpointing_path_runs(tmp_path, tiny_model):
+    scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
+    config = tiny_config(train_steps=1, gradient_checkpointing="on").tune
+    info = tune(scene, tiny_model, config, str(tmp_path / "adapter"), device="cpu", show_progress=False)
+    assert info["gradient_checkpointing"] is True and info["mixed_precision"] == "no"
