@@ -21,4 +21,5 @@ demo: setup
 	$(BIN)/realfill fill runs/example-scene --out runs/example $(DEMO_FLAGS)
 
 test: setup
+	$(BIN)/ruff check realfill pipeline jobs tests benchmarks
 	$(BIN)/python -m pytest

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
 from typing import Any
 
 from realfill import storage
-from realfill.config import FAST_SAMPLING, FillConfig, SampleConfig, TuneConfig, field_docs, read_config_file
+from realfill.config import (
+    FAST_SAMPLING,
+    EvalConfig,
+    FillConfig,
+    RankConfig,
+    SampleConfig,
+    TuneConfig,
+    field_docs,
+    read_config_file,
+)
 
 # flag name -> the config fields it sets: (section, field); section None = FillConfig itself
 CONFIG_FLAGS: dict[str, list[tuple[str | None, str]]] = {
@@ -24,37 +31,49 @@ CONFIG_FLAGS: dict[str, list[tuple[str | None, str]]] = {
     "sample_steps": [("sample", "steps")],
     "sample_batch_size": [("sample", "batch_size")],
     "scheduler": [("sample", "scheduler")],
+    "features": [("rank", "features")],
+    "keep": [("rank", "keep")],
+    "keep_fraction": [("rank", "keep_fraction")],
 }
-SECTIONS = {None: FillConfig, "tune": TuneConfig, "sample": SampleConfig}
+SECTIONS = {None: FillConfig, "tune": TuneConfig, "sample": SampleConfig, "rank": RankConfig}
+
+
+def _parser_for(annotation: str):
+    """argparse type for a dataclass field annotation (annotations are strings here)."""
+    for name, parse in (("int", int), ("float", float), ("str", str)):
+        if annotation.split("|")[0].strip() == name:
+            return parse
+    raise TypeError(f"no flag parser for {annotation}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """The config flags, typed and documented from the dataclasses (their defaults are not restated)."""
-    defaults = {None: FillConfig(), "tune": TuneConfig(), "sample": SampleConfig()}
+    defaults = {section: cls() for section, cls in SECTIONS.items()}
     group = parser.add_argument_group("config (defaults: the paper's recipe)")
     for flag, targets in CONFIG_FLAGS.items():
         section, name = targets[0]
         default = getattr(defaults[section], name)
-        doc = field_docs(SECTIONS[section]).get(name, "")
-        group.add_argument(f"--{flag.replace('_', '-')}", type=type(default), default=None,
+        kind = SECTIONS[section].__dataclass_fields__[name].type
+        doc = field_docs(SECTIONS[section]).get(name, "").replace("%", "%%")
+        group.add_argument(f"--{flag.replace('_', '-')}", type=_parser_for(kind), default=None,
                            help=f"{doc} (default: {default})")
     group.add_argument("--fast", action="store_true",
                        help=f"fast sampling preset: {FAST_SAMPLING} (explicit flags still win)")
     group.add_argument("--config", metavar="FILE",
                        help="YAML/JSON with the same fields as these flags (e.g. train_steps: 100), "
-                            "plus optional tune:/sample: sections holding any field of TuneConfig/SampleConfig")
+                            "plus optional tune:/sample:/rank: sections holding any field of those configs")
 
 
 def build_config(args: argparse.Namespace) -> FillConfig:
     """Defaults, then --fast, then the config file, then explicit flags."""
-    values: dict[str | None, dict[str, Any]] = {None: {}, "tune": {}, "sample": {}}
+    values: dict[str | None, dict[str, Any]] = {section: {} for section in SECTIONS}
     if args.fast:
         values["sample"].update(FAST_SAMPLING)
     if args.config:
         data = read_config_file(args.config)
         if data.pop("fast", False):
             values["sample"].update(FAST_SAMPLING)
-        for section in ("tune", "sample"):
+        for section in ("tune", "sample", "rank"):
             values[section].update(data.pop(section, None) or {})
         for key, value in data.items():
             flag = key.replace("-", "_")
@@ -68,7 +87,8 @@ def build_config(args: argparse.Namespace) -> FillConfig:
             for section, name in targets:
                 values[section][name] = value
     try:
-        return FillConfig(tune=TuneConfig(**values["tune"]), sample=SampleConfig(**values["sample"]), **values[None])
+        return FillConfig(tune=TuneConfig(**values["tune"]), sample=SampleConfig(**values["sample"]),
+                          rank=RankConfig(**values["rank"]), **values[None])
     except TypeError as exc:
         raise ValueError(f"config: {exc}") from None
 
@@ -82,7 +102,51 @@ def cmd_fill(args: argparse.Namespace) -> int:
         print(f"realfill: {row['scene_id']} failed: {row['error']}", file=sys.stderr)
         return 1
     print(f"{row['scene_id']}: {row['num_samples']} samples in {row['tune_s']:.1f}s tune + "
-          f"{row['sample_s']:.1f}s sample; manifest in {storage.join(args.out, 'manifest')}")
+          f"{row['sample_s']:.1f}s sample + {row['rank_s']:.1f}s rank; best: {row['best_uri']}; "
+          f"manifest in {storage.join(args.out, 'manifest')}")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    import json
+
+    from realfill.rank import index_scene, rank_scores, score_candidate
+    from realfill.scene import SceneError, load_scene, read_image
+
+    config = RankConfig(features=args.features) if args.features else RankConfig()
+    scene = load_scene(args.scene)
+    index = index_scene(scene, config)
+    scores = []
+    for path in args.images:
+        image = read_image(path)
+        try:
+            scores.append(score_candidate(index, image, config))
+        except ValueError as exc:
+            raise SceneError(f"{path}: {exc}") from None
+    results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank}
+               for path, s, rank in zip(args.images, scores, rank_scores(scores))]
+    results.sort(key=lambda result: result["rank"])
+    if args.json:
+        for result in results:
+            print(json.dumps(result))
+        return 0
+    width = max(len(result["path"]) for result in results)
+    print(f"{'rank':>4}  {'score':>9}  {'matches':>7}  path")
+    for result in results:
+        print(f"{result['rank']:>4}  {result['score']:>9.2f}  {result['matches']:>7}  {result['path']:<{width}}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from realfill.evaluate import evaluate_run, markdown_summary
+
+    overrides = {name: getattr(args, name) for name in ("dino_model", "clip_model", "lpips_weights", "lpips_net",
+                                                         "device") if getattr(args, name) is not None}
+    table, unavailable, without_gt = evaluate_run(args.out, EvalConfig(**overrides), show_progress=not args.quiet)
+    if without_gt:
+        print(f"no gt.png, not evaluated: {', '.join(without_gt)}", file=sys.stderr)
+    print(markdown_summary(table, unavailable))
+    print(f"\nper-sample metrics: {storage.join(args.out, 'metrics.parquet')}")
     return 0
 
 
@@ -111,6 +175,22 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_flags(fill)
     fill.set_defaults(func=cmd_fill)
 
+    rank = commands.add_parser("rank", help="rank completions of a scene by correspondence to its references")
+    rank.add_argument("scene", help="scene folder or URI")
+    rank.add_argument("images", nargs="+", help="completed images (target size), from any generator")
+    rank.add_argument("--features", choices=["sift", "orb", "akaze"], help="feature type (default: sift)")
+    rank.add_argument("--json", action="store_true", help="one JSON object per line: path, matches, score, rank")
+    rank.set_defaults(func=cmd_rank)
+
+    evaluate = commands.add_parser("eval", help="metrics of a run's samples against the scenes' gt.png")
+    evaluate.add_argument("out", help="the run's output folder or URI (holds manifest/)")
+    eval_docs = field_docs(EvalConfig)
+    for name in ("dino_model", "clip_model", "lpips_weights", "lpips_net", "device"):
+        evaluate.add_argument(f"--{name.replace('_', '-')}", help=f"{eval_docs[name]} "
+                              f"(default: {getattr(EvalConfig(), name)})")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_eval)
+
     tiny = commands.add_parser("tiny-model", help="write the tiny random-weight inpainting model to DIR")
     tiny.add_argument("dir")
     tiny.set_defaults(func=cmd_tiny_model)
@@ -121,19 +201,9 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Our own progress bars say what is happening; the libraries' loading chatter is noise here."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
+    from realfill.models import quiet_libraries
+
     quiet_libraries()
     args = make_parser().parse_args(argv)
     try:

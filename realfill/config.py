@@ -130,6 +130,44 @@ class SampleConfig:
 
 
 @dataclass
+class RankConfig:
+    """Seed selection by geometrically verified feature correspondences to the references."""
+
+    features: str = "sift"
+    """sift, orb or akaze."""
+    max_features: int = 4000
+    """Most keypoints detected per image."""
+    max_side: int = 1024
+    """Images are downscaled so their long side is at most this before feature detection."""
+    ratio: float = 0.8
+    """Lowe's ratio test: best match distance / second best must be below this."""
+    ransac_px: float = 3.0
+    """RANSAC reprojection threshold, in pixels of the (downscaled) images."""
+    neighbours: int = 12
+    """Known-region correspondences used to predict where a fill point must land in a reference."""
+    agree_px: float = 8.0
+    """A fill match agrees with the known geometry when it lands within about this many pixels."""
+    keep: int | None = None
+    """Keep the top this many samples (overrides keep_fraction)."""
+    keep_fraction: float = 0.25
+    """Keep this fraction of samples, at least one (paper: top 25%)."""
+
+    def __post_init__(self) -> None:
+        _check(self.features in ("sift", "orb", "akaze"), "features: sift, orb or akaze")
+        _check(self.max_features >= 8 and self.max_side >= 64, "max_features >= 8 and max_side >= 64")
+        _check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
+        _check(self.ransac_px > 0 and self.agree_px > 0, "ransac_px and agree_px must be positive")
+        _check(self.neighbours >= 3, "neighbours must be >= 3")
+        _check(self.keep is None or self.keep >= 1, "keep must be >= 1")
+        _check(0 < self.keep_fraction <= 1, "keep_fraction must be in (0, 1]")
+
+    def keep_count(self, total: int) -> int:
+        if self.keep is not None:
+            return min(self.keep, total)
+        return max(1, min(total, round(total * self.keep_fraction)))
+
+
+@dataclass
 class FillConfig:
     """One complete RealFill run: which model, where it runs, and the stage configs."""
 
@@ -143,17 +181,41 @@ class FillConfig:
     """Fine-tuning settings."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Sampling and compositing settings."""
+    rank: RankConfig = field(default_factory=RankConfig)
+    """Seed selection settings."""
 
     def __post_init__(self) -> None:
         if isinstance(self.tune, dict):
             self.tune = TuneConfig(**self.tune)
         if isinstance(self.sample, dict):
             self.sample = SampleConfig(**self.sample)
+        if isinstance(self.rank, dict):
+            self.rank = RankConfig(**self.rank)
         _check(self.device in ("auto", "cpu", "cuda"), "device: auto, cpu or cuda")
         _check(bool(self.base_model), "base_model must not be empty")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class EvalConfig:
+    """Where the learned metrics' backbones come from (local folder or hub id; safetensors only)."""
+
+    dino_model: str = "facebook/dino-vitb16"
+    """DINO ViT for whole-image similarity (transformers format)."""
+    clip_model: str = "openai/clip-vit-base-patch32"
+    """CLIP vision tower for whole-image similarity (transformers format)."""
+    lpips_weights: str | None = None
+    """A safetensors file holding the full state dict of lpips.LPIPS(net=lpips_net); needs the lpips extra."""
+    lpips_net: str = "alex"
+    """LPIPS backbone: alex, vgg or squeeze."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+
+    def __post_init__(self) -> None:
+        _check(self.lpips_net in ("alex", "vgg", "squeeze"), "lpips_net: alex, vgg or squeeze")
+        _check(self.device in ("auto", "cpu", "cuda"), "device: auto, cpu or cuda")
 
 
 def config_key(config: Any) -> str:

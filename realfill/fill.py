@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from realfill import manifest, storage
 from realfill.config import FillConfig, config_key
 from realfill.models import resolve_base_model
+from realfill.rank import index_scene, rank_scores, score_candidate
 from realfill.sample import Sampler, composite_sample
-from realfill.scene import Scene, load_scene
+from realfill.scene import Scene, load_scene, read_image
 from realfill.tune import ADAPTER_INFO, read_adapter_info, tune
 
 
@@ -65,13 +66,33 @@ def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, con
     return rows
 
 
+def rank_samples(scene: Scene, rows: list[dict], config: FillConfig) -> list[dict]:
+    """Score every sample against the references (features of the scene computed once), rank them,
+    and mark the top keep as selected. Returns the rows with matches, score, rank and selected."""
+    index = index_scene(scene, config.rank)
+    scores = [score_candidate(index, read_image(row["uri"]), config.rank) for row in rows]
+    ranks = rank_scores(scores)
+    order = sorted(range(len(rows)), key=lambda i: (ranks[i], rows[i]["seed"]))
+    kept = set(order[: config.rank.keep_count(len(rows))])
+    return [
+        {**row, "matches": score.matches, "score": score.score, "rank": rank, "selected": i in kept}
+        for i, (row, score, rank) in enumerate(zip(rows, scores, ranks))
+    ]
+
+
+def best_uri(rows: list[dict]) -> str | None:
+    ranked = sorted((row for row in rows if row.get("rank") is not None), key=lambda r: (r["rank"], r["seed"]))
+    return ranked[0]["uri"] if ranked else None
+
+
 def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str | None = None,
-              adapter: str | None = None, num_samples: int = 0, tune_s: float | None = None,
-              sample_s: float | None = None) -> dict:
+              adapter: str | None = None, samples: list[dict] = (), tune_s: float | None = None,
+              sample_s: float | None = None, rank_s: float | None = None) -> dict:
     return {
         "scene_id": scene_id, "scene_uri": scene_uri, "status": "failed" if error else "ok", "error": error,
-        "run_key": run_key(config), "adapter_uri": adapter, "num_samples": num_samples, "tune_s": tune_s,
-        "sample_s": sample_s, "config": json.dumps(config.to_dict(), sort_keys=True),
+        "run_key": run_key(config), "adapter_uri": adapter, "best_uri": best_uri(samples),
+        "num_samples": len(samples), "tune_s": tune_s, "sample_s": sample_s, "rank_s": rank_s,
+        "config": json.dumps(config.to_dict(), sort_keys=True),
     }
 
 
@@ -89,8 +110,10 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
         tuned = time.perf_counter()
         sampler = sampler or Sampler(resolve_base_model(config.base_model), config.device)
         samples = sample_scene(sampler, scene, adapter, out_uri, config, show_progress)
-        row = scene_row(scene_id, scene_uri, config, adapter=adapter, num_samples=len(samples),
-                        tune_s=tuned - started, sample_s=time.perf_counter() - tuned)
+        sampled = time.perf_counter()
+        samples = rank_samples(scene, samples, config)
+        row = scene_row(scene_id, scene_uri, config, adapter=adapter, samples=samples, tune_s=tuned - started,
+                        sample_s=sampled - tuned, rank_s=time.perf_counter() - sampled)
     except Exception as exc:  # recorded per scene, so one bad scene never stops the others
         row = scene_row(scene_id, scene_uri, config, error=describe(exc))
     manifest.write_part(out_uri, "samples", samples, scene_id, key)

@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -54,6 +56,18 @@ def mixed_precision(device: torch.device, requested: str = "auto") -> str:
 
 def torch_dtype(precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' loading chatter is noise here."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 # --- the tiny model ---------------------------------------------------------------------------
@@ -167,17 +181,43 @@ def _from_uri(uri: str) -> Path:
     return _publish(lambda scratch: storage.download_dir(uri, scratch), cache_dir() / "models" / f"uri-{key}")
 
 
-def _from_hub(repo_id: str) -> Path:
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick connect to the hub, so an offline machine fails in seconds instead of minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_snapshot(repo_id: str, allow_patterns: list[str]) -> Path:
+    """A hub repo's files from the local Hugging Face cache, else downloaded; ModelError when neither works."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
-    except Exception as exc:  # the hub client raises many types for "offline", "gated", "missing"
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=True))
+    except Exception:  # not cached (the hub client raises several types for this)
+        pass
+    if not hub_reachable():
+        raise ModelError(f"'{repo_id}' is not in the local Hugging Face cache and the hub is unreachable")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
+    except Exception as exc:  # gated, missing, network errors: one line is enough
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"'{repo_id}' could not be downloaded ({reason})") from None
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        return hub_snapshot(repo_id, HUB_FILES)
+    except ModelError as exc:
         raise ModelError(
-            f"base model '{repo_id}' is not available here ({reason}). On a machine with internet run "
-            f"`huggingface-cli download {repo_id}` and copy the folder over, then pass --base-model FOLDER "
-            f"(or an s3://, gs:// URI to it); `--base-model tiny` runs without any weights."
+            f"base model {exc}. On a machine with internet run `huggingface-cli download {repo_id}` and copy "
+            f"the folder over, then pass --base-model FOLDER (or an s3:// or gs:// URI to it); "
+            f"`--base-model tiny` runs without any weights."
         ) from None
 
 

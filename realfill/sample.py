@@ -85,7 +85,9 @@ class Sampler:
         return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
     @torch.no_grad()
-    def generate(self, scene: Scene, config: SampleConfig, seeds: list[int], prompt: str) -> Iterator[tuple[int, np.ndarray]]:
+    def generate(
+        self, scene: Scene, config: SampleConfig, seeds: list[int], prompt: str
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (seed, raw generated image at generation size) for each seed, batch by batch.
 
         Each seed has its own CPU generator, so its image does not depend on the batch it was in."""

@@ -66,9 +66,31 @@ def write_scene(root: Path, *, size=(96, 64), refs=2, hole_value=0, seed=0, ref_
     return root
 
 
-@pytest.fixture
-def scene_dir(tmp_path) -> Path:
-    return write_scene(tmp_path / "synthetic")
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory):
+    """Random-weight DINO (ViT) and CLIP vision towers with their processors, saved as safetensors."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
+
+    root = tmp_path_factory.mktemp("backbones")
+    torch.manual_seed(0)
+    dino = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=37), add_pooling_layer=False)
+    dino.save_pretrained(root / "dino")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "dino")
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32,
+                                                          projection_dim=16, num_hidden_layers=2,
+                                                          num_attention_heads=4, intermediate_size=37))
+    clip.save_pretrained(root / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
+    return root
 
 
 def tiny_config(**tune_overrides) -> FillConfig:

@@ -34,6 +34,26 @@ def test_fill_end_to_end_on_real_scenes(tmp_path, scenes_root):
         np.testing.assert_array_equal(image[untouched], scene.target[untouched])
     adapter = scenes[0]["adapter_uri"]
     assert (tmp_path / "out" / "adapters").exists() and adapter.startswith(str(out))
+    for scene in scenes:
+        own = sorted((row for row in samples if row["scene_id"] == scene["scene_id"]), key=lambda r: r["rank"])
+        assert [row["rank"] for row in own][0] == 1 and all(row["matches"] >= 0 for row in own)
+        assert sum(row["selected"] for row in own) == 1  # top 25% of 3, at least one
+        assert own[0]["selected"] and scene["best_uri"] == own[0]["uri"]
+        assert own[0]["score"] >= own[-1]["score"]
+
+
+def test_eval_reports_all_and_selected_beside_the_paper(tmp_path, scenes_root, tiny_backbones, capsys):
+    out = str(tmp_path / "out")
+    assert main(["fill", str(scenes_root / "oxford_graffiti"), "--out", out, *TINY_FLAGS, "--keep", "2"]) == 0
+    capsys.readouterr()
+    assert main(["eval", out, "--dino-model", str(tiny_backbones / "dino"), "--clip-model",
+                 str(tiny_backbones / "clip"), "--quiet"]) == 0
+    report = capsys.readouterr().out
+    assert "| metric | all (3) | selected (2) | paper RealFill |" in report
+    assert "| psnr ↑ |" in report and "14.78" in report and "dreamsim: unavailable" in report
+    metrics = ds.dataset(tmp_path / "out" / "metrics.parquet", format="parquet").to_table().to_pylist()
+    assert len(metrics) == 3 and sum(row["selected"] for row in metrics) == 2
+    assert all(0 < row["psnr"] < 60 and -1 <= row["ssim"] <= 1 and row["dino"] is not None for row in metrics)
 
 
 def test_bad_scene_exits_non_zero_with_one_line(tmp_path, capsys):

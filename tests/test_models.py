@@ -2,7 +2,6 @@ import fsspec
 import pytest
 from safetensors.torch import load_file
 
-from realfill import storage
 from realfill.models import ModelError, build_tiny_model, mixed_precision, pick_device, resolve_base_model
 
 

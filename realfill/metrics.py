@@ -1,0 +1,149 @@
+"""RealBench metrics, as the paper reports them: PSNR, SSIM and LPIPS inside the fill region;
+DreamSim, DINO and CLIP similarity on the whole image.
+
+PSNR and SSIM come from scikit-image; the learned metrics from their own packages and transformers,
+with weights from a configured local path or hub id (safetensors only). A learned metric whose
+weights cannot be had is reported unavailable with the reason, never skipped silently or guessed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from realfill.config import EvalConfig
+from realfill.models import ModelError, hub_snapshot, pick_device
+
+TRANSFORMERS_FILES = ["*.json", "*.txt", "*.safetensors"]
+
+PAPER_REALFILL = {"psnr": 14.78, "ssim": 0.424, "lpips": 0.431, "dreamsim": 0.077, "dino": 0.948, "clip": 0.962}
+"""RealFill's row of the paper's Table 1, for orientation."""
+METRICS = ("psnr", "ssim", "lpips", "dreamsim", "dino", "clip")
+LOWER_IS_BETTER = {"lpips", "dreamsim"}
+DREAMSIM_UNAVAILABLE = (
+    "the dreamsim package publishes only pickled weights (torch.load), and realfill loads safetensors only"
+)
+
+
+class MetricUnavailable(RuntimeError):
+    """A learned metric cannot run here; the message says why and how to enable it."""
+
+
+def psnr_in_region(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(gt[mask], pred[mask], data_range=255))
+
+
+SSIM_WINDOW = 7
+
+
+def ssim_in_region(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of scikit-image's SSIM map over the fill region, leaving out the border that scikit-image's
+    own mean leaves out (so a full mask gives exactly its score)."""
+    from skimage.metrics import structural_similarity
+
+    _, similarity = structural_similarity(gt, pred, channel_axis=2, data_range=255, full=True,
+                                          win_size=SSIM_WINDOW)
+    pad = (SSIM_WINDOW - 1) // 2
+    inside = np.zeros_like(mask)
+    inside[pad:-pad, pad:-pad] = True
+    region = mask & inside if (mask & inside).any() else mask
+    return float(similarity[region].mean())
+
+
+def region_box(mask: np.ndarray) -> tuple[slice, slice]:
+    rows, cols = np.nonzero(mask)
+    return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+
+
+class EmbeddingSimilarity:
+    """Cosine similarity of whole-image embeddings: DINO's CLS token, or CLIP's projected image embedding."""
+
+    def __init__(self, kind: str, source: str, device: torch.device):
+        from transformers import AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
+
+        model_class = CLIPVisionModelWithProjection if kind == "clip" else AutoModel
+        try:
+            folder = Path(source) if Path(source).is_dir() else hub_snapshot(source, TRANSFORMERS_FILES)
+            self.processor = AutoImageProcessor.from_pretrained(folder)
+            self.model = model_class.from_pretrained(folder, use_safetensors=True).to(device).eval()
+        except (ModelError, OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise MetricUnavailable(f"{kind} backbone: {reason}; pass --{kind}-model FOLDER") from None
+        self.kind, self.device = kind, device
+
+    @torch.no_grad()
+    def embed(self, images: list[np.ndarray]) -> torch.Tensor:
+        inputs = self.processor(images=[np.ascontiguousarray(image) for image in images], return_tensors="pt")
+        inputs = inputs.to(self.device)
+        outputs = self.model(**inputs)
+        vectors = outputs.image_embeds if self.kind == "clip" else outputs.last_hidden_state[:, 0]
+        return torch.nn.functional.normalize(vectors.float(), dim=-1)
+
+    def __call__(self, gt: np.ndarray, pred: np.ndarray) -> float:
+        a, b = self.embed([gt, pred])
+        return float((a * b).sum())
+
+
+class LpipsDistance:
+    """LPIPS (lpips package) on the fill region's bounding box, with weights from a safetensors file."""
+
+    def __init__(self, weights: str | None, net: str, device: torch.device):
+        try:
+            import lpips
+        except ImportError:
+            raise MetricUnavailable("the lpips package is not installed (pip install 'realfill[lpips]', "
+                                    "which brings torchvision)") from None
+        if not weights:
+            raise MetricUnavailable("no LPIPS weights configured: pass --lpips-weights FILE.safetensors "
+                                    "(the full state dict of lpips.LPIPS)")
+        from safetensors.torch import load_file
+
+        self.model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+        try:
+            self.model.load_state_dict(load_file(weights))
+        except (OSError, RuntimeError) as exc:
+            raise MetricUnavailable(f"{weights}: not LPIPS-{net} weights ({str(exc).splitlines()[0]})") from None
+        self.model.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+        box = region_box(mask)
+
+        def tensor(image: np.ndarray) -> torch.Tensor:
+            crop = torch.from_numpy(np.ascontiguousarray(image[box])).permute(2, 0, 1)[None].float()
+            return (crop / 127.5 - 1.0).to(self.device)
+
+        return float(self.model(tensor(gt), tensor(pred)).item())
+
+
+class Evaluator:
+    """All six metrics; learned ones that cannot load are listed in `unavailable` with their reason."""
+
+    def __init__(self, config: EvalConfig):
+        device = pick_device(config.device)
+        self.unavailable: dict[str, str] = {"dreamsim": DREAMSIM_UNAVAILABLE}
+        self.lpips = self._try("lpips", lambda: LpipsDistance(config.lpips_weights, config.lpips_net, device))
+        self.dino = self._try("dino", lambda: EmbeddingSimilarity("dino", config.dino_model, device))
+        self.clip = self._try("clip", lambda: EmbeddingSimilarity("clip", config.clip_model, device))
+
+    def _try(self, name: str, build):
+        try:
+            return build()
+        except MetricUnavailable as exc:
+            self.unavailable[name] = str(exc)
+            return None
+
+    def __call__(self, gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> dict[str, float | None]:
+        return {
+            "psnr": psnr_in_region(gt, pred, mask),
+            "ssim": ssim_in_region(gt, pred, mask),
+            "lpips": self.lpips(gt, pred, mask) if self.lpips else None,
+            "dreamsim": None,
+            "dino": self.dino(gt, pred) if self.dino else None,
+            "clip": self.clip(gt, pred) if self.clip else None,
+        }
