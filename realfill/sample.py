@@ -20,6 +20,7 @@ from realfill.config import SampleConfig
 from realfill.masks import composite, composite_alpha
 from realfill.models import mixed_precision, pick_device, torch_dtype
 from realfill.scene import Scene
+from realfill.tune import ADAPTER_WEIGHTS, read_adapter_info
 
 ADAPTER_NAME = "scene"
 
@@ -36,6 +37,13 @@ def resize_inputs(scene: Scene, size: tuple[int, int]) -> tuple[np.ndarray, np.n
     target = cv2.resize(scene.target, (width, height), interpolation=cv2.INTER_AREA)
     hole = cv2.resize(scene.mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA) > 0
     return target, hole
+
+
+def lora_layout(info: dict) -> tuple:
+    """What must match for an adapter's weights to be copied into another's tensors."""
+    config = info["config"]
+    return (config["lora_rank"], config["lora_alpha"], tuple(config["unet_lora_targets"]),
+            tuple(config["text_lora_targets"]))
 
 
 def make_scheduler(kind: str, base_config):
@@ -61,19 +69,61 @@ class Sampler:
         self.pipeline.set_progress_bar_config(disable=True)
         self.base_scheduler_config = self.pipeline.scheduler.config
         self.adapter_uri: str | None = None
+        self.adapter_layout: tuple | None = None
 
     def use_adapter(self, adapter_uri: str | None) -> None:
-        """Swap in a scene's LoRA adapter (None = the bare base model)."""
+        """Make a scene's LoRA adapter the active one (None = the bare base model).
+
+        An adapter with the same layout as the active one (rank, alpha, target modules: every scene of a
+        run) is copied into the existing LoRA weights in place, so a sampler serving thousands of scenes
+        allocates nothing per scene; any other adapter is loaded after unloading the previous one."""
         if adapter_uri == self.adapter_uri:
             return
-        if self.adapter_uri is not None:
-            self.pipeline.unload_lora_weights()
-            self.adapter_uri = None
-        if adapter_uri is not None:
+        if adapter_uri is None:
+            self._unload()
+            return
+        layout = lora_layout(read_adapter_info(adapter_uri))
+        if layout != self.adapter_layout or not self._copy_in_place(adapter_uri):
+            self._unload()
             with tempfile.TemporaryDirectory() as scratch:
                 storage.download_dir(adapter_uri, scratch)
                 self.pipeline.load_lora_weights(scratch, adapter_name=ADAPTER_NAME)
-            self.adapter_uri = adapter_uri
+        # freshly injected LoRA dropout layers start in training mode: sampling must be deterministic
+        self.pipeline.unet.eval()
+        self.pipeline.text_encoder.eval()
+        self.adapter_uri, self.adapter_layout = adapter_uri, layout
+
+    def _unload(self) -> None:
+        if self.adapter_uri is not None:
+            self.pipeline.unload_lora_weights()
+        self.adapter_uri = self.adapter_layout = None
+
+    def _copy_in_place(self, adapter_uri: str) -> bool:
+        """Load LoRA weights into the active adapter's tensors, as diffusers' training examples restore
+        a checkpoint; False when the state does not fit exactly (the caller then reloads).
+        The file is parsed from bytes: safetensors' mmap loader keeps ~5 KB per call (BENCHMARKS.md)."""
+        from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+        from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load
+
+        tensors = load(storage.read_bytes(storage.join(adapter_uri, ADAPTER_WEIGHTS)))
+        state, _ = self.pipeline.lora_state_dict(tensors)
+        unet = convert_unet_state_dict_to_peft(
+            {key.removeprefix("unet."): value for key, value in state.items() if key.startswith("unet.")}
+        )
+        text = convert_state_dict_to_peft(convert_state_dict_to_diffusers(
+            {key.removeprefix("text_encoder."): value for key, value in state.items()
+             if key.startswith("text_encoder.")}
+        ))
+        try:
+            for module, module_state in ((self.pipeline.unet, unet), (self.pipeline.text_encoder, text)):
+                result = set_peft_model_state_dict(module, module_state, adapter_name=ADAPTER_NAME)
+                if result.unexpected_keys or any("lora" in key for key in result.missing_keys):
+                    return False
+        except RuntimeError:  # a shape mismatch
+            return False
+        return True
 
     @torch.no_grad()
     def conditioning_latents(self, target: np.ndarray, hole: np.ndarray) -> torch.Tensor:

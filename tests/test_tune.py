@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -87,40 +89,67 @@ def test_batch_has_n_independent_draws_with_one_reference(tmp_path):
     assert (batch.mask >= batch.unknown).all(), "the target's hole is always in the conditioning mask"
 
 
-def test_lora_save_load_round_trip_is_exact(tmp_path, tiny_model, lora_models):
-    from diffusers import StableDiffusionInpaintPipeline
-
-    with torch.no_grad():  # stand-in for training: every LoRA weight moves away from its init
-        generator = torch.Generator().manual_seed(0)
-        for module in (lora_models.unet, lora_models.text_encoder):
+def perturbed_adapter(tiny_model, uri: str, seed: int):
+    """LoRA models whose every adapter weight has moved away from its init (a stand-in for training),
+    saved as an adapter at uri. Default LoRA config: dropout 0.1, as real adapters have."""
+    models = load_models(tiny_model)
+    torch.manual_seed(seed)
+    add_lora(models, TuneConfig())
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
+        for module in (models.unet, models.text_encoder):
             for parameter in lora_parameters(module):
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    save_adapter("memory://adapters/round-trip", lora_models, {"format": 1})
+    save_adapter(uri, models, {"format": 1, "config": asdict(TuneConfig())})
+    models.unet.eval()
+    models.text_encoder.eval()
+    return models
 
-    pipeline = StableDiffusionInpaintPipeline.from_pretrained(tiny_model, safety_checker=None)
-    ids = pipeline.tokenizer(["a photo of sks"], padding="max_length", return_tensors="pt").input_ids
+
+def model_outputs(tokenizer, unet, text_encoder):
+    ids = tokenizer(["a photo of sks"], padding="max_length", return_tensors="pt").input_ids
     latents = torch.randn(1, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        hidden = text_encoder(ids)[0]
+        return hidden, unet(latents, 500, hidden).sample
 
-    def outputs(unet, text_encoder):
-        with torch.no_grad():
-            hidden = text_encoder(ids)[0]
-            return hidden, unet(latents, 500, hidden).sample
 
-    base_hidden, base_noise = outputs(pipeline.unet, pipeline.text_encoder)
-    lora_models.unet.eval()
-    lora_models.text_encoder.eval()
-    trained_hidden, trained_noise = outputs(lora_models.unet, lora_models.text_encoder)
+def test_lora_save_load_round_trip_is_exact(tiny_model):
+    from realfill.sample import Sampler
 
-    from realfill import storage
+    trained = perturbed_adapter(tiny_model, "memory://adapters/round-trip", seed=0)
+    sampler = Sampler(tiny_model, device="cpu")
+    pipeline = sampler.pipeline
+    base = model_outputs(pipeline.tokenizer, pipeline.unet, pipeline.text_encoder)
+    sampler.use_adapter("memory://adapters/round-trip")
+    loaded = model_outputs(pipeline.tokenizer, pipeline.unet, pipeline.text_encoder)
+    expected = model_outputs(pipeline.tokenizer, trained.unet, trained.text_encoder)
+    for got, want, base_value in zip(loaded, expected, base):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        assert (got - base_value).abs().max() > 1e-3, "the adapter changes outputs"
+    again = model_outputs(pipeline.tokenizer, pipeline.unet, pipeline.text_encoder)
+    assert all(torch.equal(a, b) for a, b in zip(loaded, again)), "LoRA dropout must be off when sampling"
 
-    storage.download_dir("memory://adapters/round-trip", tmp_path / "adapter")
-    pipeline.load_lora_weights(str(tmp_path / "adapter"), adapter_name="scene")
-    loaded_hidden, loaded_noise = outputs(pipeline.unet, pipeline.text_encoder)
 
-    torch.testing.assert_close(loaded_hidden, trained_hidden, rtol=0, atol=1e-6)
-    torch.testing.assert_close(loaded_noise, trained_noise, rtol=0, atol=1e-6)
-    assert (loaded_hidden - base_hidden).abs().max() > 1e-3, "the text-encoder adapter changes outputs"
-    assert (loaded_noise - base_noise).abs().max() > 1e-3, "the UNet adapter changes outputs"
+def test_adapter_swap_in_place_equals_a_fresh_load(tiny_model):
+    from realfill.sample import Sampler
+
+    for seed in (1, 2):
+        perturbed_adapter(tiny_model, f"memory://adapters/swap-{seed}", seed=seed)
+    sampler = Sampler(tiny_model, device="cpu")
+    pipeline = sampler.pipeline
+    sampler.use_adapter("memory://adapters/swap-1")
+    reloads = []
+    original = pipeline.load_lora_weights
+    pipeline.load_lora_weights = lambda *args, **kwargs: (reloads.append(args), original(*args, **kwargs))
+    sampler.use_adapter("memory://adapters/swap-2")
+    swapped = model_outputs(pipeline.tokenizer, pipeline.unet, pipeline.text_encoder)
+    assert reloads == [], "same layout: weights copied in place, nothing reloaded"
+    sampler.use_adapter(None)
+    sampler.use_adapter("memory://adapters/swap-2")
+    fresh = model_outputs(pipeline.tokenizer, pipeline.unet, pipeline.text_encoder)
+    assert len(reloads) == 1
+    assert all(torch.equal(a, b) for a, b in zip(swapped, fresh))
 
 
 def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_model):
