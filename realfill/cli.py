@@ -64,6 +64,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             "plus optional tune:/sample:/rank: sections holding any field of those configs")
 
 
+PIPELINE_FLAGS = {"address": str, "gpus_per_tune": float, "samplers": int, "max_in_flight": int, "retries": int}
+
+
+def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """Ray settings of `realfill run`, documented from pipeline.config.PipelineConfig."""
+    from pipeline.config import PipelineConfig
+
+    docs = field_docs(PipelineConfig)
+    group = parser.add_argument_group("cluster")
+    for name, kind in PIPELINE_FLAGS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, help=docs[name].replace("%", "%%"))
+    group.add_argument("--force", action="store_true", help=docs["force"])
+
+
 def build_config(args: argparse.Namespace) -> FillConfig:
     """Defaults, then --fast, then the config file, then explicit flags."""
     values: dict[str | None, dict[str, Any]] = {section: {} for section in SECTIONS}
@@ -105,6 +119,19 @@ def cmd_fill(args: argparse.Namespace) -> int:
           f"{row['sample_s']:.1f}s sample + {row['rank_s']:.1f}s rank; best: {row['best_uri']}; "
           f"manifest in {storage.join(args.out, 'manifest')}")
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The Ray pipeline (imported here, so that everything else in realfill runs without Ray)."""
+    from pipeline.config import PipelineConfig
+    from pipeline.driver import run_pipeline
+
+    pipeline = PipelineConfig(**{name: getattr(args, name) for name in PIPELINE_FLAGS if getattr(args, name)
+                                 is not None}, force=args.force)
+    summary = run_pipeline(args.scenes, args.out, build_config(args), pipeline, show_progress=not args.quiet)
+    print(summary.text())
+    print(f"manifest: {storage.join(args.out, 'manifest')}")
+    return 1 if summary.failed else 0
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
@@ -174,6 +201,14 @@ def make_parser() -> argparse.ArgumentParser:
     fill.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(fill)
     fill.set_defaults(func=cmd_fill)
+
+    run = commands.add_parser("run", help="complete every scene under a scenes root on a Ray cluster (or locally)")
+    run.add_argument("scenes", help="scenes root: a folder or URI holding one folder per scene")
+    run.add_argument("--out", required=True, help="output folder or URI (shared storage on a cluster)")
+    add_pipeline_flags(run)
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(run)
+    run.set_defaults(func=cmd_run)
 
     rank = commands.add_parser("rank", help="rank completions of a scene by correspondence to its references")
     rank.add_argument("scene", help="scene folder or URI")

@@ -14,7 +14,7 @@ from realfill.config import FillConfig, config_key
 from realfill.models import resolve_base_model
 from realfill.rank import index_scene, rank_scores, score_candidate
 from realfill.sample import Sampler, composite_sample
-from realfill.scene import Scene, load_scene, read_image
+from realfill.scene import Scene, load_scene, read_image, scene_id_of
 from realfill.tune import ADAPTER_INFO, read_adapter_info, tune
 
 
@@ -32,10 +32,13 @@ def adapter_uri(out_uri: str, scene: Scene, config: FillConfig) -> str:
 
 
 def tune_scene(scene: Scene, out_uri: str, config: FillConfig, show_progress: bool = True,
-               after_step=None) -> tuple[str, dict]:
-    """Train (or reuse, or resume) the scene's adapter; returns its URI and info."""
+               after_step=None, force: bool = False) -> tuple[str, dict]:
+    """Train (or reuse, or resume) the scene's adapter; returns its URI and info.
+    force discards a stored adapter and its checkpoint and trains from scratch."""
     uri = adapter_uri(out_uri, scene, config)
-    if storage.exists(storage.join(uri, ADAPTER_INFO)):
+    if force:
+        storage.remove(uri)
+    elif storage.exists(storage.join(uri, ADAPTER_INFO)):
         return uri, read_adapter_info(uri)
     info = tune(scene, resolve_base_model(config.base_model), config.tune, uri, seed=config.seed,
                 device=config.device, base_model=config.base_model, show_progress=show_progress,
@@ -100,8 +103,7 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
                show_progress: bool = True) -> dict:
     """Complete one scene end to end and write its manifest parts; returns its scene row.
     Bad input or a failing stage is recorded in the row (status failed, error), never raised."""
-    scene_id = scene_uri.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-    key = run_key(config)
+    scene_id = scene_id_of(scene_uri)
     samples: list[dict] = []
     try:
         scene = load_scene(scene_uri)
@@ -116,8 +118,7 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
                         sample_s=sampled - tuned, rank_s=time.perf_counter() - sampled)
     except Exception as exc:  # recorded per scene, so one bad scene never stops the others
         row = scene_row(scene_id, scene_uri, config, error=describe(exc))
-    manifest.write_part(out_uri, "samples", samples, scene_id, key)
-    manifest.write_part(out_uri, "scenes", [row], scene_id, key)
+    manifest.write_scene(out_uri, samples, row)
     return row
 
 

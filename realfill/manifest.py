@@ -5,6 +5,8 @@ each folder reads back as one table with `pyarrow.dataset`, pandas or Ray Data."
 from __future__ import annotations
 
 import io
+import posixpath
+import re
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -80,6 +82,28 @@ def write_part(out_uri: str, table: str, rows: list[dict], scene_id: str, run_ke
     uri = storage.join(table_uri(out_uri, table), part_name(scene_id, run_key))
     storage.write_bytes(uri, buffer.getvalue())
     return uri
+
+
+def write_scene(out_uri: str, samples: list[dict], scene: dict) -> None:
+    """Record one scene's outcome: its samples part, then its scene part (the scene row is written last,
+    so a scene counts as done only once its samples are on storage), then drop the parts that earlier
+    runs with another config wrote for this scene, so the manifest holds one config per scene."""
+    scene_id, run_key = scene["scene_id"], scene["run_key"]
+    write_part(out_uri, "samples", samples, scene_id, run_key)
+    write_part(out_uri, "scenes", [scene], scene_id, run_key)
+    own_parts = re.compile(re.escape(scene_id) + r"-[0-9a-f]{16}\.parquet")
+    for table in TABLES:
+        fs, path = url_to_fs(table_uri(out_uri, table))
+        for name in fs.ls(path, detail=False):
+            base = posixpath.basename(name)
+            if own_parts.fullmatch(base) and base != part_name(scene_id, run_key):
+                fs.rm(name)
+
+
+def completed_scenes(out_uri: str, run_key: str) -> set[str]:
+    """Scenes that a run with this config already finished: what a resume skips."""
+    rows = read_table(out_uri, "scenes").to_pylist()
+    return {row["scene_id"] for row in rows if row["status"] == "ok" and row["run_key"] == run_key}
 
 
 def read_table(out_uri: str, table: str) -> pa.Table:

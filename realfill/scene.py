@@ -96,10 +96,15 @@ def list_refs(scene_uri: str) -> list[str]:
     return refs
 
 
+def scene_id_of(scene_uri: str) -> str:
+    """A scene's id is its folder's name."""
+    return posixpath.basename(str(scene_uri).rstrip("/").replace("\\", "/"))
+
+
 def load_scene(uri: str) -> Scene:
     """Load and validate one scene; raise SceneError with one clear line on bad input."""
     uri = str(uri).rstrip("/")
-    scene_id = posixpath.basename(uri.replace("\\", "/"))
+    scene_id = scene_id_of(uri)
     target_uri = storage.join(uri, "target", "target.png")
     mask_uri = storage.join(uri, "target", "mask.png")
     gt_uri = storage.join(uri, "target", "gt.png")

@@ -8,20 +8,9 @@ import posixpath
 import uuid
 from pathlib import Path
 
-import fsspec
 import numpy as np
 from fsspec.core import url_to_fs
 from PIL import Image
-
-
-def is_local(uri: str) -> bool:
-    fs, _ = url_to_fs(str(uri))
-    return "file" in _protocols(fs)
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -35,6 +24,13 @@ def join(uri: str, *parts: str) -> str:
 def exists(uri: str) -> bool:
     fs, path = url_to_fs(str(uri))
     return fs.exists(path)
+
+
+def remove(uri: str) -> None:
+    """Delete a file or folder (recursively); nothing to do when it is missing."""
+    fs, path = url_to_fs(str(uri))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -59,11 +55,6 @@ def list_dir(uri: str) -> list[str]:
     """Entry names (not paths) directly under a folder URI, sorted."""
     fs, path = url_to_fs(str(uri))
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
-
-
-def is_dir(uri: str) -> bool:
-    fs, path = url_to_fs(str(uri))
-    return fs.isdir(path)
 
 
 def upload_dir(local_dir: str | Path, uri: str) -> None:

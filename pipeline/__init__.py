@@ -1,0 +1,1 @@
+"""Ray orchestration of the realfill stages: tasks, actors, the driver. No model math lives here."""

@@ -1,0 +1,168 @@
+"""The `realfill run` driver: many scenes through tune -> sample -> rank, pipelined with ray.wait.
+
+A scene goes to a sampler as soon as its adapter exists, ranking overlaps other scenes' sampling, and
+at most max_in_flight scenes are between 'tune started' and 'recorded' at once. Only URIs and small
+rows pass through the driver. Each finished scene is recorded in the manifest at once, so an
+interrupted run loses nothing that was done, and the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import ray
+from tqdm.auto import tqdm
+
+from pipeline.config import PipelineConfig
+from pipeline.stages import SamplerActor, rank_task, tune_task
+from realfill import manifest
+from realfill.config import FillConfig
+from realfill.fill import describe, run_key, scene_row
+from realfill.scene import list_scenes, scene_id_of
+
+STAGES = ("tune", "sample", "rank")
+
+
+@dataclass
+class SceneState:
+    uri: str
+    adapter: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def scene_id(self) -> str:
+        return scene_id_of(self.uri)
+
+
+@dataclass
+class RunSummary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    wall_s: float = 0.0
+
+    def text(self) -> str:
+        lines = [f"done: {len(self.done)}, already complete (skipped): {len(self.skipped)}, "
+                 f"failed: {len(self.failed)}; wall time {self.wall_s:.1f}s",
+                 "time per stage (summed over scenes): "
+                 + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.stage_seconds.items())]
+        lines += [f"failed {scene_id}: {error}" for scene_id, error in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at address (or $RAY_ADDRESS), else start a local Ray. True if we started it."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The stage's own exception inside Ray's wrapper, when there is one."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: PipelineConfig,
+                 show_progress: bool = True) -> RunSummary:
+    started = time.perf_counter()
+    summary = RunSummary()
+    finished = set() if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
+    todo = []
+    for uri in list_scenes(scenes_root):
+        if scene_id_of(uri) in finished:
+            summary.skipped.append(scene_id_of(uri))
+        else:
+            todo.append(uri)
+    if todo:
+        started_ray = connect(pipeline.address)
+        try:
+            Driver(out_uri, config, pipeline, summary, show_progress).run(todo)
+        finally:
+            if started_ray:
+                ray.shutdown()
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+class Driver:
+    """One run's scheduling state: the sampler pool, what is in flight, and where each scene stands."""
+
+    def __init__(self, out_uri: str, config: FillConfig, pipeline: PipelineConfig, summary: RunSummary,
+                 show_progress: bool):
+        self.out_uri, self.config, self.pipeline, self.summary = out_uri, config, pipeline, summary
+        resources = ray.cluster_resources()
+        self.gpus = int(resources.get("GPU", 0))
+        self.gpus_per_tune = pipeline.gpus_per_tune if pipeline.gpus_per_tune is not None else min(self.gpus, 1)
+        self.max_in_flight = pipeline.max_in_flight or max(2, 2 * (self.gpus or int(resources.get("CPU", 1))))
+        self.idle = deque(self.new_sampler() for _ in range(pipeline.samplers or max(1, self.gpus)))
+        self.in_flight: dict[ray.ObjectRef, tuple[str, SceneState, object]] = {}
+        self.active = 0
+        self.bars = {stage: tqdm(desc=f"{stage:>6}", position=position, unit="scene", disable=not show_progress)
+                     for position, stage in enumerate(STAGES)}
+
+    def new_sampler(self):
+        retries = self.pipeline.retries
+        return SamplerActor.options(num_gpus=1 if self.gpus else 0, max_restarts=retries,
+                                    max_task_retries=retries).remote(self.config.base_model, self.config.device)
+
+    def run(self, scene_uris: list[str]) -> None:
+        for bar in self.bars.values():
+            bar.reset(total=len(scene_uris))
+        waiting, to_sample = deque(SceneState(uri) for uri in scene_uris), deque()
+        while waiting or to_sample or self.in_flight:
+            while waiting and self.active < self.max_in_flight:
+                state = waiting.popleft()
+                self.active += 1
+                ref = tune_task.options(num_gpus=self.gpus_per_tune, max_retries=self.pipeline.retries).remote(
+                    state.uri, self.out_uri, self.config, self.pipeline.force)
+                self.in_flight[ref] = ("tune", state, None)
+            while to_sample and self.idle:
+                state, actor = to_sample.popleft(), self.idle.popleft()
+                ref = actor.sample.remote(state.uri, state.adapter, self.out_uri, self.config)
+                self.in_flight[ref] = ("sample", state, actor)
+            [ready], _ = ray.wait(list(self.in_flight), num_returns=1)
+            stage, state, actor = self.in_flight.pop(ready)
+            try:
+                result = ray.get(ready)
+            except Exception as exc:  # the stage raised, or its worker died past its retries
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    actor = self.new_sampler()
+                if actor is not None:
+                    self.idle.append(actor)
+                self.record(state, error=describe(root_cause(exc)))
+                continue
+            if actor is not None:
+                self.idle.append(actor)
+            self.bars[stage].update(1)
+            if stage == "tune":
+                state.adapter, state.seconds["tune"] = result
+                to_sample.append(state)
+            elif stage == "sample":
+                rows, state.seconds["sample"] = result
+                self.in_flight[rank_task.options(max_retries=self.pipeline.retries).remote(
+                    state.uri, rows, self.config)] = ("rank", state, None)
+            else:
+                rows, state.seconds["rank"] = result
+                self.record(state, samples=rows)
+        for bar in self.bars.values():
+            bar.close()
+
+    def record(self, state: SceneState, samples: list[dict] = (), error: str | None = None) -> None:
+        """Write the scene's manifest parts now: a finished scene is never lost to a later failure."""
+        row = scene_row(state.scene_id, state.uri, self.config, error=error, adapter=state.adapter,
+                        samples=list(samples), tune_s=state.seconds.get("tune"),
+                        sample_s=state.seconds.get("sample"), rank_s=state.seconds.get("rank"))
+        manifest.write_scene(self.out_uri, list(samples), row)
+        self.active -= 1
+        if error:
+            self.summary.failed[state.scene_id] = error
+        else:
+            self.summary.done.append(state.scene_id)
+        for stage, seconds in state.seconds.items():
+            self.summary.stage_seconds[stage] += seconds

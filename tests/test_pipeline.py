@@ -1,0 +1,128 @@
+"""The Ray pipeline end to end: `realfill run` as a user runs it (a separate process, local Ray)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from conftest import write_scene
+from realfill import manifest
+
+RUN_FLAGS = ["--base-model", "tiny", "--device", "cpu", "--resolution", "64", "--train-steps", "3",
+             "--batch-size", "2", "--num-samples", "3", "--sample-steps", "2", "--checkpoint-every", "1", "--quiet"]
+SCENES = ("oxford_graffiti", "opensfm_berlin_dom", "realfill_flowerwoman")
+
+
+def realfill_run(scenes: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "realfill.cli", "run", str(scenes), "--out", str(out), *RUN_FLAGS, *extra]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def scenes(scenes_root, tmp_path_factory) -> Path:
+    """Three real scenes and one broken one (no mask) under one scenes root."""
+    root = tmp_path_factory.mktemp("scenes")
+    for name in SCENES:
+        (root / name).symlink_to(scenes_root / name, target_is_directory=True)
+    broken = write_scene(root / "broken")
+    (broken / "target" / "mask.png").unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = realfill_run(scenes, out)
+    return out, result
+
+
+def snapshot(out: Path) -> dict[str, int]:
+    return {str(path): path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+
+
+def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
+    out, result = first_run
+    assert result.returncode == 1, result.stdout + result.stderr  # a scene failed
+    assert "done: 3" in result.stdout and "failed: 1" in result.stdout
+    assert "failed broken:" in result.stdout and "mask.png: file not found" in result.stdout
+    scenes = {row["scene_id"]: row for row in pd.read_parquet(out / "manifest" / "scenes").to_dict("records")}
+    assert set(scenes) == {*SCENES, "broken"}
+    assert scenes["broken"]["status"] == "failed" and "mask.png" in scenes["broken"]["error"]
+    samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
+    assert len(samples) == 9
+    for name in SCENES:
+        assert scenes[name]["status"] == "ok" and scenes[name]["num_samples"] == 3
+        assert Path(scenes[name]["best_uri"]).exists() and Path(scenes[name]["adapter_uri"]).exists()
+    for row in samples:
+        assert Path(row["uri"]).is_file() and row["rank"] >= 1 and row["score"] is not None
+    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"1"
+
+
+def test_same_command_again_resumes_without_recomputing(scenes, first_run):
+    out, _ = first_run
+    before = snapshot(out)
+    again = realfill_run(scenes, out)
+    assert "already complete (skipped): 3" in again.stdout and "failed: 1" in again.stdout
+    after = snapshot(out)
+    unchanged = {path for path in before if "broken" not in path}
+    assert all(after[path] == before[path] for path in unchanged), "nothing of a finished scene is rewritten"
+    assert len(ds.dataset(out / "manifest" / "samples", format="parquet").to_table()) == 9
+
+
+def test_changed_config_recomputes_and_reuses_adapters(scenes, first_run):
+    out, _ = first_run
+    adapters = {path: mtime for path, mtime in snapshot(out).items() if "/adapters/" in path}
+    changed = realfill_run(scenes, out, "--num-samples", "4")
+    assert "done: 3" in changed.stdout, changed.stdout + changed.stderr
+    samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
+    assert len(samples) == 12 and len({row["run_key"] for row in samples}) == 1, "one config per scene"
+    assert {path: mtime for path, mtime in snapshot(out).items() if "/adapters/" in path} == adapters
+
+
+def test_force_retrains(scenes, first_run):
+    out, _ = first_run
+    adapters = {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".safetensors")}
+    forced = realfill_run(scenes, out, "--num-samples", "4", "--force")
+    assert "done: 3" in forced.stdout
+    now = snapshot(out)
+    assert all(now[path] != mtime for path, mtime in adapters.items() if "/adapters/" in path)
+
+
+@pytest.mark.parametrize("stage", ["tune", "sample", "rank"])
+def test_a_killed_worker_is_retried_and_the_run_completes(scenes_root, tmp_path, stage):
+    root = tmp_path / "scenes"
+    root.mkdir()
+    (root / "oxford_graffiti").symlink_to(scenes_root / "oxford_graffiti", target_is_directory=True)
+    marker = tmp_path / "crashed"
+    result = realfill_run(root, tmp_path / "out", env={"REALFILL_TEST_CRASH_ONCE": f"{stage}:{marker}"})
+    assert marker.exists(), f"the {stage} worker was killed"
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "done: 1" in result.stdout
+    assert manifest.read_table(str(tmp_path / "out"), "samples").num_rows == 3
+
+
+def test_manifest_round_trips_through_a_non_local_filesystem():
+    out = "memory://manifest-test/run"
+    rows = [{"scene_id": "a-b", "seed": seed, "uri": f"{out}/s{seed}.png", "status": "ok", "error": None,
+             "run_key": "0123456789abcdef", "width": 8, "height": 8, "matches": 3, "score": 1.5, "rank": 1,
+             "selected": seed == 0} for seed in range(2)]
+    scene = {"scene_id": "a-b", "scene_uri": "memory://scenes/a-b", "status": "ok", "error": None,
+             "run_key": "0123456789abcdef", "adapter_uri": None, "best_uri": rows[0]["uri"], "num_samples": 2,
+             "tune_s": 1.0, "sample_s": 1.0, "rank_s": 0.1, "config": "{}"}
+    manifest.write_scene(out, rows, {**scene, "scene_id": "a", "run_key": "fedcba9876543210"})
+    manifest.write_scene(out, rows, scene)
+    manifest.write_scene(out, rows, {**scene, "run_key": "ffffffffffffffff"})  # a later config for a-b
+    table = manifest.read_table(out, "scenes")
+    assert sorted(table.column("scene_id").to_pylist()) == ["a", "a-b"], "older parts of a-b replaced, a kept"
+    assert manifest.completed_scenes(out, "ffffffffffffffff") == {"a-b"}
+    fs = fsspec.filesystem("memory")
+    assert not [path for path in fs.find("/manifest-test") if ".tmp-" in path], "no temporary parts left"
+    samples = manifest.read_table(out, "samples")
+    assert samples.num_rows == 4 and samples.schema.equals(manifest.SAMPLES, check_metadata=False)
+    assert sorted(set(zip(samples.column("scene_id").to_pylist(), samples.column("run_key").to_pylist()))) == [
+        ("a", "fedcba9876543210"), ("a-b", "ffffffffffffffff")]
