@@ -108,21 +108,24 @@ def test_a_killed_worker_is_retried_and_the_run_completes(scenes_root, tmp_path,
 
 def test_manifest_round_trips_through_a_non_local_filesystem():
     out = "memory://manifest-test/run"
-    rows = [{"scene_id": "a-b", "seed": seed, "uri": f"{out}/s{seed}.png", "status": "ok", "error": None,
-             "run_key": "0123456789abcdef", "width": 8, "height": 8, "matches": 3, "score": 1.5, "rank": 1,
-             "selected": seed == 0} for seed in range(2)]
-    scene = {"scene_id": "a-b", "scene_uri": "memory://scenes/a-b", "status": "ok", "error": None,
-             "run_key": "0123456789abcdef", "adapter_uri": None, "best_uri": rows[0]["uri"], "num_samples": 2,
-             "tune_s": 1.0, "sample_s": 1.0, "rank_s": 0.1, "config": "{}"}
-    manifest.write_scene(out, rows, {**scene, "scene_id": "a", "run_key": "fedcba9876543210"})
-    manifest.write_scene(out, rows, scene)
-    manifest.write_scene(out, rows, {**scene, "run_key": "ffffffffffffffff"})  # a later config for a-b
+
+    def record(scene_id: str, run_key: str) -> None:
+        rows = [{"scene_id": scene_id, "seed": seed, "uri": f"{out}/{scene_id}/{seed}.png", "status": "ok",
+                 "error": None, "run_key": run_key, "width": 8, "height": 8, "matches": 3, "score": 1.5,
+                 "rank": seed + 1, "selected": seed == 0} for seed in range(2)]
+        scene = {"scene_id": scene_id, "scene_uri": f"memory://scenes/{scene_id}", "status": "ok", "error": None,
+                 "run_key": run_key, "adapter_uri": None, "best_uri": rows[0]["uri"], "num_samples": 2,
+                 "tune_s": 1.0, "sample_s": 1.0, "rank_s": 0.1, "config": "{}"}
+        manifest.write_scene(out, rows, scene)
+
+    record("a", "fedcba9876543210")
+    record("a-b", "0123456789abcdef")
+    record("a-b", "ffffffffffffffff")  # a later config for a-b replaces its earlier parts, not a's
     table = manifest.read_table(out, "scenes")
-    assert sorted(table.column("scene_id").to_pylist()) == ["a", "a-b"], "older parts of a-b replaced, a kept"
+    assert sorted(table.column("scene_id").to_pylist()) == ["a", "a-b"]
     assert manifest.completed_scenes(out, "ffffffffffffffff") == {"a-b"}
-    fs = fsspec.filesystem("memory")
-    assert not [path for path in fs.find("/manifest-test") if ".tmp-" in path], "no temporary parts left"
     samples = manifest.read_table(out, "samples")
     assert samples.num_rows == 4 and samples.schema.equals(manifest.SAMPLES, check_metadata=False)
     assert sorted(set(zip(samples.column("scene_id").to_pylist(), samples.column("run_key").to_pylist()))) == [
         ("a", "fedcba9876543210"), ("a-b", "ffffffffffffffff")]
+    assert not [path for path in fsspec.filesystem("memory").find("/manifest-test") if ".tmp-" in path]
