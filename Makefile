@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+RUNS ?= runs
 DEMO_FLAGS := --base-model tiny --device cpu --resolution 64 --train-steps 30 --num-samples 8 --sample-steps 20
 
 .PHONY: setup demo test
@@ -17,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/realfill example runs/example-scene
-	$(BIN)/realfill fill runs/example-scene --out runs/example $(DEMO_FLAGS)
+	$(BIN)/realfill example $(RUNS)/example-scenes
+	$(BIN)/realfill run $(RUNS)/example-scenes --out $(RUNS)/example $(DEMO_FLAGS)
+	$(BIN)/realfill eval $(RUNS)/example --quiet
 
 test: setup
 	$(BIN)/ruff check realfill pipeline jobs tests benchmarks

@@ -12,9 +12,13 @@ class PipelineConfig:
     address: str | None = None
     """Ray address; None = $RAY_ADDRESS, else a local Ray started for this run."""
     gpus_per_tune: float | None = None
-    """GPUs per fine-tuning task; None = 1 when the cluster has GPUs, else 0."""
+    """GPUs per fine-tuning task; None = 1 when the cluster has GPUs now, else 0 (on an autoscaling
+    cluster that starts with no GPU node, give 1)."""
+    gpus_per_sampler: float | None = None
+    """GPUs each sampler actor holds for its lifetime; None = 1 when the cluster has GPUs now, else 0."""
     samplers: int | None = None
-    """Sampler actors (each holds the base model, with a GPU when there are GPUs); None = one per GPU, or 1."""
+    """Sampler actors, each holding the base model; None = a quarter of the GPUs (tuning costs more than
+    sampling, and GPUs held by samplers cannot tune), at least 1."""
     max_in_flight: int | None = None
     """Scenes between 'tune started' and 'recorded' at once; None = twice the GPUs (or CPUs), at least 2."""
     retries: int = 3
@@ -23,8 +27,9 @@ class PipelineConfig:
     """Redo every scene, even those already complete with this config, and retrain their adapters."""
 
     def __post_init__(self) -> None:
-        if self.gpus_per_tune is not None and self.gpus_per_tune < 0:
-            raise ValueError("gpus_per_tune must be >= 0")
+        for name in ("gpus_per_tune", "gpus_per_sampler"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
         if self.samplers is not None and self.samplers < 1:
             raise ValueError("samplers must be >= 1")
         if self.max_in_flight is not None and self.max_in_flight < 1:

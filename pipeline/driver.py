@@ -90,17 +90,39 @@ def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: P
     return summary
 
 
+@dataclass
+class Plan:
+    """How the stages map onto the cluster's resources."""
+
+    gpus_per_tune: float
+    gpus_per_sampler: float
+    samplers: int
+    max_in_flight: int
+
+
+def plan(resources: dict[str, float], pipeline: PipelineConfig) -> Plan:
+    """Defaults from what the cluster has now; explicit settings always win."""
+    gpus = int(resources.get("GPU", 0))
+
+    def given_or(value, default):
+        return value if value is not None else default
+
+    return Plan(
+        gpus_per_tune=given_or(pipeline.gpus_per_tune, min(gpus, 1)),
+        gpus_per_sampler=given_or(pipeline.gpus_per_sampler, min(gpus, 1)),
+        samplers=given_or(pipeline.samplers, max(1, gpus // 4)),
+        max_in_flight=given_or(pipeline.max_in_flight, max(2, 2 * (gpus or int(resources.get("CPU", 1))))),
+    )
+
+
 class Driver:
     """One run's scheduling state: the sampler pool, what is in flight, and where each scene stands."""
 
     def __init__(self, out_uri: str, config: FillConfig, pipeline: PipelineConfig, summary: RunSummary,
                  show_progress: bool):
         self.out_uri, self.config, self.pipeline, self.summary = out_uri, config, pipeline, summary
-        resources = ray.cluster_resources()
-        self.gpus = int(resources.get("GPU", 0))
-        self.gpus_per_tune = pipeline.gpus_per_tune if pipeline.gpus_per_tune is not None else min(self.gpus, 1)
-        self.max_in_flight = pipeline.max_in_flight or max(2, 2 * (self.gpus or int(resources.get("CPU", 1))))
-        self.idle = deque(self.new_sampler() for _ in range(pipeline.samplers or max(1, self.gpus)))
+        self.plan = plan(ray.cluster_resources(), pipeline)
+        self.idle = deque(self.new_sampler() for _ in range(self.plan.samplers))
         self.in_flight: dict[ray.ObjectRef, tuple[str, SceneState, object]] = {}
         self.active = 0
         self.bars = {stage: tqdm(desc=f"{stage:>6}", position=position, unit="scene", disable=not show_progress)
@@ -108,7 +130,7 @@ class Driver:
 
     def new_sampler(self):
         retries = self.pipeline.retries
-        return SamplerActor.options(num_gpus=1 if self.gpus else 0, max_restarts=retries,
+        return SamplerActor.options(num_gpus=self.plan.gpus_per_sampler, max_restarts=retries,
                                     max_task_retries=retries).remote(self.config.base_model, self.config.device)
 
     def run(self, scene_uris: list[str]) -> None:
@@ -116,10 +138,10 @@ class Driver:
             bar.reset(total=len(scene_uris))
         waiting, to_sample = deque(SceneState(uri) for uri in scene_uris), deque()
         while waiting or to_sample or self.in_flight:
-            while waiting and self.active < self.max_in_flight:
+            while waiting and self.active < self.plan.max_in_flight:
                 state = waiting.popleft()
                 self.active += 1
-                ref = tune_task.options(num_gpus=self.gpus_per_tune, max_retries=self.pipeline.retries).remote(
+                ref = tune_task.options(num_gpus=self.plan.gpus_per_tune, max_retries=self.pipeline.retries).remote(
                     state.uri, self.out_uri, self.config, self.pipeline.force)
                 self.in_flight[ref] = ("tune", state, None)
             while to_sample and self.idle:
@@ -162,6 +184,8 @@ class Driver:
         self.active -= 1
         if error:
             self.summary.failed[state.scene_id] = error
+            for bar in self.bars.values():
+                bar.set_postfix(failed=len(self.summary.failed))
         else:
             self.summary.done.append(state.scene_id)
         for stage, seconds in state.seconds.items():

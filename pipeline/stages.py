@@ -52,11 +52,6 @@ class SamplerActor:
         rows = sample_scene(self.sampler, load_scene(scene_uri), adapter_uri, out_uri, config, show_progress=False)
         return rows, time.perf_counter() - started
 
-    def resident_mib(self) -> float:
-        """Resident memory of this actor's process, to watch for growth across scenes."""
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
 
 @ray.remote
 def rank_task(scene_uri: str, rows: list[dict], config: FillConfig) -> tuple[list[dict], float]:

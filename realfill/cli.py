@@ -64,7 +64,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             "plus optional tune:/sample:/rank: sections holding any field of those configs")
 
 
-PIPELINE_FLAGS = {"address": str, "gpus_per_tune": float, "samplers": int, "max_in_flight": int, "retries": int}
+PIPELINE_FLAGS = {"address": str, "gpus_per_tune": float, "gpus_per_sampler": float, "samplers": int,
+                  "max_in_flight": int, "retries": int}
 
 
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
@@ -185,9 +186,9 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
-    from realfill.example import write_example
+    from realfill.example import write_examples
 
-    print(write_example(args.dir))
+    print("\n".join(write_examples(args.dir)))
     return 0
 
 
@@ -230,7 +231,7 @@ def make_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.set_defaults(func=cmd_tiny_model)
 
-    example = commands.add_parser("example", help="write the bundled example scene to DIR")
+    example = commands.add_parser("example", help="write the bundled example scenes root to DIR (two scenes)")
     example.add_argument("dir")
     example.set_defaults(func=cmd_example)
     return parser

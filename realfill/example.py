@@ -48,13 +48,18 @@ def view(world: np.ndarray, rng: np.random.Generator, size: tuple[int, int], jit
     return np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
-def write_example(uri: str, seed: int = 7) -> str:
-    """Write the example scene (RealBench layout) to a folder or fsspec URI; returns the URI."""
+def write_example(uri: str, seed: int = 7, outpaint: bool = False) -> str:
+    """Write an example scene (RealBench layout) to a folder or fsspec URI; returns the URI.
+    The hole is a box inside the frame, or with outpaint the border around a kept centre."""
     rng = np.random.default_rng(seed)
     world = draw_world(rng)
     gt = view(world, rng, (320, 256), jitter=0.0, gain=1.0)
     mask = np.zeros(gt.shape[:2], np.uint8)
-    mask[80:176, 110:230] = 255
+    if outpaint:
+        mask[:] = 255
+        mask[48:208, 64:256] = 0
+    else:
+        mask[80:176, 110:230] = 255
     target = np.where(mask[..., None] > 0, 0, gt).astype(np.uint8)
     storage.write_png(storage.join(uri, "target", "target.png"), target)
     storage.write_png(storage.join(uri, "target", "mask.png"), mask)
@@ -64,3 +69,9 @@ def write_example(uri: str, seed: int = 7) -> str:
         storage.write_bytes(storage.join(uri, "ref", f"{index:02d}.jpg"),
                             cv2.imencode(".jpg", cv2.cvtColor(ref, cv2.COLOR_RGB2BGR))[1].tobytes())
     return uri
+
+
+def write_examples(root: str) -> list[str]:
+    """A scenes root with two example scenes: one hole to fill, one border to outpaint."""
+    return [write_example(storage.join(root, "wall"), seed=7),
+            write_example(storage.join(root, "wall-outpaint"), seed=11, outpaint=True)]

@@ -44,3 +44,13 @@ def test_device_and_precision_follow_the_hardware():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+def test_cuda_precision_choice(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert mixed_precision(torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert mixed_precision(torch.device("cuda")) == "fp16"
+    assert mixed_precision(torch.device("cuda"), "no") == "no"

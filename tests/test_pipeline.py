@@ -129,3 +129,16 @@ def test_manifest_round_trips_through_a_non_local_filesystem():
     assert sorted(set(zip(samples.column("scene_id").to_pylist(), samples.column("run_key").to_pylist()))) == [
         ("a", "fedcba9876543210"), ("a-b", "ffffffffffffffff")]
     assert not [path for path in fsspec.filesystem("memory").find("/manifest-test") if ".tmp-" in path]
+
+
+def test_plan_follows_the_cluster_and_explicit_settings_win():
+    from pipeline.config import PipelineConfig
+    from pipeline.driver import plan
+
+    cpu_only = plan({"CPU": 2.0}, PipelineConfig())
+    assert (cpu_only.gpus_per_tune, cpu_only.gpus_per_sampler, cpu_only.samplers, cpu_only.max_in_flight) == (
+        0, 0, 1, 4)
+    gpus = plan({"CPU": 64.0, "GPU": 8.0}, PipelineConfig())
+    assert (gpus.gpus_per_tune, gpus.gpus_per_sampler, gpus.samplers, gpus.max_in_flight) == (1, 1, 2, 16)
+    autoscaling = plan({"CPU": 4.0}, PipelineConfig(gpus_per_tune=1, gpus_per_sampler=1, samplers=3))
+    assert (autoscaling.gpus_per_tune, autoscaling.gpus_per_sampler, autoscaling.samplers) == (1, 1, 3)
