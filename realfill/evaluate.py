@@ -25,6 +25,8 @@ def evaluate_run(
 ) -> tuple[pa.Table, dict[str, str], list[str]]:
     """Metrics for every finished sample of the run whose scene has a gt.png; written to OUT/metrics.parquet.
     Returns the table, the unavailable metrics with their reasons, and the scenes without ground truth."""
+    if not storage.exists(manifest.table_uri(out_uri, "scenes")):
+        raise ValueError(f"{out_uri}: no manifest/scenes here; is this the --out of a realfill fill or run?")
     samples = [row for row in manifest.read_table(out_uri, "samples").to_pylist() if row["status"] == "ok"]
     scene_uris = {row["scene_id"]: row["scene_uri"] for row in manifest.read_table(out_uri, "scenes").to_pylist()}
     evaluator = Evaluator(config)

@@ -67,6 +67,11 @@ def test_bad_scene_exits_non_zero_with_one_line(tmp_path, capsys):
     assert rows[0]["status"] == "failed" and "mask.png" in rows[0]["error"]
 
 
+def test_eval_of_a_folder_that_is_no_run(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no manifest" in capsys.readouterr().err
+
+
 def test_config_file_then_flags(tmp_path):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("train-steps: 7\nresolution: 128\nfast: true\ntune:\n  lora_rank: 4\n")

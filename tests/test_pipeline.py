@@ -63,6 +63,18 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"1"
 
 
+def test_manifest_reads_as_one_table_with_ray_data(first_run):
+    import ray
+
+    out, _ = first_run
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        assert ray.data.read_parquet(str(out / "manifest" / "samples")).count() == 9
+        assert ray.data.read_parquet(str(out / "manifest" / "scenes")).count() == 4
+    finally:
+        ray.shutdown()
+
+
 def test_same_command_again_resumes_without_recomputing(scenes, first_run):
     out, _ = first_run
     before = snapshot(out)
