@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
     for variant in args.variant:
         name, _, flags = variant.partition(":")
         out = storage.join(args.out, name)
-        failures += realfill(["run", args.scenes, "--out", out, *shared, *shlex.split(flags)]) != 0
+        failures += realfill(["run", args.scenes, "--out", out, "--adapters", storage.join(args.out, "adapters"),
+                              *shared, *shlex.split(flags)]) != 0
         table, unavailable, _ = evaluate_run(out, EvalConfig(), show_progress=False)
         reports.append(f"## {name} (`{flags.strip() or 'defaults'}`)\n\n{markdown_summary(table, unavailable)}\n")
     report = "\n".join(reports)

@@ -20,7 +20,7 @@ from pipeline.config import PipelineConfig
 from pipeline.stages import SamplerActor, rank_task, tune_task
 from realfill import manifest
 from realfill.config import FillConfig
-from realfill.fill import describe, run_key, scene_row
+from realfill.fill import default_adapters, describe, run_key, scene_row
 from realfill.scene import list_scenes, scene_id_of
 
 STAGES = ("tune", "sample", "rank")
@@ -69,7 +69,9 @@ def root_cause(exc: BaseException) -> BaseException:
 
 
 def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: PipelineConfig,
-                 show_progress: bool = True) -> RunSummary:
+                 show_progress: bool = True, adapters: str | None = None) -> RunSummary:
+    """Complete every scene under scenes_root into out_uri (adapters in the given store, default
+    OUT/adapters); scenes already complete with this config are skipped unless pipeline.force."""
     started = time.perf_counter()
     summary = RunSummary()
     finished = set() if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
@@ -82,7 +84,8 @@ def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: P
     if todo:
         started_ray = connect(pipeline.address)
         try:
-            Driver(out_uri, config, pipeline, summary, show_progress).run(todo)
+            Driver(out_uri, adapters or default_adapters(out_uri), config, pipeline, summary,
+                   show_progress).run(todo)
         finally:
             if started_ray:
                 ray.shutdown()
@@ -118,9 +121,10 @@ def plan(resources: dict[str, float], pipeline: PipelineConfig) -> Plan:
 class Driver:
     """One run's scheduling state: the sampler pool, what is in flight, and where each scene stands."""
 
-    def __init__(self, out_uri: str, config: FillConfig, pipeline: PipelineConfig, summary: RunSummary,
-                 show_progress: bool):
-        self.out_uri, self.config, self.pipeline, self.summary = out_uri, config, pipeline, summary
+    def __init__(self, out_uri: str, adapters: str, config: FillConfig, pipeline: PipelineConfig,
+                 summary: RunSummary, show_progress: bool):
+        self.out_uri, self.adapters, self.config, self.pipeline = out_uri, adapters, config, pipeline
+        self.summary = summary
         self.plan = plan(ray.cluster_resources(), pipeline)
         self.idle = deque(self.new_sampler() for _ in range(self.plan.samplers))
         self.in_flight: dict[ray.ObjectRef, tuple[str, SceneState, object]] = {}
@@ -142,11 +146,11 @@ class Driver:
                 state = waiting.popleft()
                 self.active += 1
                 ref = tune_task.options(num_gpus=self.plan.gpus_per_tune, max_retries=self.pipeline.retries).remote(
-                    state.uri, self.out_uri, self.config, self.pipeline.force)
+                    state.uri, self.adapters, self.config, self.pipeline.force)
                 self.in_flight[ref] = ("tune", state, None)
             while to_sample and self.idle:
                 state, actor = to_sample.popleft(), self.idle.popleft()
-                ref = actor.sample.remote(state.uri, state.adapter, self.out_uri, self.config)
+                ref = actor.sample.remote(state.uri, state.adapter, self.out_uri, self.config, self.pipeline.force)
                 self.in_flight[ref] = ("sample", state, actor)
             [ready], _ = ray.wait(list(self.in_flight), num_returns=1)
             stage, state, actor = self.in_flight.pop(ready)

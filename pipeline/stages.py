@@ -28,12 +28,12 @@ def crash_point(stage: str) -> None:
 
 
 @ray.remote
-def tune_task(scene_uri: str, out_uri: str, config: FillConfig, force: bool) -> tuple[str, float]:
+def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool) -> tuple[str, float]:
     """Fine-tune (or reuse, or resume) one scene's adapter; returns its URI and the seconds spent."""
     quiet_libraries()
     started = time.perf_counter()
     scene = load_scene(scene_uri)
-    adapter, _ = tune_scene(scene, out_uri, config, show_progress=False, force=force,
+    adapter, _ = tune_scene(scene, adapters, config, show_progress=False, force=force,
                             after_step=lambda step: crash_point("tune"))
     return adapter, time.perf_counter() - started
 
@@ -46,10 +46,12 @@ class SamplerActor:
         quiet_libraries()
         self.sampler = Sampler(resolve_base_model(base_model), device)
 
-    def sample(self, scene_uri: str, adapter_uri: str, out_uri: str, config: FillConfig) -> tuple[list[dict], float]:
+    def sample(self, scene_uri: str, adapter_uri: str, out_uri: str, config: FillConfig,
+               force: bool) -> tuple[list[dict], float]:
         started = time.perf_counter()
         crash_point("sample")
-        rows = sample_scene(self.sampler, load_scene(scene_uri), adapter_uri, out_uri, config, show_progress=False)
+        rows = sample_scene(self.sampler, load_scene(scene_uri), adapter_uri, out_uri, config, show_progress=False,
+                            force=force)
         return rows, time.perf_counter() - started
 
 

@@ -112,7 +112,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     from realfill.fill import fill_scene
 
     config = build_config(args)
-    row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet)
+    row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
     if row["status"] != "ok":
         print(f"realfill: {row['scene_id']} failed: {row['error']}", file=sys.stderr)
         return 1
@@ -129,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     pipeline = PipelineConfig(**{name: getattr(args, name) for name in PIPELINE_FLAGS if getattr(args, name)
                                  is not None}, force=args.force)
-    summary = run_pipeline(args.scenes, args.out, build_config(args), pipeline, show_progress=not args.quiet)
+    summary = run_pipeline(args.scenes, args.out, build_config(args), pipeline, show_progress=not args.quiet,
+                           adapters=args.adapters)
     print(summary.text())
     print(f"manifest: {storage.join(args.out, 'manifest')}")
     return 1 if summary.failed else 0
@@ -192,6 +193,10 @@ def cmd_example(args: argparse.Namespace) -> int:
     return 0
 
 
+ADAPTERS_HELP = ("adapter store (default: OUT/adapters); runs that share one reuse each other's adapters "
+                 "whenever scene, tune config, seed and base model match")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realfill", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +204,7 @@ def make_parser() -> argparse.ArgumentParser:
     fill = commands.add_parser("fill", help="fine-tune on one scene, sample seeds, write images and manifest")
     fill.add_argument("scene", help="scene folder or URI (RealBench layout)")
     fill.add_argument("--out", required=True, help="output folder or URI")
+    fill.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
     fill.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(fill)
     fill.set_defaults(func=cmd_fill)
@@ -206,6 +212,7 @@ def make_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="complete every scene under a scenes root on a Ray cluster (or locally)")
     run.add_argument("scenes", help="scenes root: a folder or URI holding one folder per scene")
     run.add_argument("--out", required=True, help="output folder or URI (shared storage on a cluster)")
+    run.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
     add_pipeline_flags(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(run)

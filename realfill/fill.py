@@ -23,19 +23,24 @@ def run_key(config: FillConfig) -> str:
     return config_key(config)
 
 
-def adapter_uri(out_uri: str, scene: Scene, config: FillConfig) -> str:
+def default_adapters(out_uri: str) -> str:
+    """Where a run keeps its adapters unless told to share a store with other runs."""
+    return storage.join(out_uri, "adapters")
+
+
+def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:
     """Adapters are stored by what they were made from (scene content, tune config, seed, base model),
     so any run that changes only sampling or ranking finds and reuses them."""
     key = config_key({"scene": scene.fingerprint(), "tune": asdict(config.tune), "seed": config.seed,
                       "base": config.base_model})
-    return storage.join(out_uri, "adapters", f"{scene.scene_id}-{key}")
+    return storage.join(adapters, f"{scene.scene_id}-{key}")
 
 
-def tune_scene(scene: Scene, out_uri: str, config: FillConfig, show_progress: bool = True,
+def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: bool = True,
                after_step=None, force: bool = False) -> tuple[str, dict]:
-    """Train (or reuse, or resume) the scene's adapter; returns its URI and info.
+    """Train (or reuse, or resume) the scene's adapter in the adapters store; returns its URI and info.
     force discards a stored adapter and its checkpoint and trains from scratch."""
-    uri = adapter_uri(out_uri, scene, config)
+    uri = adapter_uri(adapters, scene, config)
     if force:
         storage.remove(uri)
     elif storage.exists(storage.join(uri, ADAPTER_INFO)):
@@ -46,27 +51,29 @@ def tune_scene(scene: Scene, out_uri: str, config: FillConfig, show_progress: bo
     return uri, info
 
 
-def samples_uri(out_uri: str, scene_id: str, key: str) -> str:
-    return storage.join(out_uri, "samples", f"{scene_id}-{key}")
+def sample_uri(out_uri: str, scene: Scene, adapter: str, config: FillConfig, seed: int) -> str:
+    """Samples are stored by what made them (adapter and sampling config), so a run that changes only
+    ranking, or one resumed after a crash mid-scene, reuses the images already made."""
+    key = config_key({"adapter": adapter.rstrip("/").rsplit("/", 1)[-1], "sample": asdict(config.sample)})
+    return storage.join(out_uri, "samples", f"{scene.scene_id}-{key}", f"seed-{seed:05d}.png")
 
 
 def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, config: FillConfig,
-                 show_progress: bool = True) -> list[dict]:
-    """Generate, composite and store every seed of a scene; returns one manifest row per sample."""
-    sampler.use_adapter(adapter)
-    prompt = read_adapter_info(adapter)["config"]["prompt"]
-    key = run_key(config)
-    folder = samples_uri(out_uri, scene.scene_id, key)
+                 show_progress: bool = True, force: bool = False) -> list[dict]:
+    """Generate, composite and store every seed of a scene not already stored (all of them with force);
+    returns one manifest row per seed."""
     seeds = [config.seed + index for index in range(config.sample.num_samples)]
+    uris = {seed: sample_uri(out_uri, scene, adapter, config, seed) for seed in seeds}
+    missing = [seed for seed in seeds if force or not storage.exists(uris[seed])]
+    if missing:
+        sampler.use_adapter(adapter)
+        prompt = read_adapter_info(adapter)["config"]["prompt"]
+        for seed, generated in tqdm(sampler.generate(scene, config.sample, missing, prompt), total=len(missing),
+                                    desc=f"sample {scene.scene_id}", disable=not show_progress, leave=False):
+            storage.write_png(uris[seed], composite_sample(scene, generated, config.sample))
     height, width = scene.target.shape[:2]
-    rows = []
-    for seed, generated in tqdm(sampler.generate(scene, config.sample, seeds, prompt), total=len(seeds),
-                                desc=f"sample {scene.scene_id}", disable=not show_progress, leave=False):
-        uri = storage.join(folder, f"seed-{seed:05d}.png")
-        storage.write_png(uri, composite_sample(scene, generated, config.sample))
-        rows.append({"scene_id": scene.scene_id, "seed": seed, "uri": uri, "status": "ok", "error": None,
-                     "run_key": key, "width": width, "height": height})
-    return rows
+    return [{"scene_id": scene.scene_id, "seed": seed, "uri": uris[seed], "status": "ok", "error": None,
+             "run_key": run_key(config), "width": width, "height": height} for seed in seeds]
 
 
 def rank_samples(scene: Scene, rows: list[dict], config: FillConfig) -> list[dict]:
@@ -100,15 +107,16 @@ def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str |
 
 
 def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sampler | None = None,
-               show_progress: bool = True) -> dict:
+               show_progress: bool = True, adapters: str | None = None) -> dict:
     """Complete one scene end to end and write its manifest parts; returns its scene row.
-    Bad input or a failing stage is recorded in the row (status failed, error), never raised."""
+    Bad input or a failing stage is recorded in the row (status failed, error), never raised.
+    adapters is the adapter store (default OUT/adapters)."""
     scene_id = scene_id_of(scene_uri)
     samples: list[dict] = []
     try:
         scene = load_scene(scene_uri)
         started = time.perf_counter()
-        adapter, _ = tune_scene(scene, out_uri, config, show_progress)
+        adapter, _ = tune_scene(scene, adapters or default_adapters(out_uri), config, show_progress)
         tuned = time.perf_counter()
         sampler = sampler or Sampler(resolve_base_model(config.base_model), config.device)
         samples = sample_scene(sampler, scene, adapter, out_uri, config, show_progress)

@@ -105,6 +105,16 @@ def test_force_retrains(scenes, first_run):
     assert all(now[path] != mtime for path, mtime in adapters.items() if "/adapters/" in path)
 
 
+def test_ranking_only_change_reuses_samples(scenes, first_run):
+    out, _ = first_run
+    images = {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")}
+    reranked = realfill_run(scenes, out, "--num-samples", "4", "--keep", "2")
+    assert "done: 3" in reranked.stdout
+    assert {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")} == images
+    samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
+    assert len(samples) == 12 and sum(row["selected"] for row in samples) == 6
+
+
 @pytest.mark.parametrize("stage", ["tune", "sample", "rank"])
 def test_a_killed_worker_is_retried_and_the_run_completes(scenes_root, tmp_path, stage):
     root = tmp_path / "scenes"
