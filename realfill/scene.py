@@ -145,5 +145,8 @@ def list_scenes(root_uri: str) -> list[str]:
         if storage.exists(storage.join(candidate, "target")) or storage.exists(storage.join(candidate, "ref")):
             scenes.append(candidate)
     if not scenes:
+        if {"target", "ref"} & set(names):
+            raise SceneError(f"{root_uri}: this is one scene, not a scenes root; pass the folder that holds it "
+                             f"(or use realfill fill for a single scene)")
         raise SceneError(f"{root_uri}: no scene folders (each needs target/ and ref/)")
     return scenes

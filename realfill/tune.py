@@ -71,14 +71,35 @@ def augment(image: np.ndarray, unknown: np.ndarray, resolution: int, max_scale: 
     return image[window], unknown[window].astype(bool)
 
 
-def make_batch(scene: Scene, config: TuneConfig, rng: np.random.Generator) -> Batch:
+@dataclass
+class TrainingImage:
+    image: np.ndarray
+    unknown: np.ndarray
+    """True where the pixel is unknown (the target's hole); all False for references."""
+
+
+def training_images(scene: Scene, config: TuneConfig) -> list[TrainingImage]:
+    """The references and the target, each downscaled once so that its short side is the largest the
+    augmentation asks for: every draw then resizes a small image, not a 12-megapixel photo."""
+    largest = int(np.ceil(config.resolution * config.resize_max_scale))
+    pairs = [(ref, np.zeros(ref.shape[:2], bool)) for ref in scene.refs] + [(scene.target, scene.mask)]
+    prepared = []
+    for image, unknown in pairs:
+        scale = largest / min(image.shape[:2])
+        if scale < 1:
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            unknown = cv2.resize(unknown.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+        prepared.append(TrainingImage(image, unknown))
+    return prepared
+
+
+def make_batch(images: list[TrainingImage], config: TuneConfig, rng: np.random.Generator) -> Batch:
     """batch_size independent draws, with replacement, from the references and the target."""
-    images = [*scene.refs, scene.target]
-    unknowns = [np.zeros(ref.shape[:2], bool) for ref in scene.refs] + [scene.mask]
     pixels, masks, unknown_masks, prompts = [], [], [], []
     for _ in range(config.batch_size):
-        index = int(rng.integers(len(images)))
-        image, unknown = augment(images[index], unknowns[index], config.resolution, config.resize_max_scale, rng)
+        drawn = images[int(rng.integers(len(images)))]
+        image, unknown = augment(drawn.image, drawn.unknown, config.resolution, config.resize_max_scale, rng)
         mask = np.maximum(render_mask(draw_mask(rng, config.resolution, config), config.resolution), unknown)
         pixels.append(image.astype(np.float32) / 127.5 - 1.0)
         masks.append(mask)
@@ -313,12 +334,13 @@ def tune(
     progress = load_checkpoint(checkpoint_uri, key, models, optimizer) or {"key": key, "step": 0, "losses": []}
     load_seconds = time.perf_counter() - started
 
+    images = training_images(scene, config)
     bar = tqdm(total=config.train_steps, initial=progress["step"], desc=f"tune {scene.scene_id}",
                disable=not show_progress, leave=False)
     train_started = time.perf_counter()
     for step in range(progress["step"], config.train_steps):
         torch.manual_seed(step_seed(seed, step))
-        batch = make_batch(scene, config, np.random.default_rng([seed, step]))
+        batch = make_batch(images, config, np.random.default_rng([seed, step]))
         with accelerator.autocast():
             loss = training_loss(models, batch, accelerator.device, weight_dtype)
         accelerator.backward(loss)

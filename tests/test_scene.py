@@ -99,3 +99,15 @@ def test_scene_loads_from_an_fsspec_uri(tmp_path):
     assert scene.scene_id == "remote" and len(scene.refs) == 1
     np.testing.assert_array_equal(scene.target, load_scene(str(local)).target)
     assert list_scenes("memory://scenes") == ["memory://scenes/remote"]
+
+
+def test_scenes_root_errors(tmp_path):
+    scene = write_scene(tmp_path / "root" / "one")
+    assert list_scenes(str(tmp_path / "root")) == [str(scene)]
+    with pytest.raises(SceneError, match="this is one scene"):
+        list_scenes(str(scene))
+    with pytest.raises(SceneError, match="scenes root not found"):
+        list_scenes(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SceneError, match="no scene folders"):
+        list_scenes(str(tmp_path / "empty"))

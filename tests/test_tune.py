@@ -15,6 +15,7 @@ from realfill.tune import (
     make_batch,
     read_adapter_info,
     save_adapter,
+    training_images,
     training_loss,
     tune,
     unknown_latent_weight,
@@ -25,7 +26,7 @@ CPU = torch.device("cpu")
 
 def loss_and_grads(models, scene, config, seed=3):
     torch.manual_seed(seed)
-    batch = make_batch(scene, config, np.random.default_rng(seed))
+    batch = make_batch(training_images(scene, config), config, np.random.default_rng(seed))
     for module in (models.unet, models.text_encoder):
         module.zero_grad(set_to_none=True)
     loss = training_loss(models, batch, CPU, torch.float32)
@@ -79,7 +80,7 @@ def test_unknown_latents_get_zero_weight():
 def test_batch_has_n_independent_draws_with_one_reference(tmp_path):
     scene = load_scene(str(write_scene(tmp_path / "one", refs=1)))
     config = TuneConfig(resolution=32, batch_size=16)
-    batch = make_batch(scene, config, np.random.default_rng(0))
+    batch = make_batch(training_images(scene, config), config, np.random.default_rng(0))
     assert batch.pixels.shape == (16, 3, 32, 32) and batch.mask.shape == (16, 1, 32, 32)
     assert len(batch.prompts) == 16
     flat = batch.pixels.flatten(1)
@@ -112,6 +113,17 @@ def model_outputs(tokenizer, unet, text_encoder):
     with torch.no_grad():
         hidden = text_encoder(ids)[0]
         return hidden, unet(latents, 500, hidden).sample
+
+
+def test_large_photos_are_downscaled_once_with_their_hole(tmp_path):
+    scene = load_scene(str(write_scene(tmp_path / "big", size=(600, 400), ref_size=(900, 700), refs=1)))
+    config = TuneConfig(resolution=64)
+    images = training_images(scene, config)
+    assert [min(item.image.shape[:2]) for item in images] == [72, 72]  # ceil(64 * 576 / 512)
+    ref, target = images
+    assert not ref.unknown.any() and target.unknown.shape == target.image.shape[:2]
+    hole_fraction = scene.mask.mean()
+    assert target.unknown.mean() >= hole_fraction, "a downscaled hole never shrinks"
 
 
 def test_lora_save_load_round_trip_is_exact(tiny_model):
