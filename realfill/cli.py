@@ -64,8 +64,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             "plus optional tune:/sample:/rank: sections holding any field of those configs")
 
 
-PIPELINE_FLAGS = {"address": str, "gpus_per_tune": float, "gpus_per_sampler": float, "samplers": int,
-                  "max_in_flight": int, "retries": int}
+PIPELINE_FLAGS = ("address", "gpus_per_tune", "gpus_per_sampler", "samplers", "max_in_flight", "retries")
 
 
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +73,8 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
 
     docs = field_docs(PipelineConfig)
     group = parser.add_argument_group("cluster")
-    for name, kind in PIPELINE_FLAGS.items():
+    for name in PIPELINE_FLAGS:
+        kind = _parser_for(PipelineConfig.__dataclass_fields__[name].type)
         group.add_argument(f"--{name.replace('_', '-')}", type=kind, help=docs[name].replace("%", "%%"))
     group.add_argument("--force", action="store_true", help=docs["force"])
 
