@@ -67,7 +67,7 @@ def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, con
     missing = [seed for seed in seeds if force or not storage.exists(uris[seed])]
     if missing:
         sampler.use_adapter(adapter)
-        prompt = read_adapter_info(adapter)["config"]["prompt"]
+        prompt = sampler.adapter_info["config"]["prompt"]
         for seed, generated in tqdm(sampler.generate(scene, config.sample, missing, prompt), total=len(missing),
                                     desc=f"sample {scene.scene_id}", disable=not show_progress, leave=False):
             storage.write_png(uris[seed], composite_sample(scene, generated, config.sample))

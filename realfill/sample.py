@@ -69,7 +69,8 @@ class Sampler:
         self.pipeline.set_progress_bar_config(disable=True)
         self.base_scheduler_config = self.pipeline.scheduler.config
         self.adapter_uri: str | None = None
-        self.adapter_layout: tuple | None = None
+        self.adapter_info: dict | None = None
+        """The active adapter's realfill_adapter.json (its config holds the prompt it was trained with)."""
 
     def use_adapter(self, adapter_uri: str | None) -> None:
         """Make a scene's LoRA adapter the active one (None = the bare base model).
@@ -82,8 +83,9 @@ class Sampler:
         if adapter_uri is None:
             self._unload()
             return
-        layout = lora_layout(read_adapter_info(adapter_uri))
-        if layout != self.adapter_layout or not self._copy_in_place(adapter_uri):
+        info = read_adapter_info(adapter_uri)
+        same_layout = self.adapter_info is not None and lora_layout(info) == lora_layout(self.adapter_info)
+        if not same_layout or not self._copy_in_place(adapter_uri):
             self._unload()
             with tempfile.TemporaryDirectory() as scratch:
                 storage.download_dir(adapter_uri, scratch)
@@ -91,12 +93,12 @@ class Sampler:
         # freshly injected LoRA dropout layers start in training mode: sampling must be deterministic
         self.pipeline.unet.eval()
         self.pipeline.text_encoder.eval()
-        self.adapter_uri, self.adapter_layout = adapter_uri, layout
+        self.adapter_uri, self.adapter_info = adapter_uri, info
 
     def _unload(self) -> None:
         if self.adapter_uri is not None:
             self.pipeline.unload_lora_weights()
-        self.adapter_uri = self.adapter_layout = None
+        self.adapter_uri = self.adapter_info = None
 
     def _copy_in_place(self, adapter_uri: str) -> bool:
         """Load LoRA weights into the active adapter's tensors, as diffusers' training examples restore
