@@ -139,19 +139,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_rank(args: argparse.Namespace) -> int:
     import json
 
-    from realfill.rank import index_scene, rank_scores, score_candidate
-    from realfill.scene import SceneError, load_scene, read_image
+    from realfill.rank import rank_scores, score_images
+    from realfill.scene import load_scene
 
     config = RankConfig(features=args.features) if args.features else RankConfig()
-    scene = load_scene(args.scene)
-    index = index_scene(scene, config)
-    scores = []
-    for path in args.images:
-        image = read_image(path)
-        try:
-            scores.append(score_candidate(index, image, config))
-        except ValueError as exc:
-            raise SceneError(f"{path}: {exc}") from None
+    scores = score_images(load_scene(args.scene), args.images, config)
     results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank}
                for path, s, rank in zip(args.images, scores, rank_scores(scores))]
     results.sort(key=lambda result: result["rank"])

@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 from realfill import manifest, storage
 from realfill.config import FillConfig, config_key
 from realfill.models import resolve_base_model
-from realfill.rank import index_scene, rank_scores, score_candidate
+from realfill.rank import rank_scores, score_images
 from realfill.sample import Sampler, composite_sample
-from realfill.scene import Scene, load_scene, read_image, scene_id_of
+from realfill.scene import Scene, load_scene, scene_id_of
 from realfill.tune import ADAPTER_INFO, read_adapter_info, tune
 
 
@@ -79,8 +79,7 @@ def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, con
 def rank_samples(scene: Scene, rows: list[dict], config: FillConfig) -> list[dict]:
     """Score every sample against the references (features of the scene computed once), rank them,
     and mark the top keep as selected. Returns the rows with matches, score, rank and selected."""
-    index = index_scene(scene, config.rank)
-    scores = [score_candidate(index, read_image(row["uri"]), config.rank) for row in rows]
+    scores = score_images(scene, [row["uri"] for row in rows], config.rank)
     ranks = rank_scores(scores)
     order = sorted(range(len(rows)), key=lambda i: (ranks[i], rows[i]["seed"]))
     kept = set(order[: config.rank.keep_count(len(rows))])
@@ -91,8 +90,8 @@ def rank_samples(scene: Scene, rows: list[dict], config: FillConfig) -> list[dic
 
 
 def best_uri(rows: list[dict]) -> str | None:
-    ranked = sorted((row for row in rows if row.get("rank") is not None), key=lambda r: (r["rank"], r["seed"]))
-    return ranked[0]["uri"] if ranked else None
+    ranked = [row for row in rows if row.get("rank") is not None]
+    return min(ranked, key=lambda row: (row["rank"], row["seed"]))["uri"] if ranked else None
 
 
 def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str | None = None,

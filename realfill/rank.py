@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from realfill.config import RankConfig
-from realfill.scene import Scene
+from realfill.scene import Scene, SceneError, read_image
 
 KNOWN_MARGIN_PX = 8
 """Known-region features keep this far from the hole, so no descriptor sees hole pixels."""
@@ -182,6 +182,20 @@ def score_candidate(index: SceneIndex, image: np.ndarray, config: RankConfig) ->
         elif len(fill_points):
             total += float(agreement(fill_points, ref_points, known, config).sum())
     return Score(matches=matches, score=round(total, 6))
+
+
+def score_images(scene: Scene, uris: list[str], config: RankConfig) -> list[Score]:
+    """Score image files against one scene, its features computed once; a file that cannot be read,
+    or is not the target's size, raises SceneError naming it."""
+    index = index_scene(scene, config)
+    scores = []
+    for uri in uris:
+        image = read_image(uri)
+        try:
+            scores.append(score_candidate(index, image, config))
+        except ValueError as exc:
+            raise SceneError(f"{uri}: {exc}") from None
+    return scores
 
 
 def rank_scores(scores: list[Score]) -> list[int]:
