@@ -154,17 +154,18 @@ class Driver:
                 self.in_flight[ref] = ("sample", state, actor)
             [ready], _ = ray.wait(list(self.in_flight), num_returns=1)
             stage, state, actor = self.in_flight.pop(ready)
+            error = None
             try:
                 result = ray.get(ready)
             except Exception as exc:  # the stage raised, or its worker died past its retries
+                error = describe(root_cause(exc))
                 if isinstance(exc, ray.exceptions.RayActorError):
                     actor = self.new_sampler()
-                if actor is not None:
-                    self.idle.append(actor)
-                self.record(state, error=describe(root_cause(exc)))
-                continue
             if actor is not None:
                 self.idle.append(actor)
+            if error:
+                self.record(state, error=error)
+                continue
             self.bars[stage].update(1)
             if stage == "tune":
                 state.adapter, state.seconds["tune"] = result

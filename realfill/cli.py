@@ -64,6 +64,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                             "plus optional tune:/sample:/rank: sections holding any field of those configs")
 
 
+EVAL_FLAGS = ("dino_model", "clip_model", "lpips_weights", "lpips_net", "device")
 PIPELINE_FLAGS = ("address", "gpus_per_tune", "gpus_per_sampler", "samplers", "max_in_flight", "retries")
 
 
@@ -161,8 +162,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from realfill.evaluate import evaluate_run, markdown_summary
 
-    overrides = {name: getattr(args, name) for name in ("dino_model", "clip_model", "lpips_weights", "lpips_net",
-                                                         "device") if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in EVAL_FLAGS if getattr(args, name) is not None}
     table, unavailable, without_gt = evaluate_run(args.out, EvalConfig(**overrides), show_progress=not args.quiet)
     if without_gt:
         print(f"no gt.png, not evaluated: {', '.join(without_gt)}", file=sys.stderr)
@@ -220,7 +220,7 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="metrics of a run's samples against the scenes' gt.png")
     evaluate.add_argument("out", help="the run's output folder or URI (holds manifest/)")
     eval_docs = field_docs(EvalConfig)
-    for name in ("dino_model", "clip_model", "lpips_weights", "lpips_net", "device"):
+    for name in EVAL_FLAGS:
         evaluate.add_argument(f"--{name.replace('_', '-')}", help=f"{eval_docs[name]} "
                               f"(default: {getattr(EvalConfig(), name)})")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
