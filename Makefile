@@ -1,20 +1,26 @@
 # Two commands for a fresh machine: `make demo` (set up, then run the main job on the bundled
 # example: tiny model, CPU) and `make test` (set up, then run the tests).
+# Everything installs from constraints.txt, the lock of the versions the tests ran against.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+LOCK := constraints.txt
+# torch comes from the lock; on a GPU machine pass where to get it, e.g.
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= $(shell grep -m1 '^torch==' $(LOCK))
+EXTRAS := dev,s3,gcs
+comma := ,
 BIN := $(VENV)/bin
 RUNS ?= runs
 DEMO_FLAGS := --base-model tiny --device cpu --resolution 64 --train-steps 30 --num-samples 8 --sample-steps 20
 
-.PHONY: setup demo test
+.PHONY: setup demo test lock
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 demo: setup
@@ -25,3 +31,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check realfill pipeline jobs tests benchmarks
 	$(BIN)/python -m pytest
+
+# Re-resolve the lock from pyproject.toml's ranges (newest releases that fit, for every platform and
+# Python that pyproject.toml claims), keeping the locked torch unless TORCH=torch==X.Y.Z is given.
+# Then run `make test` on the new lock before committing it.
+lock: setup
+	echo "$(TORCH)" | $(BIN)/uv pip compile pyproject.toml - --extra $(subst $(comma), --extra ,$(EXTRAS)) \
+		--universal --python-version 3.11 --custom-compile-command "make lock" --quiet -o $(LOCK)

@@ -18,12 +18,14 @@ from tqdm.auto import tqdm
 
 from pipeline.config import PipelineConfig
 from pipeline.stages import SamplerActor, rank_task, tune_task
-from realfill import manifest
+from realfill import manifest, storage
 from realfill.config import FillConfig
 from realfill.fill import default_adapters, describe, run_key, scene_row
 from realfill.scene import list_scenes, scene_id_of
 
 STAGES = ("tune", "sample", "rank")
+BEST_SHOWN = 50
+"""Scenes whose best image the summary names; the scenes table has all of them."""
 
 
 @dataclass
@@ -42,6 +44,8 @@ class RunSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    best: dict[str, str | None] = field(default_factory=dict)
+    """Best-ranked image of every complete scene, done now or skipped."""
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall_s: float = 0.0
 
@@ -51,6 +55,10 @@ class RunSummary:
                  "time per stage (summed over scenes): "
                  + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.stage_seconds.items())]
         lines += [f"failed {scene_id}: {error}" for scene_id, error in sorted(self.failed.items())]
+        best = sorted(self.best.items())
+        lines += [f"best {scene_id}: {uri}" for scene_id, uri in best[:BEST_SHOWN]]
+        if len(best) > BEST_SHOWN:
+            lines.append(f"best of {len(best) - BEST_SHOWN} more scenes: the scenes table's best_uri")
         return "\n".join(lines)
 
 
@@ -73,19 +81,21 @@ def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: P
     """Complete every scene under scenes_root into out_uri (adapters in the given store, default
     OUT/adapters); scenes already complete with this config are skipped unless pipeline.force."""
     started = time.perf_counter()
+    scenes_root, out_uri = storage.normalize(scenes_root), storage.normalize(out_uri)
+    adapters = storage.normalize(adapters) if adapters else default_adapters(out_uri)
     summary = RunSummary()
-    finished = set() if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
+    finished = {} if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
     todo = []
     for uri in list_scenes(scenes_root):
         if scene_id_of(uri) in finished:
             summary.skipped.append(scene_id_of(uri))
+            summary.best[scene_id_of(uri)] = finished[scene_id_of(uri)]
         else:
             todo.append(uri)
     if todo:
         started_ray = connect(pipeline.address)
         try:
-            Driver(out_uri, adapters or default_adapters(out_uri), config, pipeline, summary,
-                   show_progress).run(todo)
+            Driver(out_uri, adapters, config, pipeline, summary, show_progress).run(todo)
         finally:
             if started_ray:
                 ray.shutdown()
@@ -193,5 +203,6 @@ class Driver:
                 bar.set_postfix(failed=len(self.summary.failed))
         else:
             self.summary.done.append(state.scene_id)
+            self.summary.best[state.scene_id] = row["best_uri"]
         for stage, seconds in state.seconds.items():
             self.summary.stage_seconds[stage] += seconds

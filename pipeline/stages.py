@@ -9,6 +9,7 @@ import time
 import ray
 
 from realfill.config import FillConfig
+from realfill.environment import check_environment
 from realfill.fill import rank_samples, sample_scene, tune_scene
 from realfill.models import quiet_libraries, resolve_base_model
 from realfill.sample import Sampler
@@ -30,6 +31,7 @@ def crash_point(stage: str) -> None:
 @ray.remote
 def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool) -> tuple[str, float]:
     """Fine-tune (or reuse, or resume) one scene's adapter; returns its URI and the seconds spent."""
+    check_environment()  # a node whose libraries differ from the driver's fails with one clear line
     quiet_libraries()
     started = time.perf_counter()
     scene = load_scene(scene_uri)
@@ -43,6 +45,7 @@ class SamplerActor:
     """Holds the base model once; per scene, swaps in the scene's adapter and samples all its seeds."""
 
     def __init__(self, base_model: str, device: str):
+        check_environment()
         quiet_libraries()
         self.sampler = Sampler(resolve_base_model(base_model), device)
 
@@ -58,6 +61,7 @@ class SamplerActor:
 @ray.remote
 def rank_task(scene_uri: str, rows: list[dict], config: FillConfig) -> tuple[list[dict], float]:
     """Rank one scene's samples (reference features computed once for all of them)."""
+    check_environment()
     started = time.perf_counter()
     crash_point("rank")
     ranked = rank_samples(load_scene(scene_uri), rows, config)

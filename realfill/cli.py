@@ -6,9 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from realfill import storage
+from realfill import manifest, storage
 from realfill.config import (
+    DEVICES,
     FAST_SAMPLING,
+    FEATURES,
+    LPIPS_NETS,
+    SCHEDULERS,
     EvalConfig,
     FillConfig,
     RankConfig,
@@ -17,6 +21,7 @@ from realfill.config import (
     field_docs,
     read_config_file,
 )
+from realfill.environment import check_environment, version
 
 # flag name -> the config fields it sets: (section, field); section None = FillConfig itself
 CONFIG_FLAGS: dict[str, list[tuple[str | None, str]]] = {
@@ -36,6 +41,8 @@ CONFIG_FLAGS: dict[str, list[tuple[str | None, str]]] = {
     "keep_fraction": [("rank", "keep_fraction")],
 }
 SECTIONS = {None: FillConfig, "tune": TuneConfig, "sample": SampleConfig, "rank": RankConfig}
+CHOICES = {"device": DEVICES, "scheduler": SCHEDULERS, "features": FEATURES, "lpips_net": LPIPS_NETS}
+"""Flags whose values are one of a fixed set, declared as argparse choices from the configs' own sets."""
 
 
 def _parser_for(annotation: str):
@@ -56,7 +63,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kind = SECTIONS[section].__dataclass_fields__[name].type
         doc = field_docs(SECTIONS[section]).get(name, "").replace("%", "%%")
         group.add_argument(f"--{flag.replace('_', '-')}", type=_parser_for(kind), default=None,
-                           help=f"{doc} (default: {default})")
+                           choices=CHOICES.get(flag), help=f"{doc} (default: {default})")
     group.add_argument("--fast", action="store_true",
                        help=f"fast sampling preset: {FAST_SAMPLING} (explicit flags still win)")
     group.add_argument("--config", metavar="FILE",
@@ -118,8 +125,9 @@ def cmd_fill(args: argparse.Namespace) -> int:
         print(f"realfill: {row['scene_id']} failed: {row['error']}", file=sys.stderr)
         return 1
     print(f"{row['scene_id']}: {row['num_samples']} samples in {row['tune_s']:.1f}s tune + "
-          f"{row['sample_s']:.1f}s sample + {row['rank_s']:.1f}s rank; best: {row['best_uri']}; "
-          f"manifest in {storage.join(args.out, 'manifest')}")
+          f"{row['sample_s']:.1f}s sample + {row['rank_s']:.1f}s rank")
+    print("\n".join(manifest.where_tables(args.out)))
+    print(f"best: {row['best_uri']}")
     return 0
 
 
@@ -133,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_pipeline(args.scenes, args.out, build_config(args), pipeline, show_progress=not args.quiet,
                            adapters=args.adapters)
     print(summary.text())
-    print(f"manifest: {storage.join(args.out, 'manifest')}")
+    print("\n".join(manifest.where_tables(args.out)))
     return 1 if summary.failed else 0
 
 
@@ -191,6 +199,7 @@ ADAPTERS_HELP = ("adapter store (default: OUT/adapters); runs that share one reu
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realfill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"realfill {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     fill = commands.add_parser("fill", help="fine-tune on one scene, sample seeds, write images and manifest")
@@ -213,7 +222,7 @@ def make_parser() -> argparse.ArgumentParser:
     rank = commands.add_parser("rank", help="rank completions of a scene by correspondence to its references")
     rank.add_argument("scene", help="scene folder or URI")
     rank.add_argument("images", nargs="+", help="completed images (target size), from any generator")
-    rank.add_argument("--features", choices=["sift", "orb", "akaze"], help="feature type (default: sift)")
+    rank.add_argument("--features", choices=FEATURES, help=f"feature type (default: {RankConfig().features})")
     rank.add_argument("--json", action="store_true", help="one JSON object per line: path, matches, score, rank")
     rank.set_defaults(func=cmd_rank)
 
@@ -221,8 +230,8 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("out", help="the run's output folder or URI (holds manifest/)")
     eval_docs = field_docs(EvalConfig)
     for name in EVAL_FLAGS:
-        evaluate.add_argument(f"--{name.replace('_', '-')}", help=f"{eval_docs[name]} "
-                              f"(default: {getattr(EvalConfig(), name)})")
+        evaluate.add_argument(f"--{name.replace('_', '-')}", choices=CHOICES.get(name),
+                              help=f"{eval_docs[name]} (default: {getattr(EvalConfig(), name)})")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -237,11 +246,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from realfill.models import quiet_libraries
-
-    quiet_libraries()
     args = make_parser().parse_args(argv)
     try:
+        check_environment()
+        from realfill.models import quiet_libraries
+
+        quiet_libraries()
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"realfill: {exc}", file=sys.stderr)

@@ -15,11 +15,19 @@ from typing import Any
 import yaml
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-inpainting"
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULERS = ("ddpm", "dpm")
+FEATURES = ("sift", "orb", "akaze")
+LPIPS_NETS = ("alex", "vgg", "squeeze")
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{name} must be one of {', '.join(choices)} (got {value!r})")
 
 
 @dataclass
@@ -89,8 +97,8 @@ class TuneConfig:
         _check(0 < self.mask_min_side < self.mask_max_side <= 1, "need 0 < mask_min_side < mask_max_side <= 1")
         for name in ("prompt_dropout", "mask_invert_prob", "mask_full_prob"):
             _check(0 <= getattr(self, name) <= 1, f"{name} must be a probability")
-        _check(self.mixed_precision in ("auto", "no", "fp16", "bf16"), "mixed_precision: auto, no, fp16 or bf16")
-        _check(self.gradient_checkpointing in ("auto", "on", "off"), "gradient_checkpointing: auto, on or off")
+        _check_choice(self.mixed_precision, "mixed_precision", ("auto", "no", "fp16", "bf16"))
+        _check_choice(self.gradient_checkpointing, "gradient_checkpointing", ("auto", "on", "off"))
         _check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
 
 
@@ -123,7 +131,7 @@ class SampleConfig:
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
         _check(self.num_samples >= 1, "num_samples must be >= 1")
         _check(self.steps >= 1, "steps must be >= 1")
-        _check(self.scheduler in ("ddpm", "dpm"), "scheduler: ddpm or dpm")
+        _check_choice(self.scheduler, "scheduler", SCHEDULERS)
         _check(self.guidance_scale >= 1.0, "guidance_scale must be >= 1")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.dilate_px >= 0 and self.feather_px >= 0, "dilate_px and feather_px must be >= 0")
@@ -153,7 +161,7 @@ class RankConfig:
     """Keep this fraction of samples, at least one (paper: top 25%)."""
 
     def __post_init__(self) -> None:
-        _check(self.features in ("sift", "orb", "akaze"), "features: sift, orb or akaze")
+        _check_choice(self.features, "features", FEATURES)
         _check(self.max_features >= 8 and self.max_side >= 64, "max_features >= 8 and max_side >= 64")
         _check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
         _check(self.ransac_px > 0 and self.agree_px > 0, "ransac_px and agree_px must be positive")
@@ -191,7 +199,7 @@ class FillConfig:
             self.sample = SampleConfig(**self.sample)
         if isinstance(self.rank, dict):
             self.rank = RankConfig(**self.rank)
-        _check(self.device in ("auto", "cpu", "cuda"), "device: auto, cpu or cuda")
+        _check_choice(self.device, "device", DEVICES)
         _check(bool(self.base_model), "base_model must not be empty")
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,8 +222,8 @@ class EvalConfig:
     """auto, cpu or cuda."""
 
     def __post_init__(self) -> None:
-        _check(self.lpips_net in ("alex", "vgg", "squeeze"), "lpips_net: alex, vgg or squeeze")
-        _check(self.device in ("auto", "cpu", "cuda"), "device: auto, cpu or cuda")
+        _check_choice(self.lpips_net, "lpips_net", LPIPS_NETS)
+        _check_choice(self.device, "device", DEVICES)
 
 
 def config_key(config: Any) -> str:

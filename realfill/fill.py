@@ -110,12 +110,14 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
     """Complete one scene end to end and write its manifest parts; returns its scene row.
     Bad input or a failing stage is recorded in the row (status failed, error), never raised.
     adapters is the adapter store (default OUT/adapters)."""
+    scene_uri, out_uri = storage.normalize(scene_uri), storage.normalize(out_uri)
+    adapters = storage.normalize(adapters) if adapters else default_adapters(out_uri)
     scene_id = scene_id_of(scene_uri)
     samples: list[dict] = []
     try:
         scene = load_scene(scene_uri)
         started = time.perf_counter()
-        adapter, _ = tune_scene(scene, adapters or default_adapters(out_uri), config, show_progress)
+        adapter, _ = tune_scene(scene, adapters, config, show_progress)
         tuned = time.perf_counter()
         sampler = sampler or Sampler(resolve_base_model(config.base_model), config.device)
         samples = sample_scene(sampler, scene, adapter, out_uri, config, show_progress)
@@ -131,10 +133,11 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
 
 def describe(exc: BaseException) -> str:
     """One line: the message alone for our own input errors, the type too for anything else."""
+    from realfill.environment import BrokenEnvironment
     from realfill.models import ModelError
     from realfill.scene import SceneError
 
     message = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, (SceneError, ModelError)):
+    if isinstance(exc, (SceneError, ModelError, BrokenEnvironment)):
         return message
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

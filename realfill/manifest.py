@@ -100,10 +100,18 @@ def write_scene(out_uri: str, samples: list[dict], scene: dict) -> None:
                 fs.rm(name)
 
 
-def completed_scenes(out_uri: str, run_key: str) -> set[str]:
-    """Scenes that a run with this config already finished: what a resume skips."""
+def completed_scenes(out_uri: str, run_key: str) -> dict[str, str | None]:
+    """Scenes that a run with this config already finished (what a resume skips), with their best image."""
     rows = read_table(out_uri, "scenes").to_pylist()
-    return {row["scene_id"] for row in rows if row["status"] == "ok" and row["run_key"] == run_key}
+    return {row["scene_id"]: row["best_uri"] for row in rows if row["status"] == "ok" and row["run_key"] == run_key}
+
+
+def where_tables(out_uri: str) -> list[str]:
+    """Where a run's two tables are, for its last lines: each is read on its own (reading OUT/manifest
+    as one dataset would merge the two schemas into one table without a word)."""
+    out_uri = storage.normalize(out_uri)
+    return [f"samples table (one row per sample): {table_uri(out_uri, 'samples')}",
+            f"scenes table (one row per scene):   {table_uri(out_uri, 'scenes')}"]
 
 
 def read_table(out_uri: str, table: str) -> pa.Table:

@@ -214,11 +214,18 @@ def _from_hub(repo_id: str) -> Path:
     try:
         return hub_snapshot(repo_id, HUB_FILES)
     except ModelError as exc:
+        folder = repo_id.rsplit("/", 1)[-1]
         raise ModelError(
-            f"base model {exc}. On a machine with internet run `huggingface-cli download {repo_id}` and copy "
-            f"the folder over, then pass --base-model FOLDER (or an s3:// or gs:// URI to it); "
+            f"base model {exc}. On a machine with internet run `{download_command(repo_id, folder)}`, copy "
+            f"{folder}/ over and pass --base-model {folder} (or an s3:// or gs:// URI to a copy of it); "
             f"`--base-model tiny` runs without any weights."
         ) from None
+
+
+def download_command(repo_id: str, folder: str) -> str:
+    """The huggingface_hub command that fetches what realfill loads of a hub model (safetensors only)."""
+    includes = " ".join(f"--include '{pattern}'" for pattern in HUB_FILES)
+    return f"hf download {repo_id} {includes} --local-dir {folder}"
 
 
 def resolve_base_model(name: str) -> Path:

@@ -21,6 +21,15 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def normalize(uri: str) -> str:
+    """A local path made absolute and normalized (file:// dropped), a remote URI without a trailing slash:
+    what manifests record, so that they stay valid from any working directory."""
+    uri = str(uri)
+    if "://" in uri and not uri.startswith("file://"):
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
 def exists(uri: str) -> bool:
     fs, path = url_to_fs(str(uri))
     return fs.exists(path)

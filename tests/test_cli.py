@@ -112,3 +112,33 @@ def test_the_library_never_imports_ray():
             "    importlib.import_module(f'realfill.{module.name}')\n"
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_enum_flags_are_choices(capsys):
+    for flag in ("--scheduler", "--features", "--device"):
+        with pytest.raises(SystemExit) as exit_info:
+            make_parser().parse_args(["fill", "scene", "--out", "o", flag, "nope"])
+        assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    args = make_parser().parse_args(["fill", "s", "--out", "o", "--scheduler", "dpm", "--features", "orb",
+                                     "--device", "cpu"])
+    assert (args.scheduler, args.features, args.device) == ("dpm", "orb", "cpu")
+
+
+def test_relative_paths_are_recorded_absolute_and_the_last_lines_say_where(tmp_path, monkeypatch, capsys,
+                                                                           tiny_backbones):
+    """A run started with relative paths is evaluated from another directory."""
+    write_scene(tmp_path / "work" / "scenes" / "rel")
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["fill", "scenes/rel", "--out", "out", *TINY_FLAGS]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-3:]
+    out = tmp_path / "work" / "out"
+    assert last[0] == f"samples table (one row per sample): {out / 'manifest' / 'samples'}"
+    assert last[1] == f"scenes table (one row per scene):   {out / 'manifest' / 'scenes'}"
+    scene = manifest.read_table(str(out), "scenes").to_pylist()[0]
+    assert last[2] == f"best: {scene['best_uri']}" and Path(scene["best_uri"]).is_file()
+    assert scene["scene_uri"] == str(tmp_path / "work" / "scenes" / "rel")
+    assert scene["adapter_uri"].startswith(str(out))
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(out), "--dino-model", str(tiny_backbones / "dino"), "--clip-model",
+                 str(tiny_backbones / "clip"), "--quiet"]) == 0
+    assert "| psnr ↑ |" in capsys.readouterr().out

@@ -1,46 +1,193 @@
-"""Cluster definitions: they parse, and what they run exists and accepts its arguments."""
+"""Cluster definitions: valid against their real schemas (Ray's cluster-config schema and EC2's RunInstances
+for the launcher, KubeRay's v1 CRDs for the Kubernetes files), and in agreement with the project: the image
+tag with pyproject.toml, Ray and torch with the lock, every job command with the jobs' own parsers."""
 
+import copy
+import gzip
+import re
 import shlex
+import tomllib
 from pathlib import Path
 
+import jsonschema
+import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 from realfill.cli import make_parser
 
-CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+KUBERAY_SCHEMAS = Path(__file__).parent / "schemas" / "kuberay-v1.7.0"
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+IMAGE = f"REGISTRY/realfill:{PROJECT['version']}"
 
 
 def load(name: str) -> dict:
     return yaml.safe_load((CLUSTER / name).read_text())
 
 
-def test_kuberay_manifests_are_gpu_ray_clusters():
-    cluster, job = load("kuberay/raycluster.yaml"), load("kuberay/rayjob.yaml")
-    assert (cluster["kind"], job["kind"]) == ("RayCluster", "RayJob")
-    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
-        worker = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-        assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+def locked(name: str) -> str:
+    """The version constraints.txt pins for a package (one line, no markers, for the ones asked here)."""
+    match = re.search(rf"^{name}==(\S+)$", (REPO / "constraints.txt").read_text(), re.MULTILINE)
+    assert match, f"{name} is not pinned in constraints.txt"
+    return match.group(1)
 
 
-def test_rayjob_entrypoint_is_a_valid_realfill_run():
-    words = shlex.split(load("kuberay/rayjob.yaml")["spec"]["entrypoint"])
-    assert words[:3] == ["python", "-m", "jobs.fill_library"]
-    args = make_parser().parse_args(["run", *words[3:], "--fast"])
-    assert args.gpus_per_tune == 1 and args.gpus_per_sampler == 1 and args.out.startswith("s3://")
+def commented_commands(name: str) -> list[list[str]]:
+    """The `python -m jobs...` commands a file's header comment tells people to run, as argument lists."""
+    text = "\n".join(line.removeprefix("#").strip() for line in (CLUSTER / name).read_text().splitlines()
+                     if line.startswith("#"))
+    text = text.replace("\\\n", " ")
+    return [shlex.split(line[line.index("python -m jobs."):].split("#")[0])
+            for line in text.splitlines() if "python -m jobs." in line]
 
 
-def test_cluster_launcher_and_runtime_env():
+def assert_is_gpu_run(words: list[str]) -> None:
+    """A job command that an autoscaling cluster with no GPU node yet can run: valid flags, GPU needs given."""
+    assert words[:2] == ["python", "-m"] and words[2] in ("jobs.fill_library", "jobs.realbench_sweep"), words
+    assert (REPO / (words[2].replace(".", "/") + ".py")).is_file()
+    args = make_parser().parse_args(["run", *words[3:]])
+    assert args.gpus_per_tune == 1 and args.gpus_per_sampler == 1, words
+    assert args.out.startswith("s3://")
+
+
+# --- the Ray cluster launcher -------------------------------------------------------------------
+
+
+def test_aws_launcher_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(load("aws.yaml"))))
+
+
+def test_aws_node_configs_are_valid_run_instances_requests():
+    """Ray hands node_config to EC2's RunInstances: botocore's model of that call checks every field."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    shape = botocore.session.get_session().get_service_model("ec2").operation_model("RunInstances").input_shape
     launcher = load("aws.yaml")
-    assert launcher["head_node_type"] in launcher["available_node_types"]
-    assert launcher["provider"]["type"] == "aws"
+    for name, node_type in launcher["available_node_types"].items():
+        report = ParamValidator().validate({**node_type["node_config"], "MinCount": 1, "MaxCount": 1}, shape)
+        assert not report.has_errors(), f"{name}: {report.generate_report()}"
+    misspelt = {**launcher["available_node_types"]["head"]["node_config"], "InstanceTyp": "m6i.large"}
+    assert ParamValidator().validate({**misspelt, "MinCount": 1, "MaxCount": 1}, shape).has_errors()
+
+
+def test_aws_workers_can_write_s3_and_the_cache_volume():
+    launcher = load("aws.yaml")
+    worker = launcher["available_node_types"]["gpu_worker"]["node_config"]
+    profile = worker["IamInstanceProfile"]["Name"]
+    header = (CLUSTER / "aws.yaml").read_text()
+    assert f"--instance-profile-name {profile}" in header, "the header says how to make the workers' profile"
+    for policy in re.findall(r"file://cluster/(\S+\.json)", header):
+        assert (CLUSTER / policy).is_file(), policy
+    s3 = yaml.safe_load((CLUSTER / "aws-worker-s3-policy.json").read_text())
+    actions = {action for statement in s3["Statement"] for action in statement["Action"]}
+    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
+    assert any("-v /mnt/cache:/mnt/cache" in option for option in launcher["docker"]["run_options"])
+    assert any("chown 1000:100 /mnt/cache" in command for command in launcher["initialization_commands"])
+
+
+# --- KubeRay --------------------------------------------------------------------------------------
+
+
+def strict(schema):
+    """A CRD schema that rejects unknown fields (Kubernetes would silently prune them)."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: strict(value) for key, value in schema.items()}
+    if (schema.get("type") == "object" and isinstance(schema.get("properties"), dict)
+            and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        schema["additionalProperties"] = False
+    return schema
+
+
+def kuberay_validator(kind: str) -> jsonschema.Draft7Validator:
+    with gzip.open(KUBERAY_SCHEMAS / f"ray.io_{kind.lower()}s.yaml.gz") as handle:
+        crd = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert crd["spec"]["names"]["kind"] == kind
+    version = next(version for version in crd["spec"]["versions"] if version["name"] == "v1")
+    return jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
+
+
+@pytest.mark.parametrize("name,kind", [("kuberay/raycluster.yaml", "RayCluster"), ("kuberay/rayjob.yaml", "RayJob")])
+def test_kuberay_files_match_the_kuberay_v1_crds(name, kind):
+    document = load(name)
+    assert (document["apiVersion"], document["kind"]) == ("ray.io/v1", kind)
+    validator = kuberay_validator(kind)
+    errors = [f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
+              for error in validator.iter_errors(document)]
+    assert not errors, "\n".join(errors)
+    misspelt = copy.deepcopy(document)
+    spec = misspelt["spec"] if kind == "RayCluster" else misspelt["spec"]["rayClusterSpec"]
+    spec["headGroupSpec"]["rayStartParam"] = spec["headGroupSpec"].pop("rayStartParams")
+    assert not validator.is_valid(misspelt), "the schema check must reject unknown fields"
+
+
+def pod_templates(name: str) -> list[dict]:
+    spec = load(name)["spec"]
+    spec = spec.get("rayClusterSpec", spec)
+    return [spec["headGroupSpec"]["template"]["spec"]] + [group["template"]["spec"]
+                                                          for group in spec["workerGroupSpecs"]]
+
+
+def test_kuberay_pods_share_the_cache_volume_and_the_s3_secret():
+    cluster, job = pod_templates("kuberay/raycluster.yaml"), pod_templates("kuberay/rayjob.yaml")
+    for pod in cluster + job:
+        container = pod["containers"][0]
+        assert pod["volumes"] == cluster[-1]["volumes"] and pod["securityContext"] == cluster[-1]["securityContext"]
+        assert {"name": "cache", "mountPath": "/mnt/cache"} in container["volumeMounts"]
+        assert container["envFrom"] == [{"secretRef": {"name": "realfill-s3"}}]
+    assert "kubectl create secret generic realfill-s3" in (CLUSTER / "kuberay" / "raycluster.yaml").read_text()
+
+
+# --- agreement with the project -------------------------------------------------------------------
+
+
+def images() -> list[str]:
+    found = [load("aws.yaml")["docker"]["image"]]
+    for name in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        found += [container["image"] for pod in pod_templates(name) for container in pod["containers"]]
+    return found
+
+
+def test_image_tags_and_ray_versions_agree_with_the_project():
+    assert set(images()) == {IMAGE}
+    ray = locked("ray")
+    assert load("kuberay/raycluster.yaml")["spec"]["rayVersion"] == ray
+    assert load("kuberay/rayjob.yaml")["spec"]["rayClusterSpec"]["rayVersion"] == ray
+    base = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\S+)-py(\d)(\d+)-gpu$", (CLUSTER / "Dockerfile").read_text(),
+                     re.MULTILINE)
+    assert base and base.group(1) == ray, "the base image's Ray is the locked Ray"
+    assert f"{base.group(2)}.{base.group(3)}" in SpecifierSet(PROJECT["requires-python"])
+
+
+def test_dockerfile_installs_the_lock_as_its_user():
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(r'^ARG TORCH="torch==(\S+)"$', text, re.MULTILINE).group(1) == locked("torch")
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs)
+    assert text.rindex("USER ray") > text.index("USER root") and text.index("USER ray") < text.index("pip install")
+    assert 'mkdir -p "$REALFILL_CACHE" "$HF_HOME"' in text and "chown -R ray:users /mnt/cache" in text
+    for line in text.splitlines():
+        if line.startswith("COPY "):
+            for source in [word for word in line.split()[1:-1] if not word.startswith("--")]:
+                assert (REPO / source).exists(), source
+
+
+def test_job_commands_in_the_cluster_files_are_valid_gpu_runs():
+    commands = commented_commands("aws.yaml") + commented_commands("kuberay/raycluster.yaml")
+    commands.append(shlex.split(load("kuberay/rayjob.yaml")["spec"]["entrypoint"]))
+    assert len(commands) == 3
+    for words in commands:
+        assert_is_gpu_run(words)
+
+
+def test_runtime_env_ships_code_only():
     runtime_env = load("runtime_env.yaml")
     assert runtime_env["working_dir"] == "." and ".venv" in runtime_env["excludes"]
-
-
-def test_dockerfile_copies_what_exists():
-    repo = CLUSTER.parent
-    for line in (CLUSTER / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
-            for source in line.split()[1:-1]:
-                assert (repo / source).exists(), source
+    assert not {"pip", "uv", "conda"} & set(runtime_env), "packages come from the image, built from the lock"

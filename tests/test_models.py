@@ -27,7 +27,7 @@ def test_resolve_local_folder_and_fsspec_uri(tiny_model):
 
 def test_missing_models_say_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="huggingface-cli download"):
+    with pytest.raises(ModelError, match="hf download"):
         resolve_base_model("stabilityai/stable-diffusion-2-inpainting")
     with pytest.raises(ModelError, match="model_index.json"):
         resolve_base_model(str(tmp_path))

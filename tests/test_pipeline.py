@@ -58,6 +58,8 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     for name in SCENES:
         assert scenes[name]["status"] == "ok" and scenes[name]["num_samples"] == 3
         assert Path(scenes[name]["best_uri"]).exists() and Path(scenes[name]["adapter_uri"]).exists()
+        assert f"best {name}: {scenes[name]['best_uri']}" in result.stdout
+    assert result.stdout.strip().splitlines()[-2:] == manifest.where_tables(str(out))
     for row in samples:
         assert Path(row["uri"]).is_file() and row["rank"] >= 1 and row["score"] is not None
     assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"1"
@@ -145,7 +147,7 @@ def test_manifest_round_trips_through_a_non_local_filesystem():
     record("a-b", "ffffffffffffffff")  # a later config for a-b replaces its earlier parts, not a's
     table = manifest.read_table(out, "scenes")
     assert sorted(table.column("scene_id").to_pylist()) == ["a", "a-b"]
-    assert manifest.completed_scenes(out, "ffffffffffffffff") == {"a-b"}
+    assert set(manifest.completed_scenes(out, "ffffffffffffffff")) == {"a-b"}
     samples = manifest.read_table(out, "samples")
     assert samples.num_rows == 4 and samples.schema.equals(manifest.SAMPLES, check_metadata=False)
     assert sorted(set(zip(samples.column("scene_id").to_pylist(), samples.column("run_key").to_pylist()))) == [
