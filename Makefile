@@ -37,4 +37,4 @@ test: setup
 # Then run `make test` on the new lock before committing it.
 lock: setup
 	echo "$(TORCH)" | $(BIN)/uv pip compile pyproject.toml - --extra $(subst $(comma), --extra ,$(EXTRAS)) \
-		--universal --python-version 3.11 --custom-compile-command "make lock" --quiet -o $(LOCK)
+		--universal --custom-compile-command "make lock" --quiet -o $(LOCK)
