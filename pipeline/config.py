@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from realfill.config import check_types
+
 
 @dataclass
 class PipelineConfig:
@@ -27,6 +29,7 @@ class PipelineConfig:
     """Redo every scene, even those already complete with this config, and retrain their adapters."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("gpus_per_tune", "gpus_per_sampler"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -9,8 +9,11 @@ interrupted run loses nothing that was done, and the same command resumes it.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import ray
@@ -21,9 +24,12 @@ from pipeline.stages import SamplerActor, rank_task, tune_task
 from realfill import manifest, storage
 from realfill.config import FillConfig
 from realfill.fill import default_adapters, describe, run_key, scene_row
+from realfill.lease import OutputLease
 from realfill.scene import list_scenes, scene_id_of
 
 STAGES = ("tune", "sample", "rank")
+WAIT_S = 0.5
+"""How often the driver looks up from ray.wait, so that a stop signal is acted on promptly."""
 BEST_SHOWN = 50
 """Scenes whose best image the summary names; the scenes table has all of them."""
 
@@ -46,6 +52,10 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)
     best: dict[str, str | None] = field(default_factory=dict)
     """Best-ranked image of every complete scene, done now or skipped."""
+    stopped_by: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run, if one did."""
+    unfinished: list[str] = field(default_factory=list)
+    """Scenes in progress when the run was stopped: not recorded, the same command resumes them."""
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall_s: float = 0.0
 
@@ -54,6 +64,10 @@ class RunSummary:
                  f"failed: {len(self.failed)}; wall time {self.wall_s:.1f}s",
                  "time per stage (summed over scenes): "
                  + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.stage_seconds.items())]
+        if self.stopped_by is not None:
+            lines.append(f"stopped by {signal.Signals(self.stopped_by).name}: {len(self.unfinished)} scenes in "
+                         f"progress were not recorded ({', '.join(sorted(self.unfinished)) or 'none'}); the same "
+                         f"command resumes them")
         lines += [f"failed {scene_id}: {error}" for scene_id, error in sorted(self.failed.items())]
         best = sorted(self.best.items())
         lines += [f"best {scene_id}: {uri}" for scene_id, uri in best[:BEST_SHOWN]]
@@ -79,28 +93,57 @@ def root_cause(exc: BaseException) -> BaseException:
 def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: PipelineConfig,
                  show_progress: bool = True, adapters: str | None = None) -> RunSummary:
     """Complete every scene under scenes_root into out_uri (adapters in the given store, default
-    OUT/adapters); scenes already complete with this config are skipped unless pipeline.force."""
+    OUT/adapters); scenes already complete with this config are skipped unless pipeline.force.
+    The output is leased for the run: a second run on it stops at once with OutputBusy."""
     started = time.perf_counter()
     scenes_root, out_uri = storage.normalize(scenes_root), storage.normalize(out_uri)
     adapters = storage.normalize(adapters) if adapters else default_adapters(out_uri)
     summary = RunSummary()
-    finished = {} if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
-    todo = []
-    for uri in list_scenes(scenes_root):
-        if scene_id_of(uri) in finished:
-            summary.skipped.append(scene_id_of(uri))
-            summary.best[scene_id_of(uri)] = finished[scene_id_of(uri)]
-        else:
-            todo.append(uri)
-    if todo:
-        started_ray = connect(pipeline.address)
-        try:
-            Driver(out_uri, adapters, config, pipeline, summary, show_progress).run(todo)
-        finally:
-            if started_ray:
-                ray.shutdown()
+    scene_uris = list_scenes(scenes_root)
+    with OutputLease(out_uri):
+        finished = {} if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
+        todo = []
+        for uri in scene_uris:
+            if scene_id_of(uri) in finished:
+                summary.skipped.append(scene_id_of(uri))
+                summary.best[scene_id_of(uri)] = finished[scene_id_of(uri)]
+            else:
+                todo.append(uri)
+        if todo:
+            started_ray = connect(pipeline.address)
+            try:
+                driver = Driver(out_uri, adapters, config, pipeline, summary, show_progress)
+                with stop_on_signals(driver):
+                    driver.run(todo)
+            finally:
+                if started_ray:
+                    ray.shutdown()
     summary.wall_s = time.perf_counter() - started
     return summary
+
+
+@contextmanager
+def stop_on_signals(driver: Driver):
+    """SIGINT and SIGTERM stop the driver's scheduling (a second one ends the process at once), so that what
+    finished stays recorded, the summary is printed and Ray is shut down. Main thread only (Python's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+
+    def stop(signum, frame):
+        driver.stop_signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    for signum in signals:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -139,6 +182,8 @@ class Driver:
         self.idle = deque(self.new_sampler() for _ in range(self.plan.samplers))
         self.in_flight: dict[ray.ObjectRef, tuple[str, SceneState, object]] = {}
         self.active = 0
+        self.stop_signal: int | None = None
+        """Set by stop_on_signals: schedule nothing more, record nothing unfinished."""
         self.bars = {stage: tqdm(desc=f"{stage:>6}", position=position, unit="scene", disable=not show_progress)
                      for position, stage in enumerate(STAGES)}
 
@@ -152,6 +197,9 @@ class Driver:
             bar.reset(total=len(scene_uris))
         waiting, to_sample = deque(SceneState(uri) for uri in scene_uris), deque()
         while waiting or to_sample or self.in_flight:
+            if self.stop_signal is not None:
+                self.stop(to_sample)
+                break
             while waiting and self.active < self.plan.max_in_flight:
                 state = waiting.popleft()
                 self.active += 1
@@ -162,11 +210,13 @@ class Driver:
                 state, actor = to_sample.popleft(), self.idle.popleft()
                 ref = actor.sample.remote(state.uri, state.adapter, self.out_uri, self.config, self.pipeline.force)
                 self.in_flight[ref] = ("sample", state, actor)
-            [ready], _ = ray.wait(list(self.in_flight), num_returns=1)
-            stage, state, actor = self.in_flight.pop(ready)
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=WAIT_S)
+            if not ready:
+                continue
+            stage, state, actor = self.in_flight.pop(ready[0])
             error = None
             try:
-                result = ray.get(ready)
+                result = ray.get(ready[0])
             except Exception as exc:  # the stage raised, or its worker died past its retries
                 error = describe(root_cause(exc))
                 if isinstance(exc, ray.exceptions.RayActorError):
@@ -190,12 +240,30 @@ class Driver:
         for bar in self.bars.values():
             bar.close()
 
+    def stop(self, to_sample: deque) -> None:
+        """Cancel what is in flight; the scenes not recorded yet are left for the next run to resume."""
+        self.summary.stopped_by = self.stop_signal
+        self.summary.unfinished = [state.scene_id for _, state, _ in self.in_flight.values()]
+        self.summary.unfinished += [state.scene_id for state in to_sample]
+        for ref, (stage, _, actor) in self.in_flight.items():
+            if actor is None:
+                ray.cancel(ref, force=True)
+            else:
+                ray.kill(actor)
+        for actor in self.idle:
+            ray.kill(actor)
+        self.in_flight.clear()
+
     def record(self, state: SceneState, samples: list[dict] = (), error: str | None = None) -> None:
-        """Write the scene's manifest parts now: a finished scene is never lost to a later failure."""
+        """Write the scene's manifest parts now: a finished scene is never lost to a later failure. A scene
+        that cannot be recorded (storage refuses the write) fails alone; the run goes on."""
         row = scene_row(state.scene_id, state.uri, self.config, error=error, adapter=state.adapter,
                         samples=list(samples), tune_s=state.seconds.get("tune"),
                         sample_s=state.seconds.get("sample"), rank_s=state.seconds.get("rank"))
-        manifest.write_scene(self.out_uri, list(samples), row)
+        try:
+            manifest.write_scene(self.out_uri, list(samples), row)
+        except Exception as exc:  # e.g. a name the store refuses, a full disk, a lost connection
+            error = f"{error + '; ' if error else ''}could not record its outcome: {describe(exc)}"
         self.active -= 1
         if error:
             self.summary.failed[state.scene_id] = error

@@ -34,7 +34,7 @@ def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool) ->
     check_environment()  # a node whose libraries differ from the driver's fails with one clear line
     quiet_libraries()
     started = time.perf_counter()
-    scene = load_scene(scene_uri)
+    scene = load_scene(scene_uri, config.max_megapixels)
     adapter, _ = tune_scene(scene, adapters, config, show_progress=False, force=force,
                             after_step=lambda step: crash_point("tune"))
     return adapter, time.perf_counter() - started
@@ -53,8 +53,8 @@ class SamplerActor:
                force: bool) -> tuple[list[dict], float]:
         started = time.perf_counter()
         crash_point("sample")
-        rows = sample_scene(self.sampler, load_scene(scene_uri), adapter_uri, out_uri, config, show_progress=False,
-                            force=force)
+        scene = load_scene(scene_uri, config.max_megapixels)
+        rows = sample_scene(self.sampler, scene, adapter_uri, out_uri, config, show_progress=False, force=force)
         return rows, time.perf_counter() - started
 
 
@@ -64,5 +64,5 @@ def rank_task(scene_uri: str, rows: list[dict], config: FillConfig) -> tuple[lis
     check_environment()
     started = time.perf_counter()
     crash_point("rank")
-    ranked = rank_samples(load_scene(scene_uri), rows, config)
+    ranked = rank_samples(load_scene(scene_uri, config.max_megapixels), rows, config)
     return ranked, time.perf_counter() - started

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import Any
 
 from realfill import manifest, storage
@@ -39,6 +41,7 @@ CONFIG_FLAGS: dict[str, list[tuple[str | None, str]]] = {
     "features": [("rank", "features")],
     "keep": [("rank", "keep")],
     "keep_fraction": [("rank", "keep_fraction")],
+    "max_megapixels": [(None, "max_megapixels")],
 }
 SECTIONS = {None: FillConfig, "tune": TuneConfig, "sample": SampleConfig, "rank": RankConfig}
 CHOICES = {"device": DEVICES, "scheduler": SCHEDULERS, "features": FEATURES, "lpips_net": LPIPS_NETS}
@@ -90,18 +93,30 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> FillConfig:
     """Defaults, then --fast, then the config file, then explicit flags."""
     values: dict[str | None, dict[str, Any]] = {section: {} for section in SECTIONS}
+    source = args.config or "config"
     if args.fast:
         values["sample"].update(FAST_SAMPLING)
     if args.config:
         data = read_config_file(args.config)
-        if data.pop("fast", False):
+        fast = data.pop("fast", False)
+        if not isinstance(fast, bool):
+            raise ValueError(f"{source}: fast must be true or false (got {fast!r})")
+        if fast:
             values["sample"].update(FAST_SAMPLING)
         for section in ("tune", "sample", "rank"):
-            values[section].update(data.pop(section, None) or {})
+            given = data.pop(section, None) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"{source}: '{section}' must be a mapping of field names to values (got {given!r})")
+            unknown = set(given) - set(SECTIONS[section].__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"{source}: unknown field '{section}.{sorted(unknown)[0]}' (known: "
+                                 f"{', '.join(SECTIONS[section].__dataclass_fields__)})")
+            values[section].update(given)
         for key, value in data.items():
             flag = key.replace("-", "_")
             if flag not in CONFIG_FLAGS:
-                raise ValueError(f"{args.config}: unknown field '{key}' (known: {', '.join(CONFIG_FLAGS)})")
+                raise ValueError(f"{source}: unknown field '{key}' (known: fast, tune, sample, rank, "
+                                 f"{', '.join(CONFIG_FLAGS)})")
             for section, name in CONFIG_FLAGS[flag]:
                 values[section][name] = value
     for flag, targets in CONFIG_FLAGS.items():
@@ -112,15 +127,17 @@ def build_config(args: argparse.Namespace) -> FillConfig:
     try:
         return FillConfig(tune=TuneConfig(**values["tune"]), sample=SampleConfig(**values["sample"]),
                           rank=RankConfig(**values["rank"]), **values[None])
-    except TypeError as exc:
-        raise ValueError(f"config: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
 
 
 def cmd_fill(args: argparse.Namespace) -> int:
     from realfill.fill import fill_scene
+    from realfill.lease import OutputLease
 
     config = build_config(args)
-    row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
+    with OutputLease(args.out):
+        row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
     if row["status"] != "ok":
         print(f"realfill: {row['scene_id']} failed: {row['error']}", file=sys.stderr)
         return 1
@@ -142,6 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                            adapters=args.adapters)
     print(summary.text())
     print("\n".join(manifest.where_tables(args.out)))
+    if summary.stopped_by is not None:
+        return 128 + summary.stopped_by
     return 1 if summary.failed else 0
 
 
@@ -152,7 +171,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
     from realfill.scene import load_scene
 
     config = RankConfig(features=args.features) if args.features else RankConfig()
-    scores = score_images(load_scene(args.scene), args.images, config)
+    scores = score_images(load_scene(args.scene, FillConfig().max_megapixels), args.images, config)
     results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank}
                for path, s, rank in zip(args.images, scores, rank_scores(scores))]
     results.sort(key=lambda result: result["rank"])
@@ -245,8 +264,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that a command ends as Ctrl-C does: cleanly, with its exit code."""
+
+
+def terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
         check_environment()
         from realfill.models import quiet_libraries
@@ -256,6 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"realfill: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("realfill: interrupted (SIGINT); what finished is recorded, the same command resumes", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Terminated:
+        print("realfill: terminated (SIGTERM); what finished is recorded, the same command resumes", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,42 @@ LPIPS_NETS = ("alex", "vgg", "squeeze")
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _conforms(value: Any, expected: Any) -> bool:
+    """Whether value has the declared type (bool is not an int here, an int is a float)."""
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return any(_conforms(value, arm) for arm in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if typing.get_origin(expected) is tuple:
+        return isinstance(value, tuple) and all(_conforms(item, typing.get_args(expected)[0]) for item in value)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in typing.get_args(expected))
+    if typing.get_origin(expected) is tuple:
+        return f"a list of {typing.get_args(expected)[0].__name__}"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    return names.get(expected, expected.__name__)
+
+
+def check_types(config: Any) -> None:
+    """Every field of a config dataclass holds its declared type, so that a config file's `"two"`, `2.5` or
+    `true` for an integer is refused by name before any work starts. Floats given as integers become floats."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        value, expected = getattr(config, item.name), hints[item.name]
+        if not _conforms(value, expected):
+            raise ValueError(f"{item.name} must be {_type_name(expected)} (got {value!r})")
+        if expected is float:
+            setattr(config, item.name, float(value))
 
 
 def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
@@ -84,8 +122,10 @@ class TuneConfig:
     """Save a resumable checkpoint every this many steps (0 = never)."""
 
     def __post_init__(self) -> None:
-        self.unet_lora_targets = tuple(self.unet_lora_targets)
-        self.text_lora_targets = tuple(self.text_lora_targets)
+        for name in ("unet_lora_targets", "text_lora_targets"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
+        check_types(self)
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
         _check(self.train_steps >= 1, "train_steps must be >= 1")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
@@ -128,6 +168,7 @@ class SampleConfig:
     """... and then blended into the known pixels over this many more."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
         _check(self.num_samples >= 1, "num_samples must be >= 1")
         _check(self.steps >= 1, "steps must be >= 1")
@@ -161,6 +202,7 @@ class RankConfig:
     """Keep this fraction of samples, at least one (paper: top 25%)."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check_choice(self.features, "features", FEATURES)
         _check(self.max_features >= 8 and self.max_side >= 64, "max_features >= 8 and max_side >= 64")
         _check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
@@ -191,6 +233,9 @@ class FillConfig:
     """Sampling and compositing settings."""
     rank: RankConfig = field(default_factory=RankConfig)
     """Seed selection settings."""
+    max_megapixels: float = 64.0
+    """Scene images (target, mask, references) larger than this are refused before they are decoded: memory
+    grows with the pixel count (a 100-megapixel target needs several GB)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.tune, dict):
@@ -199,8 +244,11 @@ class FillConfig:
             self.sample = SampleConfig(**self.sample)
         if isinstance(self.rank, dict):
             self.rank = RankConfig(**self.rank)
+        check_types(self)
         _check_choice(self.device, "device", DEVICES)
         _check(bool(self.base_model), "base_model must not be empty")
+        _check(self.seed >= 0, "seed must be >= 0")
+        _check(self.max_megapixels > 0, "max_megapixels must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -222,6 +270,7 @@ class EvalConfig:
     """auto, cpu or cuda."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check_choice(self.lpips_net, "lpips_net", LPIPS_NETS)
         _check_choice(self.device, "device", DEVICES)
 

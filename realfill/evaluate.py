@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from realfill import manifest, storage
-from realfill.config import EvalConfig
+from realfill.config import EvalConfig, FillConfig
 from realfill.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Evaluator
 from realfill.scene import load_scene, read_image
 
@@ -34,7 +34,7 @@ def evaluate_run(
     for sample in tqdm(samples, desc="eval", disable=not show_progress, leave=False):
         scene_id = sample["scene_id"]
         if scene_id not in scenes:
-            scenes[scene_id] = load_scene(scene_uris[scene_id])
+            scenes[scene_id] = load_scene(scene_uris[scene_id], FillConfig().max_megapixels)
             if scenes[scene_id].gt is None:
                 without_gt.append(scene_id)
         scene = scenes[scene_id]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict
 
 from tqdm.auto import tqdm
@@ -13,9 +14,13 @@ from realfill import manifest, storage
 from realfill.config import FillConfig, config_key
 from realfill.models import resolve_base_model
 from realfill.rank import rank_scores, score_images
-from realfill.sample import Sampler, composite_sample
-from realfill.scene import Scene, load_scene, scene_id_of
-from realfill.tune import ADAPTER_INFO, read_adapter_info, tune
+from realfill.sample import SampleFailure, Sampler, composite_sample
+from realfill.scene import Scene, SceneError, load_scene, scene_id_of, storage_name
+from realfill.tune import ADAPTER_INFO, AdapterError, tune, verified_adapter
+
+
+class SampleError(RuntimeError):
+    """No sample of a scene could be made; the message says why."""
 
 
 def run_key(config: FillConfig) -> str:
@@ -33,18 +38,24 @@ def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:
     so any run that changes only sampling or ranking finds and reuses them."""
     key = config_key({"scene": scene.fingerprint(), "tune": asdict(config.tune), "seed": config.seed,
                       "base": config.base_model})
-    return storage.join(adapters, f"{scene.scene_id}-{key}")
+    return storage.join(adapters, f"{storage_name(scene.scene_id)}-{key}")
 
 
 def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: bool = True,
                after_step=None, force: bool = False) -> tuple[str, dict]:
     """Train (or reuse, or resume) the scene's adapter in the adapters store; returns its URI and info.
-    force discards a stored adapter and its checkpoint and trains from scratch."""
+    A stored adapter is reused only when its weights match the digest it was saved with; one that does not
+    (truncated, replaced, pickled, older format) is retrained. force discards a stored adapter and its
+    checkpoint and trains from scratch."""
     uri = adapter_uri(adapters, scene, config)
     if force:
         storage.remove(uri)
     elif storage.exists(storage.join(uri, ADAPTER_INFO)):
-        return uri, read_adapter_info(uri)
+        try:
+            return uri, verified_adapter(uri)[0]
+        except AdapterError as exc:
+            warnings.warn(f"retraining: {exc}", stacklevel=2)
+            storage.remove(uri)
     info = tune(scene, resolve_base_model(config.base_model), config.tune, uri, seed=config.seed,
                 device=config.device, base_model=config.base_model, show_progress=show_progress,
                 after_step=after_step)
@@ -55,38 +66,48 @@ def sample_uri(out_uri: str, scene: Scene, adapter: str, config: FillConfig, see
     """Samples are stored by what made them (adapter and sampling config), so a run that changes only
     ranking, or one resumed after a crash mid-scene, reuses the images already made."""
     key = config_key({"adapter": adapter.rstrip("/").rsplit("/", 1)[-1], "sample": asdict(config.sample)})
-    return storage.join(out_uri, "samples", f"{scene.scene_id}-{key}", f"seed-{seed:05d}.png")
+    return storage.join(out_uri, "samples", f"{storage_name(scene.scene_id)}-{key}", f"seed-{seed:05d}.png")
 
 
 def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, config: FillConfig,
                  show_progress: bool = True, force: bool = False) -> list[dict]:
     """Generate, composite and store every seed of a scene not already stored (all of them with force);
-    returns one manifest row per seed."""
+    returns one manifest row per seed: ok, or failed with the reason (a seed whose image is not finite).
+    Raises SampleError when no seed gave an image."""
     seeds = [config.seed + index for index in range(config.sample.num_samples)]
     uris = {seed: sample_uri(out_uri, scene, adapter, config, seed) for seed in seeds}
     missing = [seed for seed in seeds if force or not storage.exists(uris[seed])]
+    failures: dict[int, str] = {}
     if missing:
         sampler.use_adapter(adapter)
         prompt = sampler.adapter_info["config"]["prompt"]
         for seed, generated in tqdm(sampler.generate(scene, config.sample, missing, prompt), total=len(missing),
                                     desc=f"sample {scene.scene_id}", disable=not show_progress, leave=False):
-            storage.write_png(uris[seed], composite_sample(scene, generated, config.sample))
+            if isinstance(generated, SampleFailure):
+                failures[seed] = f"seed {seed}: {generated.reason}"
+            else:
+                storage.write_png(uris[seed], composite_sample(scene, generated, config.sample))
+    if len(failures) == len(seeds):
+        raise SampleError(f"every sample failed; {failures[seeds[0]]}")
     height, width = scene.target.shape[:2]
-    return [{"scene_id": scene.scene_id, "seed": seed, "uri": uris[seed], "status": "ok", "error": None,
-             "run_key": run_key(config), "width": width, "height": height} for seed in seeds]
+    return [{"scene_id": scene.scene_id, "seed": seed, "uri": uris[seed], "status": "failed" if seed in failures
+             else "ok", "error": failures.get(seed), "run_key": run_key(config), "width": width, "height": height}
+            for seed in seeds]
 
 
 def rank_samples(scene: Scene, rows: list[dict], config: FillConfig) -> list[dict]:
-    """Score every sample against the references (features of the scene computed once), rank them,
-    and mark the top keep as selected. Returns the rows with matches, score, rank and selected."""
-    scores = score_images(scene, [row["uri"] for row in rows], config.rank)
+    """Score every good sample against the references (features of the scene computed once), rank them,
+    and mark the top keep as selected. Returns the rows with matches, score, rank and selected (failed
+    samples keep no score and are never selected)."""
+    good = [row for row in rows if row["status"] == "ok"]
+    scores = score_images(scene, [row["uri"] for row in good], config.rank)
     ranks = rank_scores(scores)
-    order = sorted(range(len(rows)), key=lambda i: (ranks[i], rows[i]["seed"]))
-    kept = set(order[: config.rank.keep_count(len(rows))])
-    return [
-        {**row, "matches": score.matches, "score": score.score, "rank": rank, "selected": i in kept}
-        for i, (row, score, rank) in enumerate(zip(rows, scores, ranks))
-    ]
+    order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i]["seed"]))
+    kept = set(order[: config.rank.keep_count(len(good))])
+    ranked = {row["seed"]: {**row, "matches": score.matches, "score": score.score, "rank": rank, "selected": i in kept}
+              for i, (row, score, rank) in enumerate(zip(good, scores, ranks))}
+    unranked = {"matches": None, "score": None, "rank": None, "selected": False}
+    return [ranked.get(row["seed"], {**row, **unranked}) for row in rows]
 
 
 def best_uri(rows: list[dict]) -> str | None:
@@ -115,7 +136,7 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
     scene_id = scene_id_of(scene_uri)
     samples: list[dict] = []
     try:
-        scene = load_scene(scene_uri)
+        scene = load_scene(scene_uri, config.max_megapixels)
         started = time.perf_counter()
         adapter, _ = tune_scene(scene, adapters, config, show_progress)
         tuned = time.perf_counter()
@@ -135,9 +156,8 @@ def describe(exc: BaseException) -> str:
     """One line: the message alone for our own input errors, the type too for anything else."""
     from realfill.environment import BrokenEnvironment
     from realfill.models import ModelError
-    from realfill.scene import SceneError
 
     message = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, (SceneError, ModelError, BrokenEnvironment)):
+    if isinstance(exc, (SceneError, ModelError, BrokenEnvironment, AdapterError, SampleError)):
         return message
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

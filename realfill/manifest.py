@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from realfill import storage
+from realfill.scene import storage_name
 
 SCHEMA_VERSION = 1
 
@@ -67,37 +68,45 @@ def table_uri(out_uri: str, table: str) -> str:
     return storage.join(out_uri, "manifest", table)
 
 
-def part_name(scene_id: str, run_key: str) -> str:
-    """One part per (scene, run config): re-running the same scene and config replaces it, never duplicates."""
-    return f"{scene_id}-{run_key}.parquet"
+FAILED = ".failed"
+"""Suffix of a part that records a failure: it never replaces or removes a part of good rows."""
 
 
-def write_part(out_uri: str, table: str, rows: list[dict], scene_id: str, run_key: str) -> str:
+def part_name(scene_id: str, run_key: str, failed: bool = False) -> str:
+    """One part per (scene, run config, outcome), named after the scene's storage name (bounded, visible):
+    re-running the same scene and config replaces it, never duplicates."""
+    return f"{storage_name(scene_id)}-{run_key}{FAILED if failed else ''}.parquet"
+
+
+def write_part(out_uri: str, table: str, rows: list[dict], name: str) -> str:
     """Write rows as one Parquet part of a manifest table; returns its URI."""
     schema = TABLES[table]
     stamped = [{"created_at": now(), **row} for row in rows]
     arrow = pa.Table.from_pylist(stamped, schema=schema)
     buffer = io.BytesIO()
     pq.write_table(arrow, buffer)
-    uri = storage.join(table_uri(out_uri, table), part_name(scene_id, run_key))
+    uri = storage.join(table_uri(out_uri, table), name)
     storage.write_bytes(uri, buffer.getvalue())
     return uri
 
 
 def write_scene(out_uri: str, samples: list[dict], scene: dict) -> None:
-    """Record one scene's outcome: its samples part, then its scene part (the scene row is written last,
-    so a scene counts as done only once its samples are on storage), then drop the parts that earlier
-    runs with another config wrote for this scene, so the manifest holds one config per scene."""
-    scene_id, run_key = scene["scene_id"], scene["run_key"]
-    write_part(out_uri, "samples", samples, scene_id, run_key)
-    write_part(out_uri, "scenes", [scene], scene_id, run_key)
-    own_parts = re.compile(re.escape(scene_id) + r"-[0-9a-f]{16}\.parquet")
+    """Record one scene's outcome. A good outcome writes its samples part, then its scene part (a scene counts
+    as done only once its samples are on storage), then drops every other part of the scene: earlier configs
+    and earlier failures, so the manifest holds one good config per scene. A failure writes its scene part
+    alone and drops only earlier failures: good rows are replaced by good rows, never by a failure."""
+    scene_id, run_key, failed = scene["scene_id"], scene["run_key"], scene["status"] != "ok"
+    name = part_name(scene_id, run_key, failed)
+    if not failed:
+        write_part(out_uri, "samples", samples, name)
+    write_part(out_uri, "scenes", [scene], name)
+    own_parts = re.compile(re.escape(storage_name(scene_id)) + rf"-[0-9a-f]{{16}}({re.escape(FAILED)})?\.parquet")
     for table in TABLES:
         fs, path = url_to_fs(table_uri(out_uri, table))
-        for name in fs.ls(path, detail=False):
-            base = posixpath.basename(name)
-            if own_parts.fullmatch(base) and base != part_name(scene_id, run_key):
-                fs.rm(name)
+        for entry in fs.ls(path, detail=False) if fs.exists(path) else []:
+            match = own_parts.fullmatch(posixpath.basename(entry))
+            if match and posixpath.basename(entry) != name and (not failed or match.group(1)):
+                fs.rm(entry)
 
 
 def completed_scenes(out_uri: str, run_key: str) -> dict[str, str | None]:

@@ -6,7 +6,9 @@ Ray actor) serves many scenes.
 
 from __future__ import annotations
 
+import copy
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -15,14 +17,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from realfill import storage
 from realfill.config import SampleConfig
 from realfill.masks import composite, composite_alpha
 from realfill.models import mixed_precision, pick_device, torch_dtype
 from realfill.scene import Scene
-from realfill.tune import ADAPTER_WEIGHTS, read_adapter_info
+from realfill.tune import ADAPTER_WEIGHTS, verified_adapter
 
 ADAPTER_NAME = "scene"
+
+
+@dataclass(frozen=True)
+class SampleFailure:
+    """A seed whose image could not be made (non-finite values): recorded as a failed sample, never as ok."""
+
+    reason: str
 
 
 def sample_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -68,6 +76,7 @@ class Sampler:
         ).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.base_scheduler_config = self.pipeline.scheduler.config
+        self._vae_fp32: torch.nn.Module | None = None
         self.adapter_uri: str | None = None
         self.adapter_info: dict | None = None
         """The active adapter's realfill_adapter.json (its config holds the prompt it was trained with)."""
@@ -83,13 +92,14 @@ class Sampler:
         if adapter_uri is None:
             self._unload()
             return
-        info = read_adapter_info(adapter_uri)
+        info, weights = verified_adapter(adapter_uri)
         same_layout = self.adapter_info is not None and lora_layout(info) == lora_layout(self.adapter_info)
-        if not same_layout or not self._copy_in_place(adapter_uri):
+        if not same_layout or not self._copy_in_place(weights):
             self._unload()
             with tempfile.TemporaryDirectory() as scratch:
-                storage.download_dir(adapter_uri, scratch)
-                self.pipeline.load_lora_weights(scratch, adapter_name=ADAPTER_NAME)
+                (Path(scratch) / ADAPTER_WEIGHTS).write_bytes(weights)
+                self.pipeline.load_lora_weights(scratch, weight_name=ADAPTER_WEIGHTS, use_safetensors=True,
+                                                adapter_name=ADAPTER_NAME)
         # freshly injected LoRA dropout layers start in training mode: sampling must be deterministic
         self.pipeline.unet.eval()
         self.pipeline.text_encoder.eval()
@@ -100,7 +110,7 @@ class Sampler:
             self.pipeline.unload_lora_weights()
         self.adapter_uri = self.adapter_info = None
 
-    def _copy_in_place(self, adapter_uri: str) -> bool:
+    def _copy_in_place(self, weights: bytes) -> bool:
         """Load LoRA weights into the active adapter's tensors, as diffusers' training examples restore
         a checkpoint; False when the state does not fit exactly (the caller then reloads).
         The file is parsed from bytes: safetensors' mmap loader keeps ~5 KB per call (BENCHMARKS.md)."""
@@ -109,7 +119,7 @@ class Sampler:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load
 
-        tensors = load(storage.read_bytes(storage.join(adapter_uri, ADAPTER_WEIGHTS)))
+        tensors = load(weights)
         state, _ = self.pipeline.lora_state_dict(tensors)
         unet = convert_unet_state_dict_to_peft(
             {key.removeprefix("unet."): value for key, value in state.items() if key.startswith("unet.")}
@@ -137,12 +147,38 @@ class Sampler:
         return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
     @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[np.ndarray | SampleFailure]:
+        """VAE decode, checked: an image with NaN or inf (a half-precision VAE overflowing) is decoded again in
+        float32; one that is still not finite, or whose latents are not, fails alone with the reason."""
+        vae = self.pipeline.vae
+        scaled = latents / vae.config.scaling_factor
+        images = vae.decode(scaled.to(vae.dtype)).sample
+        results: list[np.ndarray | SampleFailure] = []
+        for latent, image in zip(scaled, images):
+            if not torch.isfinite(latent).all():
+                results.append(SampleFailure("the denoised latents hold NaN or inf (the model overflowed)"))
+                continue
+            if not torch.isfinite(image).all() and image.dtype != torch.float32:
+                image = self.vae_fp32().decode(latent[None].float()).sample[0]
+            if not torch.isfinite(image).all():
+                results.append(SampleFailure("the decoded image holds NaN or inf, in float32 too"))
+                continue
+            pixels = (image / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+            results.append(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8))
+        return results
+
+    def vae_fp32(self) -> torch.nn.Module:
+        """A float32 copy of the VAE, made the first time a half-precision decode overflows."""
+        if self._vae_fp32 is None:
+            self._vae_fp32 = copy.deepcopy(self.pipeline.vae).float()
+        return self._vae_fp32
+
+    @torch.no_grad()
     def generate(
         self, scene: Scene, config: SampleConfig, seeds: list[int], prompt: str
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (seed, raw generated image at generation size) for each seed, batch by batch.
-
-        Each seed has its own CPU generator, so its image does not depend on the batch it was in."""
+    ) -> Iterator[tuple[int, np.ndarray | SampleFailure]]:
+        """Yield (seed, raw generated image at generation size, or why there is none) for each seed, batch
+        by batch. Each seed has its own CPU generator, so its image does not depend on the batch it was in."""
         size = sample_size(*scene.target.shape[:2], config.resolution)
         target, hole = resize_inputs(scene, size)
         latents = self.conditioning_latents(target, hole)
@@ -160,10 +196,9 @@ class Sampler:
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance_scale,
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in chunk],
-                output_type="np",
+                output_type="latent",
             )
-            for seed, generated in zip(chunk, output.images):
-                yield seed, np.clip(np.rint(generated * 255.0), 0, 255).astype(np.uint8)
+            yield from zip(chunk, self.decode(output.images))
 
 
 def composite_sample(scene: Scene, generated: np.ndarray, config: SampleConfig) -> np.ndarray:

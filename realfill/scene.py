@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from realfill import storage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MAX_NAME = 64
+"""Longest scene name kept in output names (file names are limited to 255 bytes, URIs add more)."""
 
 
 class SceneError(ValueError):
@@ -61,27 +65,48 @@ def _to_uint8(image: Image.Image) -> Image.Image:
     return image
 
 
-def read_image(uri: str, mode: str = "RGB") -> np.ndarray:
-    """Decode an image file with its EXIF orientation applied, as uint8 RGB (or L)."""
+def read_image(uri: str, mode: str = "RGB", max_megapixels: float | None = None) -> np.ndarray:
+    """Decode an image file with its EXIF orientation applied, as uint8 RGB (or L). Images above
+    max_megapixels are refused from their header, before any pixel is decoded."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
         raise SceneError(f"{uri}: file not found") from None
+    except IsADirectoryError:
+        raise SceneError(f"{uri}: is a folder, not an image file") from None
+    except OSError as exc:
+        raise SceneError(f"{uri}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if not data:
+        raise SceneError(f"{uri}: empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():  # Pillow warns of large images; the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
+            width, height = image.size
+            if max_megapixels is not None and width * height > max_megapixels * 1e6:
+                raise SceneError(f"{uri}: {width}x{height} is {width * height / 1e6:.3g} megapixels, above the "
+                                 f"limit of {max_megapixels:g} (--max-megapixels)")
             image.load()
             image = _to_uint8(ImageOps.exif_transpose(image))
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")
             return np.asarray(image.convert(mode))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except SceneError:
+        raise
+    except UnidentifiedImageError:
+        raise SceneError(f"{uri}: not an image, or in a format that cannot be read "
+                         f"(expected {', '.join(IMAGE_SUFFIXES)})") from None
+    except Image.DecompressionBombError as exc:
+        raise SceneError(f"{uri}: too large to decode safely ({str(exc).split(',')[0]})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SceneError(f"{uri}: unreadable image ({reason})") from None
 
 
-def read_mask(uri: str) -> np.ndarray:
+def read_mask(uri: str, max_megapixels: float | None = None) -> np.ndarray:
     """White (bright) = fill. Accepts L, RGB and RGBA masks."""
-    return read_image(uri, mode="L") > 127
+    return read_image(uri, mode="L", max_megapixels=max_megapixels) > 127
 
 
 def list_refs(scene_uri: str) -> list[str]:
@@ -97,12 +122,36 @@ def list_refs(scene_uri: str) -> list[str]:
 
 
 def scene_id_of(scene_uri: str) -> str:
-    """A scene's id is its folder's name."""
-    return posixpath.basename(str(scene_uri).rstrip("/").replace("\\", "/"))
+    """A scene's id is its folder's name, exactly (a backslash is a character of the name, not a separator)."""
+    return posixpath.basename(str(scene_uri).rstrip("/"))
 
 
-def load_scene(uri: str) -> Scene:
-    """Load and validate one scene; raise SceneError with one clear line on bad input."""
+def storage_name(scene_id: str) -> str:
+    """The scene's name in the files and folders realfill writes (adapters, samples, manifest parts): portable
+    characters, never hidden (Parquet readers skip names that start with '.' or '_'), at most ~80 characters.
+    Whenever that changes the id, a digest of the id is appended, so two ids never share a storage name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", scene_id).lstrip("._-")[:MAX_NAME]
+    if safe and safe == scene_id:
+        return safe
+    digest = hashlib.sha256(scene_id.encode()).hexdigest()[:10]
+    return f"{safe}-{digest}" if safe else f"scene-{digest}"
+
+
+def check_unique(scene_uris: list[str]) -> None:
+    """Scene ids must identify scenes: two folders whose outputs would share names (the same id from two roots,
+    or ids that differ only in case, on a case-insensitive store) are an error naming both, before any work."""
+    seen: dict[str, str] = {}
+    for uri in scene_uris:
+        key = storage_name(scene_id_of(uri)).casefold()
+        if key in seen:
+            raise SceneError(f"{uri}: its scene id '{scene_id_of(uri)}' collides with {seen[key]} "
+                             f"('{scene_id_of(seen[key])}'); rename one of the two folders")
+        seen[key] = uri
+
+
+def load_scene(uri: str, max_megapixels: float | None = None) -> Scene:
+    """Load and validate one scene; raise SceneError with one clear line on bad input. Images larger than
+    max_megapixels are refused before they are decoded."""
     uri = str(uri).rstrip("/")
     scene_id = scene_id_of(uri)
     target_uri = storage.join(uri, "target", "target.png")
@@ -111,8 +160,8 @@ def load_scene(uri: str) -> Scene:
     for required in (target_uri, mask_uri):
         if not storage.exists(required):
             raise SceneError(f"{required}: file not found")
-    target = read_image(target_uri)
-    mask = read_mask(mask_uri)
+    target = read_image(target_uri, max_megapixels=max_megapixels)
+    mask = read_mask(mask_uri, max_megapixels=max_megapixels)
     if mask.shape != target.shape[:2]:
         raise SceneError(
             f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]} but the target is "
@@ -120,12 +169,14 @@ def load_scene(uri: str) -> Scene:
         )
     if not mask.any():
         raise SceneError(f"{mask_uri}: mask is empty (no white pixels), so there is nothing to fill")
+    if mask.all():
+        raise SceneError(f"{mask_uri}: mask covers the whole target, so no known pixel is left to complete from")
     target = np.where(mask[..., None], 0, target).astype(np.uint8)
     ref_uris = list_refs(uri)
-    refs = [read_image(ref_uri) for ref_uri in ref_uris]
+    refs = [read_image(ref_uri, max_megapixels=max_megapixels) for ref_uri in ref_uris]
     gt = None
     if storage.exists(gt_uri):
-        gt = read_image(gt_uri)
+        gt = read_image(gt_uri, max_megapixels=max_megapixels)
         if gt.shape != target.shape:
             raise SceneError(f"{gt_uri}: ground truth is {gt.shape[1]}x{gt.shape[0]}, target is "
                              f"{target.shape[1]}x{target.shape[0]}")
@@ -149,4 +200,5 @@ def list_scenes(root_uri: str) -> list[str]:
             raise SceneError(f"{root_uri}: this is one scene, not a scenes root; pass the folder that holds it "
                              f"(or use realfill fill for a single scene)")
         raise SceneError(f"{root_uri}: no scene folders (each needs target/ and ref/)")
+    check_unique(scenes)
     return scenes

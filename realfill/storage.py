@@ -66,14 +66,6 @@ def list_dir(uri: str) -> list[str]:
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
 
 
-def upload_dir(local_dir: str | Path, uri: str) -> None:
-    """Copy a local folder's files to a URI, each file written atomically."""
-    local_dir = Path(local_dir)
-    for file in sorted(local_dir.rglob("*")):
-        if file.is_file():
-            write_bytes(join(uri, *file.relative_to(local_dir).parts), file.read_bytes())
-
-
 def download_dir(uri: str, local_dir: str | Path) -> None:
     fs, path = url_to_fs(str(uri))
     local_dir = Path(local_dir)

@@ -7,6 +7,7 @@ Every step's randomness is derived from (seed, step), so a resumed run continues
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -18,7 +19,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
 from realfill import storage
@@ -29,7 +31,9 @@ from realfill.scene import Scene
 
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO = "realfill_adapter.json"
-CHECKPOINT_DIR = "checkpoint"
+ADAPTER_FORMAT = 2
+"""Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
+CHECKPOINT = "checkpoint.safetensors"
 
 
 @dataclass
@@ -189,7 +193,10 @@ def training_loss(models: Models, batch: Batch, device: torch.device, dtype: tor
     return squared.sum() / (weight.sum() * squared.shape[1]).clamp_min(1.0)
 
 
-# --- checkpoints: LoRA weights, AdamW moments and progress, all as safetensors + JSON -------------
+# --- checkpoints: LoRA weights, AdamW moments and progress in ONE safetensors file ----------------
+# One file written atomically (storage.write_bytes: a temporary name, then one move), so a kill at any
+# moment leaves either the previous checkpoint or the new one, never weights of one step with the
+# progress of another.
 
 
 def _lora_state(models: Models) -> dict[str, torch.Tensor]:
@@ -226,34 +233,44 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The string metadata in a safetensors file's header (8-byte length, then JSON)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__", {})
+
+
 def save_checkpoint(uri: str, models: Models, optimizer, progress: dict) -> None:
-    with tempfile.TemporaryDirectory() as scratch:
-        save_file(_lora_state(models), f"{scratch}/lora.safetensors")
-        save_file(_optimizer_state(optimizer), f"{scratch}/optimizer.safetensors")
-        storage.upload_dir(scratch, uri)
-    storage.write_bytes(storage.join(uri, "progress.json"), json.dumps(progress).encode())
+    tensors = {f"lora.{name}": tensor for name, tensor in _lora_state(models).items()}
+    tensors.update({f"optimizer.{name}": tensor for name, tensor in _optimizer_state(optimizer).items()})
+    storage.write_bytes(uri, save(tensors, metadata={"progress": json.dumps(progress)}))
 
 
 def load_checkpoint(uri: str, key: str, models: Models, optimizer) -> dict | None:
     """The saved progress if a checkpoint of this very run exists (same config key), else None."""
-    progress_uri = storage.join(uri, "progress.json")
-    if not storage.exists(progress_uri):
+    try:
+        data = storage.read_bytes(uri)
+        progress = json.loads(safetensors_metadata(data)["progress"])
+        tensors = load(data)
+    except (FileNotFoundError, KeyError, ValueError, SafetensorError):  # none, or not one of ours: start over
         return None
-    progress = json.loads(storage.read_bytes(progress_uri))
     if progress.get("key") != key:
         return None
-    with tempfile.TemporaryDirectory() as scratch:
-        storage.download_dir(uri, scratch)
-        _restore_lora(models, load_file(f"{scratch}/lora.safetensors"))
-        _restore_optimizer(optimizer, load_file(f"{scratch}/optimizer.safetensors"))
+    _restore_lora(models, {name[5:]: t for name, t in tensors.items() if name.startswith("lora.")})
+    _restore_optimizer(optimizer, {name[10:]: t for name, t in tensors.items() if name.startswith("optimizer.")})
     return progress
 
 
 # --- the adapter ----------------------------------------------------------------------------------
 
 
+class AdapterError(ValueError):
+    """A stored adapter that cannot be used as it is (missing, truncated, replaced, pickled, too old)."""
+
+
 def save_adapter(uri: str, models: Models, info: dict) -> None:
-    """Diffusers LoRA format (loadable by `pipeline.load_lora_weights`) plus a JSON of how it was made."""
+    """Diffusers LoRA format (loadable by `pipeline.load_lora_weights`) plus a JSON of how it was made, with
+    the weights' size and digest (checked before every reuse). The JSON is written last: an adapter without
+    it is unfinished. Weights are kept in float32, the LoRA training precision, so loading them is exact."""
     from diffusers import StableDiffusionInpaintPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import get_peft_model_state_dict
@@ -270,12 +287,42 @@ def save_adapter(uri: str, models: Models, info: dict) -> None:
             unet_lora_adapter_metadata=models.unet.peft_config["default"].to_dict(),
             text_encoder_lora_adapter_metadata=models.text_encoder.peft_config["default"].to_dict(),
         )
-        storage.upload_dir(scratch, uri)
+        weights = (Path(scratch) / ADAPTER_WEIGHTS).read_bytes()
+    dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in load(weights).values()})
+    info = {**info, "format": ADAPTER_FORMAT, "weights": {
+        "file": ADAPTER_WEIGHTS, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest(),
+        "dtype": ",".join(dtypes)}}
+    storage.write_bytes(storage.join(uri, ADAPTER_WEIGHTS), weights)
     storage.write_bytes(storage.join(uri, ADAPTER_INFO), json.dumps(info, indent=2).encode())
 
 
 def read_adapter_info(uri: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(uri, ADAPTER_INFO)))
+
+
+def verified_adapter(uri: str) -> tuple[dict, bytes]:
+    """The adapter's info and its weights' bytes, checked against the size and digest it was saved with;
+    AdapterError (one line naming the adapter) when they cannot be trusted. Only safetensors is accepted."""
+    try:
+        info = read_adapter_info(uri)
+    except FileNotFoundError:
+        raise AdapterError(f"{uri}: not a finished adapter (no {ADAPTER_INFO})") from None
+    except ValueError:
+        raise AdapterError(f"{uri}: {ADAPTER_INFO} is not valid JSON") from None
+    if info.get("format") != ADAPTER_FORMAT:
+        raise AdapterError(f"{uri}: adapter format {info.get('format')} (this realfill reads {ADAPTER_FORMAT}, "
+                           f"with a digest of the weights)")
+    try:
+        weights = storage.read_bytes(storage.join(uri, ADAPTER_WEIGHTS))
+    except FileNotFoundError:
+        pickled = [name for name in storage.list_dir(uri) if name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        what = f"only pickle weights ({', '.join(pickled)})" if pickled else "no weights"
+        raise AdapterError(f"{uri}: holds {what}, not {ADAPTER_WEIGHTS}; realfill loads safetensors only") from None
+    record = info["weights"]
+    if len(weights) != record["bytes"] or hashlib.sha256(weights).hexdigest() != record["sha256"]:
+        raise AdapterError(f"{uri}: {ADAPTER_WEIGHTS} is {len(weights)} bytes with another digest than the "
+                           f"{record['bytes']} bytes it was saved with (truncated or replaced)")
+    return info, weights
 
 
 def tune(
@@ -330,7 +377,7 @@ def tune(
     models.text_encoder.train()
 
     key = config_key({"tune": asdict(config), "seed": seed, "scene": scene.fingerprint(), "base": str(base_model)})
-    checkpoint_uri = storage.join(out_uri, CHECKPOINT_DIR)
+    checkpoint_uri = storage.join(out_uri, CHECKPOINT)
     progress = load_checkpoint(checkpoint_uri, key, models, optimizer) or {"key": key, "step": 0, "losses": []}
     load_seconds = time.perf_counter() - started
 
@@ -361,7 +408,6 @@ def tune(
     models.unet = accelerator.unwrap_model(models.unet)
     models.text_encoder = accelerator.unwrap_model(models.text_encoder)
     info = {
-        "format": 1,
         "scene_id": scene.scene_id,
         "scene_fingerprint": scene.fingerprint(),
         "base_model": base_model,
@@ -379,4 +425,5 @@ def tune(
         },
     }
     save_adapter(out_uri, models, info)
-    return info
+    storage.remove(checkpoint_uri)  # the adapter is complete: resuming is no longer needed
+    return read_adapter_info(out_uri)

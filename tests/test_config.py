@@ -37,3 +37,45 @@ def test_config_key_tracks_every_field():
 def test_every_field_is_documented():
     for cls in (TuneConfig, SampleConfig, FillConfig):
         assert set(field_docs(cls)) == set(cls.__dataclass_fields__), cls
+
+
+@pytest.mark.parametrize("text,words", [
+    ('train_steps: "two"', "train_steps must be an integer (got 'two')"),
+    ("train_steps: 2.5", "train_steps must be an integer (got 2.5)"),
+    ("train_steps: true", "train_steps must be an integer (got True)"),
+    ("seed: -5", "seed must be >= 0"),
+    ("tune: [1, 2]", "'tune' must be a mapping of field names to values (got [1, 2])"),
+    ("tune: {lora_rnk: 4}", "unknown field 'tune.lora_rnk'"),
+    ("sample: {scheduler: euler}", "scheduler must be one of ddpm, dpm (got 'euler')"),
+    ("rank: {keep: 1.5}", "keep must be an integer or null (got 1.5)"),
+    ("fast: 'yes'", "fast must be true or false (got 'yes')"),
+    ("- a list", "config must be a mapping"),
+])
+def test_config_file_errors_name_the_file_and_the_field(tmp_path, text, words):
+    from realfill.cli import build_config, make_parser
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        build_config(make_parser().parse_args(["fill", "scene", "--out", "o", "--config", str(path)]))
+    assert str(caught.value).startswith(f"{path}: ") and words in str(caught.value)
+
+
+def test_bad_values_stop_a_run_before_ray_starts(tmp_path):
+    """`realfill run` with a bad config exits 2 with one line, without starting Ray (it would take seconds)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "run.yaml").write_text("train_steps: 2.5\n")
+    result = subprocess.run([sys.executable, "-m", "realfill.cli", "run", str(tmp_path), "--out", str(tmp_path / "o"),
+                             "--config", str(tmp_path / "run.yaml")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"realfill: {tmp_path / 'run.yaml'}: train_steps must be an integer (got 2.5)"]
+    assert "ray" not in result.stderr.lower() and not (tmp_path / "o").exists()
+
+
+def test_numbers_and_lists_are_taken_in_their_natural_spelling():
+    tune = TuneConfig(unet_lr=1, unet_lora_targets=["to_q"])
+    assert tune.unet_lr == 1.0 and isinstance(tune.unet_lr, float) and tune.unet_lora_targets == ("to_q",)
+    with pytest.raises(ValueError, match="unet_lora_targets must be a list of str"):
+        TuneConfig(unet_lora_targets=("to_q", 3))

@@ -1,8 +1,10 @@
 """The Ray pipeline end to end: `realfill run` as a user runs it (a separate process, local Ray)."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -201,3 +203,76 @@ def test_run_reads_and_writes_s3(s3, scenes_root):
     scene = manifest.read_table("s3://realfill-test/out", "scenes").to_pylist()[0]
     assert scene["status"] == "ok" and s3.exists(f"{scene['adapter_uri']}/pytorch_lora_weights.safetensors")
     assert not [path for path in s3.find("realfill-test/out") if ".tmp-" in path]
+
+
+def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_alone(tmp_path, monkeypatch):
+    """A 200-character id and a hidden folder are recorded and visible; a scene whose record the store
+    refuses is failed with the reason, and every other scene completes."""
+    from pipeline.config import PipelineConfig
+    from pipeline.driver import run_pipeline
+    from realfill.cli import build_config, make_parser
+
+    root = tmp_path / "scenes"
+    ids = ["a" * 200, ".hidden", "refused"]
+    for index, scene_id in enumerate(ids):
+        write_scene(root / scene_id, seed=index)
+    real_write = manifest.write_scene
+
+    def refusing(out, samples, scene):
+        if scene["scene_id"] == "refused":
+            raise OSError(36, "File name too long")
+        return real_write(out, samples, scene)
+
+    monkeypatch.setattr(manifest, "write_scene", refusing)
+    config = build_config(make_parser().parse_args(["run", str(root), "--out", "o", *RUN_FLAGS]))
+    summary = run_pipeline(str(root), str(tmp_path / "out"), config, PipelineConfig(), show_progress=False)
+    assert sorted(summary.done) == sorted(ids[:2])
+    assert list(summary.failed) == ["refused"] and "could not record" in summary.failed["refused"]
+    visible = ds.dataset(tmp_path / "out" / "manifest" / "scenes", format="parquet").to_table()
+    assert sorted(visible.column("scene_id").to_pylist()) == sorted(ids[:2])
+
+
+def test_concurrent_runs_on_one_output_never_lose_a_row(tmp_path):
+    scene = write_scene(tmp_path / "scene")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "realfill.cli", "fill", str(scene), "--out", str(out), *RUN_FLAGS]
+    runs = [subprocess.Popen([*command, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for seed in range(3)]
+    results = [(run.wait(timeout=600), run.communicate()) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2, 2], results
+    for code, (_, stderr) in results:
+        if code == 2:
+            assert "in use by another realfill run" in stderr and "Traceback" not in stderr
+    scenes = manifest.read_table(str(out), "scenes").to_pylist()
+    assert len(scenes) == 1 and scenes[0]["status"] == "ok"
+    assert manifest.read_table(str(out), "samples").num_rows == 3
+    assert not (out / ".realfill-lease.json").exists(), "the winner released its lease"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tmp_path, signum):
+    root = tmp_path / "scenes"
+    for index in range(4):
+        write_scene(root / f"s{index}", seed=index)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "realfill.cli", "run", str(root), "--out", str(out), *RUN_FLAGS,
+               "--max-in-flight", "1", "--train-steps", "20"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scenes_dir = out / "manifest" / "scenes"
+    deadline = time.time() + 300
+    while not (scenes_dir.exists() and any(scenes_dir.glob("*.parquet"))):
+        assert time.time() < deadline and run.poll() is None, run.communicate()
+        time.sleep(0.2)
+    run.send_signal(signum)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signum, stdout + stderr
+    assert f"stopped by {signal.Signals(signum).name}" in stdout and "the same command resumes them" in stdout
+    assert "Traceback" not in stderr and "core dumped" not in stderr
+    recorded = manifest.read_table(str(out), "scenes").to_pylist()
+    assert recorded and all(row["status"] == "ok" for row in recorded)
+    assert not (out / ".realfill-lease.json").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"already complete (skipped): {len(recorded)}" in again.stdout
+    assert manifest.read_table(str(out), "scenes").num_rows == 4

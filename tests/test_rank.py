@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_scene
+from conftest import png_header, write_scene
 from realfill.cli import main
 from realfill.config import RankConfig
 from realfill.decoys import make_decoys
@@ -94,7 +94,11 @@ def test_rank_command_rejects_bad_input(scenes_root, tmp_path, capsys):
     scene = scenes_root / "oxford_graffiti"
     (tmp_path / "broken.png").write_bytes(b"nope")
     assert main(["rank", str(scene), str(tmp_path / "broken.png")]) != 0
-    assert "broken.png: unreadable image" in capsys.readouterr().err
+    assert "broken.png: not an image" in capsys.readouterr().err
+    (tmp_path / "bomb.png").write_bytes(png_header(30000, 30000))
+    assert main(["rank", str(scene), str(tmp_path / "bomb.png")]) == 2
+    error = capsys.readouterr().err
+    assert "bomb.png: too large to decode safely" in error and "Traceback" not in error
     Image.new("RGB", (20, 20)).save(tmp_path / "small.png")
     assert main(["rank", str(scene), str(tmp_path / "small.png")]) != 0
     assert "small.png: candidate is 20x20" in capsys.readouterr().err

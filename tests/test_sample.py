@@ -46,3 +46,63 @@ def test_compositing_keeps_known_pixels_byte_identical(tmp_path, sampler, size):
         assert untouched.mean() > 0.5
         np.testing.assert_array_equal(out[untouched], scene.gt[untouched])
         assert (out[scene.mask] != 0).any(), "the hole is filled"
+
+
+def test_a_half_precision_overflow_is_decoded_again_in_float32(tiny_model):
+    """An fp16 VAE whose activations pass 65504 gives inf/NaN; the sampler decodes that image again in fp32."""
+    import torch
+
+    overflowing = Sampler(tiny_model, device="cpu")
+    vae = overflowing.pipeline.vae
+    with torch.no_grad():
+        vae.decoder.conv_in.weight.mul_(1e5)  # activations of ~1e5: fine in fp32, inf in fp16
+        vae.decoder.conv_in.bias.mul_(1e5)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * vae.config.scaling_factor
+    reference = overflowing.decode(latents)
+    assert all(isinstance(image, np.ndarray) for image in reference)
+    vae.to(torch.float16)
+    with torch.no_grad():
+        assert not torch.isfinite(vae.decode(latents.half() / vae.config.scaling_factor).sample).all()
+    retried = overflowing.decode(latents)
+    for got, want in zip(retried, reference):
+        assert isinstance(got, np.ndarray) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_a_broken_model_fails_its_samples_not_the_others(tmp_path, tiny_model):
+    """NaN that float32 cannot fix: those samples are recorded failed with the reason, never composited."""
+    import torch
+
+    from conftest import tiny_config
+    from realfill.fill import SampleError, rank_samples, sample_scene, tune_scene
+    from realfill.sample import SampleFailure
+
+    broken = Sampler(tiny_model, device="cpu")
+    with torch.no_grad():
+        broken.pipeline.vae.decoder.conv_out.bias[0] = float("nan")
+    latents = torch.zeros(1, 4, 8, 8)
+    assert broken.decode(latents) == [SampleFailure("the decoded image holds NaN or inf, in float32 too")]
+    assert broken.decode(latents * float("inf")) == [
+        SampleFailure("the denoised latents hold NaN or inf (the model overflowed)")]
+
+    scene = load_scene(str(write_scene(tmp_path / "scene")))
+    config = tiny_config()
+    adapter, _ = tune_scene(scene, str(tmp_path / "adapters"), config, show_progress=False)
+    with pytest.raises(SampleError, match="every sample failed; seed 0: the decoded image holds NaN"):
+        sample_scene(broken, scene, adapter, str(tmp_path / "out"), config, show_progress=False)
+    assert not list((tmp_path / "out").rglob("*.png")), "no black or NaN image is written"
+
+    real_decode, calls = broken.decode, []
+
+    def first_image_overflows(latents):
+        calls.append(len(latents))
+        images = real_decode(latents)
+        return [SampleFailure("overflow")] + images[1:] if len(calls) == 1 else images
+
+    broken.decode = first_image_overflows
+    with torch.no_grad():
+        broken.pipeline.vae.decoder.conv_out.bias[0] = 0.0
+    rows = rank_samples(scene, sample_scene(broken, scene, adapter, str(tmp_path / "out"), config,
+                                            show_progress=False), config)
+    assert [row["status"] for row in rows] == ["failed", "ok", "ok"]
+    assert rows[0]["error"] == "seed 0: overflow" and rows[0]["rank"] is None and not rows[0]["selected"]
+    assert sorted(row["rank"] for row in rows[1:]) in ([1, 2], [1, 1])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_scene
-from realfill.scene import SceneError, list_scenes, load_scene, read_image
+from conftest import png_header, write_scene
+from realfill.scene import SceneError, list_scenes, load_scene, read_image, scene_id_of, storage_name
 
 
 def test_every_shared_scene_loads(scenes_root):
@@ -55,11 +55,29 @@ def _break(scene, how):
         return "target.png", "unreadable"
     if how == "unreadable ref":
         (scene / "ref" / "01.jpg").write_bytes(b"not a jpeg at all")
-        return "01.jpg", "unreadable"
+        return "01.jpg", "not an image"
+    if how == "zero-byte ref":
+        (scene / "ref" / "01.jpg").write_bytes(b"")
+        return "01.jpg", "empty file (0 bytes)"
+    if how == "truncated target":
+        data = (target_dir / "target.png").read_bytes()
+        (target_dir / "target.png").write_bytes(data[: len(data) // 2])
+        return "target.png", "unreadable image"
+    if how == "mask is a folder":
+        (target_dir / "mask.png").unlink()
+        (target_dir / "mask.png").mkdir()
+        return "mask.png", "is a folder, not an image file"
+    if how == "decompression bomb":
+        (scene / "ref" / "01.jpg").write_bytes(png_header(30000, 30000))
+        return "01.jpg", "too large to decode safely"
+    if how == "full mask":
+        Image.new("L", (96, 64), 255).save(target_dir / "mask.png")
+        return "mask.png", "covers the whole target"
     raise AssertionError(how)
 
 
-BAD = ["missing target", "missing mask", "no refs", "mask size", "empty mask", "unreadable target", "unreadable ref"]
+BAD = ["missing target", "missing mask", "no refs", "mask size", "empty mask", "unreadable target", "unreadable ref",
+       "zero-byte ref", "truncated target", "mask is a folder", "decompression bomb", "full mask"]
 
 
 @pytest.mark.parametrize("how", BAD)
@@ -70,6 +88,37 @@ def test_bad_scene_fails_with_one_line_naming_the_file(tmp_path, how):
         load_scene(str(scene))
     message = str(caught.value)
     assert "\n" not in message and filename in message and words in message
+
+
+def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    scene = write_scene(tmp_path / "big")
+    with pytest.raises(SceneError) as caught:
+        load_scene(str(scene), max_megapixels=0.005)
+    assert str(caught.value).endswith(
+        "target.png: 96x64 is 0.00614 megapixels, above the limit of 0.005 (--max-megapixels)")
+    (scene / "ref" / "00.jpg").write_bytes(png_header(12000, 10000))  # 120 MP: would need 360 MB to decode
+    with pytest.raises(SceneError, match="00.jpg: 12000x10000 is 120 megapixels, above the limit of 64"):
+        load_scene(str(scene), max_megapixels=64)
+
+
+def test_scene_ids_are_folder_names_and_storage_names_are_safe(tmp_path):
+    assert scene_id_of("/data/x\\dup") == "x\\dup" and scene_id_of("s3://b/root/dup/") == "dup"
+    assert storage_name("garden_01") == "garden_01"
+    names = [storage_name(scene_id) for scene_id in ("dup", "x\\dup", ".hidden", "_under", "a" * 200, "été", "")]
+    assert len(set(names)) == len(names), "distinct ids, distinct names"
+    for name in names:
+        assert name[0] not in "._" and len(name) <= 80 and name.isascii() and "/" not in name and "\\" not in name
+
+
+def test_colliding_scene_ids_are_an_error_naming_both_folders(tmp_path):
+    write_scene(tmp_path / "root" / "Garden")
+    write_scene(tmp_path / "root" / "garden")
+    with pytest.raises(SceneError) as caught:
+        list_scenes(str(tmp_path / "root"))
+    assert "Garden" in str(caught.value) and "garden" in str(caught.value) and "collides" in str(caught.value)
+    (tmp_path / "root" / "Garden").rename(tmp_path / "root" / "x\\dup")
+    (tmp_path / "root" / "garden").rename(tmp_path / "root" / "dup")
+    assert [scene_id_of(uri) for uri in list_scenes(str(tmp_path / "root"))] == ["dup", "x\\dup"]
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -111,3 +160,14 @@ def test_scenes_root_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SceneError, match="no scene folders"):
         list_scenes(str(tmp_path / "empty"))
+
+
+def test_unusual_but_valid_image_modes_load(tmp_path):
+    scene = write_scene(tmp_path / "modes")
+    rgb = np.asarray(Image.open(scene / "ref" / "00.jpg"))
+    Image.fromarray(rgb).convert("CMYK").save(scene / "ref" / "00.jpg")
+    Image.fromarray(rgb).convert("P").save(scene / "ref" / "02.png", transparency=0)
+    mask = np.asarray(Image.open(scene / "target" / "mask.png"))
+    Image.fromarray(np.stack([mask, np.full_like(mask, 255)], -1), "LA").save(scene / "target" / "mask.png")
+    loaded = load_scene(str(scene))
+    assert [ref.shape[2] for ref in loaded.refs] == [3, 3, 3] and loaded.mask.any()

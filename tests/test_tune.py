@@ -1,4 +1,6 @@
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +203,86 @@ def test_gradient_checkpointing_path_runs(tmp_path, tiny_model):
     config = tiny_config(train_steps=1, gradient_checkpointing="on").tune
     info = tune(scene, tiny_model, config, str(tmp_path / "adapter"), device="cpu", show_progress=False)
     assert info["gradient_checkpointing"] is True and info["mixed_precision"] == "no"
+
+
+def adapter_content(uri: str) -> tuple:
+    """An adapter's tensors and metadata (safetensors writes its header's keys in no fixed order)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(uri) / "pytorch_lora_weights.safetensors"), "pt") as handle:
+        return handle.metadata(), {key: handle.get_tensor(key).numpy().tobytes() for key in handle.keys()}
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler catches it."""
+
+
+def test_a_kill_at_any_write_resumes_to_the_same_adapter(tmp_path, tiny_model, monkeypatch):
+    """Every file realfill writes lands with one move (storage.write_bytes). A kill just before the n-th move,
+    for every n of a training run (checkpoints, adapter weights, adapter record), then a plain re-run, gives
+    the adapter of an uninterrupted run, bit for bit, and leaves no checkpoint behind."""
+    import fsspec.implementations.local as local
+
+    from realfill.fill import tune_scene
+    from realfill.tune import CHECKPOINT
+
+    scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
+    config = tiny_config(train_steps=3, checkpoint_every=1)
+    straight, _ = tune_scene(scene, str(tmp_path / "straight"), config, show_progress=False)
+    expected = adapter_content(straight)
+    moves, kill = [], {"at": None}
+    original = local.LocalFileSystem.mv
+
+    def counting_mv(self, *args, **kwargs):
+        moves.append(args)
+        if len(moves) == kill["at"]:
+            raise Killed
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(local.LocalFileSystem, "mv", counting_mv)
+    tune_scene(scene, str(tmp_path / "count"), config, show_progress=False)
+    total = len(moves)
+    assert total == 5, "3 checkpoints, the weights, the record"
+    for kill_at in range(1, total + 1):
+        moves.clear()
+        kill["at"] = kill_at
+        store = str(tmp_path / f"killed-{kill_at}")
+        with pytest.raises(Killed):
+            tune_scene(scene, store, config, show_progress=False)
+        kill["at"] = None
+        resumed, _ = tune_scene(scene, store, config, show_progress=False)
+        assert adapter_content(resumed) == expected, kill_at
+        assert not (Path(resumed) / CHECKPOINT).exists()
+
+
+def test_a_damaged_adapter_is_retrained_not_reused(tmp_path, tiny_model):
+    from realfill.fill import tune_scene
+    from realfill.tune import AdapterError, verified_adapter
+
+    scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
+    config = tiny_config(train_steps=1)
+    uri, info = tune_scene(scene, str(tmp_path / "adapters"), config, show_progress=False)
+    weights = Path(uri) / "pytorch_lora_weights.safetensors"
+    good = weights.read_bytes()
+    shutil.copytree(uri, tmp_path / "reference")
+    assert info["weights"]["bytes"] == len(good) and info["weights"]["dtype"] == "float32"
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(AdapterError, match="truncated or replaced") as caught:
+        verified_adapter(uri)
+    assert str(caught.value).startswith(uri)
+    with pytest.warns(UserWarning, match="retraining"):
+        again, _ = tune_scene(scene, str(tmp_path / "adapters"), config, show_progress=False)
+    assert again == uri and adapter_content(again) == adapter_content(str(tmp_path / "reference")), "retrained"
+
+
+def test_pickled_adapter_weights_are_refused(tmp_path, tiny_model):
+    from realfill.sample import Sampler
+    from realfill.tune import AdapterError
+
+    uri = str(tmp_path / "adapter")
+    perturbed_adapter(tiny_model, uri, seed=0)
+    weights = Path(uri) / "pytorch_lora_weights.safetensors"
+    torch.save({"unet.x": torch.zeros(1)}, Path(uri) / "pytorch_lora_weights.bin")
+    weights.unlink()
+    with pytest.raises(AdapterError, match=r"holds only pickle weights \(pytorch_lora_weights.bin\).*safetensors only"):
+        Sampler(tiny_model, device="cpu").use_adapter(uri)
