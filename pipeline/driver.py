@@ -23,8 +23,9 @@ from pipeline.config import PipelineConfig
 from pipeline.stages import SamplerActor, rank_task, tune_task
 from realfill import manifest, storage
 from realfill.config import FillConfig
-from realfill.fill import default_adapters, describe, run_key, scene_row
+from realfill.fill import default_adapters, describe, scene_row
 from realfill.lease import OutputLease
+from realfill.records import run_key
 from realfill.scene import list_scenes, scene_id_of
 
 STAGES = ("tune", "sample", "rank")

@@ -6,8 +6,6 @@ The CLI, the Ray jobs and the manifests read these dataclasses; nothing else res
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -273,13 +271,6 @@ class EvalConfig:
         check_types(self)
         _check_choice(self.lpips_net, "lpips_net", LPIPS_NETS)
         _check_choice(self.device, "device", DEVICES)
-
-
-def config_key(config: Any) -> str:
-    """A short stable digest of a config dataclass (or dict), for cache keys and resume checks."""
-    payload = config if isinstance(config, dict) else dataclasses.asdict(config)
-    text = json.dumps(payload, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
 from realfill import manifest, storage
-from realfill.config import FillConfig, config_key
+from realfill.config import FillConfig
 from realfill.models import resolve_base_model
 from realfill.rank import rank_scores, score_images
+from realfill.records import AdapterInfo, adapter_key, image_key, run_key
 from realfill.sample import SampleFailure, Sampler, composite_sample
 from realfill.scene import Scene, SceneError, load_scene, scene_id_of, storage_name
 from realfill.tune import ADAPTER_INFO, AdapterError, tune, verified_adapter
@@ -21,11 +21,6 @@ from realfill.tune import ADAPTER_INFO, AdapterError, tune, verified_adapter
 
 class SampleError(RuntimeError):
     """No sample of a scene could be made; the message says why."""
-
-
-def run_key(config: FillConfig) -> str:
-    """Identifies a run's complete config: manifests, sample folders and resume checks use it."""
-    return config_key(config)
 
 
 def default_adapters(out_uri: str) -> str:
@@ -36,13 +31,12 @@ def default_adapters(out_uri: str) -> str:
 def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:
     """Adapters are stored by what they were made from (scene content, tune config, seed, base model),
     so any run that changes only sampling or ranking finds and reuses them."""
-    key = config_key({"scene": scene.fingerprint(), "tune": asdict(config.tune), "seed": config.seed,
-                      "base": config.base_model})
+    key = adapter_key(scene.fingerprint(), config.tune, config.seed, config.base_model)
     return storage.join(adapters, f"{storage_name(scene.scene_id)}-{key}")
 
 
 def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: bool = True,
-               after_step=None, force: bool = False) -> tuple[str, dict]:
+               after_step=None, force: bool = False) -> tuple[str, AdapterInfo]:
     """Train (or reuse, or resume) the scene's adapter in the adapters store; returns its URI and info.
     A stored adapter is reused only when its weights match the digest it was saved with; one that does not
     (truncated, replaced, pickled, older format) is retrained. force discards a stored adapter and its
@@ -62,11 +56,13 @@ def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: b
     return uri, info
 
 
-def sample_uri(out_uri: str, scene: Scene, adapter: str, config: FillConfig, seed: int) -> str:
-    """Samples are stored by what made them (adapter and sampling config), so a run that changes only
-    ranking, or one resumed after a crash mid-scene, reuses the images already made."""
-    key = config_key({"adapter": adapter.rstrip("/").rsplit("/", 1)[-1], "sample": asdict(config.sample)})
-    return storage.join(out_uri, "samples", f"{storage_name(scene.scene_id)}-{key}", f"seed-{seed:05d}.png")
+def sample_uri(out_uri: str, scene: Scene, config: FillConfig, seed: int) -> str:
+    """Images are stored by what made their pixels (the adapter and the pixel-changing sampling settings) and
+    their seed, so a run that changes only ranking, the number of seeds or the batch, or one resumed after a
+    crash mid-scene, reuses the images already made."""
+    adapter = adapter_key(scene.fingerprint(), config.tune, config.seed, config.base_model)
+    folder = f"{storage_name(scene.scene_id)}-{image_key(adapter, config.sample)}"
+    return storage.join(out_uri, "samples", folder, f"seed-{seed:05d}.png")
 
 
 def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, config: FillConfig,
@@ -75,12 +71,12 @@ def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, con
     returns one manifest row per seed: ok, or failed with the reason (a seed whose image is not finite).
     Raises SampleError when no seed gave an image."""
     seeds = [config.seed + index for index in range(config.sample.num_samples)]
-    uris = {seed: sample_uri(out_uri, scene, adapter, config, seed) for seed in seeds}
+    uris = {seed: sample_uri(out_uri, scene, config, seed) for seed in seeds}
     missing = [seed for seed in seeds if force or not storage.exists(uris[seed])]
     failures: dict[int, str] = {}
     if missing:
         sampler.use_adapter(adapter)
-        prompt = sampler.adapter_info["config"]["prompt"]
+        prompt = sampler.adapter_info.config.prompt
         for seed, generated in tqdm(sampler.generate(scene, config.sample, missing, prompt), total=len(missing),
                                     desc=f"sample {scene.scene_id}", disable=not show_progress, leave=False):
             if isinstance(generated, SampleFailure):

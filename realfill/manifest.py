@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from realfill import storage
+from realfill.records import KEY_LENGTH
 from realfill.scene import storage_name
 
 SCHEMA_VERSION = 1
@@ -100,7 +101,8 @@ def write_scene(out_uri: str, samples: list[dict], scene: dict) -> None:
     if not failed:
         write_part(out_uri, "samples", samples, name)
     write_part(out_uri, "scenes", [scene], name)
-    own_parts = re.compile(re.escape(storage_name(scene_id)) + rf"-[0-9a-f]{{16}}({re.escape(FAILED)})?\.parquet")
+    own_parts = re.compile(
+        rf"{re.escape(storage_name(scene_id))}-[0-9a-f]{{{KEY_LENGTH}}}({re.escape(FAILED)})?\.parquet")
     for table in TABLES:
         fs, path = url_to_fs(table_uri(out_uri, table))
         for entry in fs.ls(path, detail=False) if fs.exists(path) else []:

@@ -20,6 +20,7 @@ from PIL import Image
 from realfill.config import SampleConfig
 from realfill.masks import composite, composite_alpha
 from realfill.models import mixed_precision, pick_device, torch_dtype
+from realfill.records import AdapterInfo
 from realfill.scene import Scene
 from realfill.tune import ADAPTER_WEIGHTS, verified_adapter
 
@@ -47,11 +48,10 @@ def resize_inputs(scene: Scene, size: tuple[int, int]) -> tuple[np.ndarray, np.n
     return target, hole
 
 
-def lora_layout(info: dict) -> tuple:
+def lora_layout(info: AdapterInfo) -> tuple:
     """What must match for an adapter's weights to be copied into another's tensors."""
-    config = info["config"]
-    return (config["lora_rank"], config["lora_alpha"], tuple(config["unet_lora_targets"]),
-            tuple(config["text_lora_targets"]))
+    config = info.config
+    return config.lora_rank, config.lora_alpha, config.unet_lora_targets, config.text_lora_targets
 
 
 def make_scheduler(kind: str, base_config):
@@ -78,7 +78,7 @@ class Sampler:
         self.base_scheduler_config = self.pipeline.scheduler.config
         self._vae_fp32: torch.nn.Module | None = None
         self.adapter_uri: str | None = None
-        self.adapter_info: dict | None = None
+        self.adapter_info: AdapterInfo | None = None
         """The active adapter's realfill_adapter.json (its config holds the prompt it was trained with)."""
 
     def use_adapter(self, adapter_uri: str | None) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,15 +24,14 @@ from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
 from realfill import storage
-from realfill.config import TuneConfig, config_key
+from realfill.config import TuneConfig
 from realfill.masks import draw_mask, render_mask
 from realfill.models import mixed_precision, pick_device, torch_dtype
+from realfill.records import AdapterInfo, WeightsRecord, adapter_key
 from realfill.scene import Scene
 
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO = "realfill_adapter.json"
-ADAPTER_FORMAT = 2
-"""Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -267,7 +266,7 @@ class AdapterError(ValueError):
     """A stored adapter that cannot be used as it is (missing, truncated, replaced, pickled, too old)."""
 
 
-def save_adapter(uri: str, models: Models, info: dict) -> None:
+def save_adapter(uri: str, models: Models, info: AdapterInfo) -> AdapterInfo:
     """Diffusers LoRA format (loadable by `pipeline.load_lora_weights`) plus a JSON of how it was made, with
     the weights' size and digest (checked before every reuse). The JSON is written last: an adapter without
     it is unfinished. Weights are kept in float32, the LoRA training precision, so loading them is exact."""
@@ -289,39 +288,37 @@ def save_adapter(uri: str, models: Models, info: dict) -> None:
         )
         weights = (Path(scratch) / ADAPTER_WEIGHTS).read_bytes()
     dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in load(weights).values()})
-    info = {**info, "format": ADAPTER_FORMAT, "weights": {
-        "file": ADAPTER_WEIGHTS, "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest(),
-        "dtype": ",".join(dtypes)}}
+    info = replace(info, weights=WeightsRecord(file=ADAPTER_WEIGHTS, bytes=len(weights),
+                                               sha256=hashlib.sha256(weights).hexdigest(), dtype=",".join(dtypes)))
     storage.write_bytes(storage.join(uri, ADAPTER_WEIGHTS), weights)
-    storage.write_bytes(storage.join(uri, ADAPTER_INFO), json.dumps(info, indent=2).encode())
+    storage.write_bytes(storage.join(uri, ADAPTER_INFO), info.to_json())
+    return info
 
 
-def read_adapter_info(uri: str) -> dict:
-    return json.loads(storage.read_bytes(storage.join(uri, ADAPTER_INFO)))
+def read_adapter_info(uri: str) -> AdapterInfo:
+    return AdapterInfo.from_json(storage.read_bytes(storage.join(uri, ADAPTER_INFO)))
 
 
-def verified_adapter(uri: str) -> tuple[dict, bytes]:
+def verified_adapter(uri: str) -> tuple[AdapterInfo, bytes]:
     """The adapter's info and its weights' bytes, checked against the size and digest it was saved with;
     AdapterError (one line naming the adapter) when they cannot be trusted. Only safetensors is accepted."""
     try:
         info = read_adapter_info(uri)
     except FileNotFoundError:
         raise AdapterError(f"{uri}: not a finished adapter (no {ADAPTER_INFO})") from None
-    except ValueError:
-        raise AdapterError(f"{uri}: {ADAPTER_INFO} is not valid JSON") from None
-    if info.get("format") != ADAPTER_FORMAT:
-        raise AdapterError(f"{uri}: adapter format {info.get('format')} (this realfill reads {ADAPTER_FORMAT}, "
-                           f"with a digest of the weights)")
+    except ValueError as exc:
+        raise AdapterError(f"{uri}: {ADAPTER_INFO}: {exc}") from None
     try:
         weights = storage.read_bytes(storage.join(uri, ADAPTER_WEIGHTS))
     except FileNotFoundError:
         pickled = [name for name in storage.list_dir(uri) if name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
         what = f"only pickle weights ({', '.join(pickled)})" if pickled else "no weights"
         raise AdapterError(f"{uri}: holds {what}, not {ADAPTER_WEIGHTS}; realfill loads safetensors only") from None
-    record = info["weights"]
-    if len(weights) != record["bytes"] or hashlib.sha256(weights).hexdigest() != record["sha256"]:
+    record = info.weights
+    if record is None or len(weights) != record.bytes or hashlib.sha256(weights).hexdigest() != record.sha256:
         raise AdapterError(f"{uri}: {ADAPTER_WEIGHTS} is {len(weights)} bytes with another digest than the "
-                           f"{record['bytes']} bytes it was saved with (truncated or replaced)")
+                           f"{record.bytes if record else '(unrecorded)'} bytes it was saved with (truncated or "
+                           f"replaced)")
     return info, weights
 
 
@@ -336,7 +333,7 @@ def tune(
     base_model: str | None = None,
     show_progress: bool = True,
     after_step: Callable[[int], None] | None = None,
-) -> dict:
+) -> AdapterInfo:
     """Fine-tune LoRA on one scene and write the adapter to out_uri; resumes from out_uri/checkpoint.
 
     after_step(step) runs after each optimizer step (progress reporting, fault injection in tests).
@@ -376,7 +373,7 @@ def tune(
     models.unet.train()
     models.text_encoder.train()
 
-    key = config_key({"tune": asdict(config), "seed": seed, "scene": scene.fingerprint(), "base": str(base_model)})
+    key = adapter_key(scene.fingerprint(), config, seed, base_model)
     checkpoint_uri = storage.join(out_uri, CHECKPOINT)
     progress = load_checkpoint(checkpoint_uri, key, models, optimizer) or {"key": key, "step": 0, "losses": []}
     load_seconds = time.perf_counter() - started
@@ -407,23 +404,23 @@ def tune(
 
     models.unet = accelerator.unwrap_model(models.unet)
     models.text_encoder = accelerator.unwrap_model(models.text_encoder)
-    info = {
-        "scene_id": scene.scene_id,
-        "scene_fingerprint": scene.fingerprint(),
-        "base_model": base_model,
-        "seed": seed,
-        "key": key,
-        "config": asdict(config),
-        "device": str(torch_device),
-        "mixed_precision": precision,
-        "gradient_checkpointing": checkpointing,
-        "losses": progress["losses"],
-        "timings": {
+    info = AdapterInfo(
+        scene_id=scene.scene_id,
+        scene_fingerprint=scene.fingerprint(),
+        base_model=base_model,
+        seed=seed,
+        key=key,
+        config=config,
+        device=str(torch_device),
+        mixed_precision=precision,
+        gradient_checkpointing=checkpointing,
+        losses=progress["losses"],
+        timings={
             "load_s": round(load_seconds, 3),
             "train_s": round(time.perf_counter() - train_started, 3),
             "total_s": round(time.perf_counter() - started, 3),
         },
-    }
-    save_adapter(out_uri, models, info)
+    )
+    info = save_adapter(out_uri, models, info)
     storage.remove(checkpoint_uri)  # the adapter is complete: resuming is no longer needed
-    return read_adapter_info(out_uri)
+    return info

@@ -1,6 +1,7 @@
 import pytest
 
-from realfill.config import FillConfig, SampleConfig, TuneConfig, config_key, field_docs
+from realfill.config import FillConfig, SampleConfig, TuneConfig, field_docs
+from realfill.records import image_key, run_key
 
 
 def test_defaults_are_the_paper_recipe():
@@ -29,9 +30,13 @@ def test_invalid_values_are_rejected(make):
         make()
 
 
-def test_config_key_tracks_every_field():
-    assert config_key(FillConfig()) == config_key(FillConfig())
-    assert config_key(FillConfig()) != config_key(FillConfig(sample=SampleConfig(steps=199)))
+def test_run_key_tracks_every_field_and_image_key_only_pixels():
+    assert run_key(FillConfig()) == run_key(FillConfig())
+    assert run_key(FillConfig()) != run_key(FillConfig(sample=SampleConfig(steps=199)))
+    assert run_key(FillConfig()) != run_key(FillConfig(sample=SampleConfig(num_samples=8)))
+    base = image_key("adapter", SampleConfig())
+    assert base == image_key("adapter", SampleConfig(num_samples=8, batch_size=1)), "seed count and batch: same pixels"
+    assert base != image_key("adapter", SampleConfig(steps=199)) and base != image_key("other", SampleConfig())
 
 
 def test_every_field_is_documented():

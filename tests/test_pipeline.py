@@ -90,14 +90,20 @@ def test_same_command_again_resumes_without_recomputing(scenes, first_run):
     assert len(ds.dataset(out / "manifest" / "samples", format="parquet").to_table()) == 9
 
 
-def test_changed_config_recomputes_and_reuses_adapters(scenes, first_run):
+def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes, first_run):
     out, _ = first_run
-    adapters = {path: mtime for path, mtime in snapshot(out).items() if "/adapters/" in path}
-    changed = realfill_run(scenes, out, "--num-samples", "4")
+    before = snapshot(out)
+    adapters = {path: mtime for path, mtime in before.items() if "/adapters/" in path}
+    images = {path: mtime for path, mtime in before.items() if path.endswith(".png")}
+    changed = realfill_run(scenes, out, "--num-samples", "4", "--sample-batch-size", "4")
     assert "done: 3" in changed.stdout, changed.stdout + changed.stderr
     samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
     assert len(samples) == 12 and len({row["run_key"] for row in samples}) == 1, "one config per scene"
-    assert {path: mtime for path, mtime in snapshot(out).items() if "/adapters/" in path} == adapters
+    after = snapshot(out)
+    assert {path: mtime for path, mtime in after.items() if "/adapters/" in path} == adapters
+    new_images = {path for path in after if path.endswith(".png")} - set(images)
+    assert sorted(Path(path).name for path in new_images) == ["seed-00003.png"] * 3, "only the new seed, per scene"
+    assert all(after[path] == mtime for path, mtime in images.items()), "the seeds made before are reused"
 
 
 def test_force_retrains(scenes, first_run):
@@ -112,11 +118,11 @@ def test_force_retrains(scenes, first_run):
 def test_ranking_only_change_reuses_samples(scenes, first_run):
     out, _ = first_run
     images = {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")}
-    reranked = realfill_run(scenes, out, "--num-samples", "4", "--keep", "2")
+    reranked = realfill_run(scenes, out, "--keep", "2")
     assert "done: 3" in reranked.stdout
     assert {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")} == images
     samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
-    assert len(samples) == 12 and sum(row["selected"] for row in samples) == 6
+    assert len(samples) == 9 and sum(row["selected"] for row in samples) == 6
 
 
 @pytest.mark.parametrize("stage", ["tune", "sample", "rank"])

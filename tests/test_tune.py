@@ -1,5 +1,4 @@
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ from PIL import Image
 
 from conftest import tiny_config, write_scene
 from realfill.config import TuneConfig
+from realfill.records import AdapterInfo
 from realfill.scene import load_scene
 from realfill.tune import (
     add_lora,
@@ -103,7 +103,9 @@ def perturbed_adapter(tiny_model, uri: str, seed: int):
         for module in (models.unet, models.text_encoder):
             for parameter in lora_parameters(module):
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    save_adapter(uri, models, {"format": 1, "config": asdict(TuneConfig())})
+    save_adapter(uri, models, AdapterInfo(scene_id="s", scene_fingerprint="f", base_model="tiny", seed=seed,
+                                          key="k", config=TuneConfig(), device="cpu", mixed_precision="no",
+                                          gradient_checkpointing=False))
     models.unet.eval()
     models.text_encoder.eval()
     return models
@@ -173,8 +175,8 @@ def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_mode
     straight = tune(scene, tiny_model, config, str(tmp_path / "straight"), seed=1, device="cpu",
                     show_progress=False)
     assert (tmp_path / "straight" / "pytorch_lora_weights.safetensors").exists()
-    assert len(straight["losses"]) == 4 and all(np.isfinite(straight["losses"]))
-    assert read_adapter_info(str(tmp_path / "straight"))["config"]["lora_rank"] == 8
+    assert len(straight.losses) == 4 and all(np.isfinite(straight.losses))
+    assert read_adapter_info(str(tmp_path / "straight")) == straight and straight.config == config
 
     class Preempted(Exception):
         pass
@@ -190,7 +192,7 @@ def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_mode
     resumed = tune(scene, tiny_model, config, str(tmp_path / "resumed"), seed=1, device="cpu",
                    show_progress=False, after_step=steps_seen.append)
     assert steps_seen == [3, 4], "resumed from the checkpoint at step 2"
-    assert resumed["losses"] == straight["losses"]
+    assert resumed.losses == straight.losses
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "straight" / "pytorch_lora_weights.safetensors")
@@ -202,7 +204,7 @@ def test_gradient_checkpointing_path_runs(tmp_path, tiny_model):
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
     config = tiny_config(train_steps=1, gradient_checkpointing="on").tune
     info = tune(scene, tiny_model, config, str(tmp_path / "adapter"), device="cpu", show_progress=False)
-    assert info["gradient_checkpointing"] is True and info["mixed_precision"] == "no"
+    assert info.gradient_checkpointing is True and info.mixed_precision == "no"
 
 
 def adapter_content(uri: str) -> tuple:
@@ -265,7 +267,7 @@ def test_a_damaged_adapter_is_retrained_not_reused(tmp_path, tiny_model):
     weights = Path(uri) / "pytorch_lora_weights.safetensors"
     good = weights.read_bytes()
     shutil.copytree(uri, tmp_path / "reference")
-    assert info["weights"]["bytes"] == len(good) and info["weights"]["dtype"] == "float32"
+    assert info.weights.bytes == len(good) and info.weights.dtype == "float32"
     weights.write_bytes(good[: len(good) // 2])
     with pytest.raises(AdapterError, match="truncated or replaced") as caught:
         verified_adapter(uri)
