@@ -105,9 +105,10 @@ def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: P
         finished = {} if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
         todo = []
         for uri in scene_uris:
-            if scene_id_of(uri) in finished:
-                summary.skipped.append(scene_id_of(uri))
-                summary.best[scene_id_of(uri)] = finished[scene_id_of(uri)]
+            scene_id = scene_id_of(uri)
+            if scene_id in finished:
+                summary.skipped.append(scene_id)
+                summary.best[scene_id] = finished[scene_id]
             else:
                 todo.append(uri)
         if todo:

@@ -28,11 +28,14 @@ def default_adapters(out_uri: str) -> str:
     return storage.join(out_uri, "adapters")
 
 
+def scene_adapter_key(scene: Scene, config: FillConfig) -> str:
+    return adapter_key(scene.fingerprint, config.tune, config.seed, config.base_model)
+
+
 def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:
     """Adapters are stored by what they were made from (scene content, tune config, seed, base model),
     so any run that changes only sampling or ranking finds and reuses them."""
-    key = adapter_key(scene.fingerprint(), config.tune, config.seed, config.base_model)
-    return storage.join(adapters, f"{storage_name(scene.scene_id)}-{key}")
+    return storage.join(adapters, f"{storage_name(scene.scene_id)}-{scene_adapter_key(scene, config)}")
 
 
 def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: bool = True,
@@ -56,13 +59,12 @@ def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: b
     return uri, info
 
 
-def sample_uri(out_uri: str, scene: Scene, config: FillConfig, seed: int) -> str:
-    """Images are stored by what made their pixels (the adapter and the pixel-changing sampling settings) and
-    their seed, so a run that changes only ranking, the number of seeds or the batch, or one resumed after a
-    crash mid-scene, reuses the images already made."""
-    adapter = adapter_key(scene.fingerprint(), config.tune, config.seed, config.base_model)
-    folder = f"{storage_name(scene.scene_id)}-{image_key(adapter, config.sample)}"
-    return storage.join(out_uri, "samples", folder, f"seed-{seed:05d}.png")
+def samples_folder(out_uri: str, scene: Scene, config: FillConfig) -> str:
+    """Images are stored by what made their pixels (the adapter and the pixel-changing sampling settings),
+    one file per seed, so a run that changes only ranking, the number of seeds or the batch, or one resumed
+    after a crash mid-scene, reuses the images already made."""
+    folder = f"{storage_name(scene.scene_id)}-{image_key(scene_adapter_key(scene, config), config.sample)}"
+    return storage.join(out_uri, "samples", folder)
 
 
 def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, config: FillConfig,
@@ -71,7 +73,8 @@ def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, con
     returns one manifest row per seed: ok, or failed with the reason (a seed whose image is not finite).
     Raises SampleError when no seed gave an image."""
     seeds = [config.seed + index for index in range(config.sample.num_samples)]
-    uris = {seed: sample_uri(out_uri, scene, config, seed) for seed in seeds}
+    folder = samples_folder(out_uri, scene, config)
+    uris = {seed: storage.join(folder, f"seed-{seed:05d}.png") for seed in seeds}
     missing = [seed for seed in seeds if force or not storage.exists(uris[seed])]
     failures: dict[int, str] = {}
     if missing:

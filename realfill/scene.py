@@ -8,6 +8,7 @@ SCENE/target/gt.png               optional ground truth
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import posixpath
@@ -43,8 +44,10 @@ class Scene:
     gt: np.ndarray | None = None
     """H x W x 3 uint8 ground truth, when the scene has one."""
 
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Digest of everything that training reads: target, mask and references."""
+        """Digest of everything that training reads: target, mask and references (hashed once per scene:
+        the adapter and every image key derive from it)."""
         digest = hashlib.sha256()
         for array in (self.target, self.mask, *self.refs):
             digest.update(str(array.shape).encode())

@@ -373,7 +373,7 @@ def tune(
     models.unet.train()
     models.text_encoder.train()
 
-    key = adapter_key(scene.fingerprint(), config, seed, base_model)
+    key = adapter_key(scene.fingerprint, config, seed, base_model)
     checkpoint_uri = storage.join(out_uri, CHECKPOINT)
     progress = load_checkpoint(checkpoint_uri, key, models, optimizer) or {"key": key, "step": 0, "losses": []}
     load_seconds = time.perf_counter() - started
@@ -406,7 +406,7 @@ def tune(
     models.text_encoder = accelerator.unwrap_model(models.text_encoder)
     info = AdapterInfo(
         scene_id=scene.scene_id,
-        scene_fingerprint=scene.fingerprint(),
+        scene_fingerprint=scene.fingerprint,
         base_model=base_model,
         seed=seed,
         key=key,
