@@ -247,7 +247,7 @@ class Driver:
         self.summary.stopped_by = self.stop_signal
         self.summary.unfinished = [state.scene_id for _, state, _ in self.in_flight.values()]
         self.summary.unfinished += [state.scene_id for state in to_sample]
-        for ref, (stage, _, actor) in self.in_flight.items():
+        for ref, (_, _, actor) in self.in_flight.items():
             if actor is None:
                 ray.cancel(ref, force=True)
             else:

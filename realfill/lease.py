@@ -88,7 +88,8 @@ class OutputLease:
         raise OutputBusy(f"{self.uri}: another run took over this output's lease at the same moment")
 
     def _is_stale(self, held: dict) -> bool:
-        if held.get("host") == socket.gethostname() and not _process_alive(int(held.get("pid", -1))):
+        pid = held.get("pid")
+        if held.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and not _process_alive(pid):
             return True
         return time.time() - float(held.get("renewed", 0)) > self.stale_s
 
