@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from realfill.config import check_types
+from realfill.config import FillConfig, check_types
 
 
 @dataclass
@@ -22,7 +22,8 @@ class PipelineConfig:
     """Sampler actors, each holding the base model; None = a quarter of the GPUs (tuning costs more than
     sampling, and GPUs held by samplers cannot tune), at least 1."""
     max_in_flight: int | None = None
-    """Scenes between 'tune started' and 'recorded' at once; None = twice the GPUs (or CPUs), at least 2."""
+    """Scenes between 'tune started' and 'recorded' at once (with all their variants, in a sweep); None = twice
+    the GPUs (or CPUs), at least 2."""
     retries: int = 3
     """Times a task is retried, and an actor restarted, after its worker process dies."""
     force: bool = False
@@ -39,3 +40,51 @@ class PipelineConfig:
             raise ValueError("max_in_flight must be >= 1")
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One config of a run, and the output its manifests go to: a plain run has one, a sweep several
+    (whose adapters and images are shared wherever their settings agree)."""
+
+    name: str
+    """How the summary names its scenes ('' for a plain run's only variant)."""
+    out_uri: str
+    """Where its manifests (and its lease) are."""
+    config: FillConfig
+
+
+@dataclass
+class Plan:
+    """How the stages map onto the cluster's resources."""
+
+    gpus: int
+    """GPUs the cluster has now."""
+    gpus_per_tune: float
+    gpus_per_sampler: float
+    samplers: int
+    """Sampler actors started with the run."""
+    max_samplers: int
+    """Sampler actors the pool may grow to once nothing is left to tune."""
+    max_in_flight: int
+
+
+def plan(resources: dict[str, float], pipeline: PipelineConfig) -> Plan:
+    """Defaults from what the cluster has now; explicit settings always win (an explicit sampler count
+    is also the pool's size for the whole run)."""
+    gpus = int(resources.get("GPU", 0))
+
+    def given_or(value, default):
+        return value if value is not None else default
+
+    gpus_per_sampler = given_or(pipeline.gpus_per_sampler, min(gpus, 1))
+    samplers = given_or(pipeline.samplers, max(1, gpus // 4))
+    growable = pipeline.samplers is None and gpus_per_sampler > 0
+    return Plan(
+        gpus=gpus,
+        gpus_per_tune=given_or(pipeline.gpus_per_tune, min(gpus, 1)),
+        gpus_per_sampler=gpus_per_sampler,
+        samplers=samplers,
+        max_samplers=max(samplers, int(gpus // gpus_per_sampler)) if growable else samplers,
+        max_in_flight=given_or(pipeline.max_in_flight, max(2, 2 * (gpus or int(resources.get("CPU", 1))))),
+    )

@@ -1,9 +1,11 @@
-"""The `realfill run` driver: many scenes through tune -> sample -> rank, pipelined with ray.wait.
+"""The `realfill run` driver: units of work (a scene under a variant) through tune -> sample -> rank,
+pipelined with ray.wait.
 
-A scene goes to a sampler as soon as its adapter exists, ranking overlaps other scenes' sampling, and
-at most max_in_flight scenes are between 'tune started' and 'recorded' at once. Only URIs and small
-rows pass through the driver. Each finished scene is recorded in the manifest at once, so an
-interrupted run loses nothing that was done, and the same command resumes it.
+A unit goes to its next stage as soon as the last one ends, and units that need the same call (variants
+of a sweep with the same training, or the same images) share it: equal tune configs train once, samplers
+serve any variant, ranking is per variant. At most max_in_flight scenes are in progress at once. Only URIs
+and small rows pass through the driver. Each finished unit is recorded in its variant's manifest at once,
+so an interrupted run loses nothing that was done, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -12,38 +14,26 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
-from contextlib import contextmanager
+from collections import Counter, deque
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import ray
 from tqdm.auto import tqdm
 
-from pipeline.config import PipelineConfig
-from pipeline.stages import SamplerActor, rank_task, tune_task
-from realfill import manifest, storage
+from pipeline.config import PipelineConfig, Variant, plan
+from pipeline.stages import RankStage, SampleStage, Stage, TuneStage, Unit
+from realfill import manifest, records, storage
 from realfill.config import FillConfig
-from realfill.fill import default_adapters, describe, scene_row
+from realfill.fill import default_adapters, default_samples, describe, scene_row
 from realfill.lease import OutputLease
 from realfill.records import run_key
-from realfill.scene import list_scenes, scene_id_of
+from realfill.scene import list_scenes
 
-STAGES = ("tune", "sample", "rank")
 WAIT_S = 0.5
 """How often the driver looks up from ray.wait, so that a stop signal is acted on promptly."""
 BEST_SHOWN = 50
 """Scenes whose best image the summary names; the scenes table has all of them."""
-
-
-@dataclass
-class SceneState:
-    uri: str
-    adapter: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def scene_id(self) -> str:
-        return scene_id_of(self.uri)
 
 
 @dataclass
@@ -57,21 +47,27 @@ class RunSummary:
     """The signal (SIGINT, SIGTERM) that stopped the run, if one did."""
     unfinished: list[str] = field(default_factory=list)
     """Scenes in progress when the run was stopped: not recorded, the same command resumes them."""
-    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds of each stage's calls, summed (a call shared by several variants counts once)."""
+    gpu_seconds: float = 0.0
+    """GPU-seconds that calls held while they ran: over wall time and GPUs, the cluster's utilisation."""
+    gpus: int = 0
     wall_s: float = 0.0
 
     def text(self) -> str:
         lines = [f"done: {len(self.done)}, already complete (skipped): {len(self.skipped)}, "
                  f"failed: {len(self.failed)}; wall time {self.wall_s:.1f}s",
-                 "time per stage (summed over scenes): "
+                 "time per stage (summed over calls): "
                  + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.stage_seconds.items())]
+        if self.gpus and self.wall_s:
+            lines.append(f"GPU utilisation: {self.gpu_seconds / (self.wall_s * self.gpus):.0%} of {self.gpus} GPUs")
         if self.stopped_by is not None:
             lines.append(f"stopped by {signal.Signals(self.stopped_by).name}: {len(self.unfinished)} scenes in "
                          f"progress were not recorded ({', '.join(sorted(self.unfinished)) or 'none'}); the same "
                          f"command resumes them")
-        lines += [f"failed {scene_id}: {error}" for scene_id, error in sorted(self.failed.items())]
+        lines += [f"failed {label}: {error}" for label, error in sorted(self.failed.items())]
         best = sorted(self.best.items())
-        lines += [f"best {scene_id}: {uri}" for scene_id, uri in best[:BEST_SHOWN]]
+        lines += [f"best {label}: {uri}" for label, uri in best[:BEST_SHOWN]]
         if len(best) > BEST_SHOWN:
             lines.append(f"best of {len(best) - BEST_SHOWN} more scenes: the scenes table's best_uri")
         return "\n".join(lines)
@@ -93,33 +89,53 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: PipelineConfig,
                  show_progress: bool = True, adapters: str | None = None) -> RunSummary:
-    """Complete every scene under scenes_root into out_uri (adapters in the given store, default
-    OUT/adapters); scenes already complete with this config are skipped unless pipeline.force.
-    The output is leased for the run: a second run on it stops at once with OutputBusy."""
+    """Complete every scene under scenes_root into out_uri with one config (`realfill run`)."""
+    out_uri = storage.normalize(out_uri)
+    return run_variants(scenes_root, [Variant("", out_uri, config)], pipeline, show_progress,
+                        adapters=storage.normalize(adapters) if adapters else default_adapters(out_uri),
+                        samples=default_samples(out_uri))
+
+
+def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineConfig, show_progress: bool,
+                 adapters: str, samples: str) -> RunSummary:
+    """Complete every scene under scenes_root under every variant, in one pipeline: adapters and images
+    are kept in the given stores and shared wherever the variants' settings agree. A unit already complete
+    with its variant's config is skipped unless pipeline.force. Each variant's output is leased for the
+    run (a second run on one stops at once with OutputBusy) and its manifest compacted at the end."""
     started = time.perf_counter()
-    scenes_root, out_uri = storage.normalize(scenes_root), storage.normalize(out_uri)
-    adapters = storage.normalize(adapters) if adapters else default_adapters(out_uri)
+    scenes_root = storage.normalize(scenes_root)
+    models = {(variant.config.base_model, variant.config.device) for variant in variants}
+    if len(models) > 1:
+        raise ValueError(f"every variant must use one base model and device (samplers hold one); got {models}")
     summary = RunSummary()
     scene_uris = list_scenes(scenes_root)
-    with OutputLease(out_uri):
-        finished = {} if pipeline.force else manifest.completed_scenes(out_uri, run_key(config))
-        todo = []
-        for uri in scene_uris:
-            scene_id = scene_id_of(uri)
-            if scene_id in finished:
-                summary.skipped.append(scene_id)
-                summary.best[scene_id] = finished[scene_id]
-            else:
-                todo.append(uri)
-        if todo:
-            started_ray = connect(pipeline.address)
-            try:
-                driver = Driver(out_uri, adapters, config, pipeline, summary, show_progress)
-                with stop_on_signals(driver):
-                    driver.run(todo)
-            finally:
-                if started_ray:
-                    ray.shutdown()
+    with ExitStack() as leases:
+        for out_uri in dict.fromkeys(variant.out_uri for variant in variants):
+            leases.enter_context(OutputLease(out_uri))
+        todo: list[list[Unit]] = [[] for _ in scene_uris]
+        for variant in variants:
+            finished = {} if pipeline.force else manifest.completed_scenes(variant.out_uri, run_key(variant.config))
+            for group, uri in zip(todo, scene_uris):
+                unit = Unit(uri, variant)
+                if unit.scene_id in finished:
+                    summary.skipped.append(unit.label)
+                    summary.best[unit.label] = finished[unit.scene_id]
+                else:
+                    group.append(unit)
+        todo = [group for group in todo if group]
+        try:
+            if todo:
+                started_ray = connect(pipeline.address)
+                try:
+                    driver = Driver(adapters, samples, pipeline, summary, show_progress, todo)
+                    with stop_on_signals(driver):
+                        driver.run()
+                finally:
+                    if started_ray:
+                        ray.shutdown()
+        finally:
+            for out_uri in dict.fromkeys(variant.out_uri for variant in variants):
+                manifest.compact(out_uri)
     summary.wall_s = time.perf_counter() - started
     return summary
 
@@ -148,131 +164,150 @@ def stop_on_signals(driver: Driver):
             signal.signal(signum, handler)
 
 
-@dataclass
-class Plan:
-    """How the stages map onto the cluster's resources."""
+@dataclass(eq=False)
+class Call:
+    """A stage call in flight, and the units waiting for its result."""
 
-    gpus_per_tune: float
-    gpus_per_sampler: float
-    samplers: int
-    max_in_flight: int
-
-
-def plan(resources: dict[str, float], pipeline: PipelineConfig) -> Plan:
-    """Defaults from what the cluster has now; explicit settings always win."""
-    gpus = int(resources.get("GPU", 0))
-
-    def given_or(value, default):
-        return value if value is not None else default
-
-    return Plan(
-        gpus_per_tune=given_or(pipeline.gpus_per_tune, min(gpus, 1)),
-        gpus_per_sampler=given_or(pipeline.gpus_per_sampler, min(gpus, 1)),
-        samplers=given_or(pipeline.samplers, max(1, gpus // 4)),
-        max_in_flight=given_or(pipeline.max_in_flight, max(2, 2 * (gpus or int(resources.get("CPU", 1))))),
-    )
+    stage: Stage
+    key: str
+    units: list[Unit]
 
 
 class Driver:
-    """One run's scheduling state: the sampler pool, what is in flight, and where each scene stands."""
+    """One run's scheduling state: the stages, the calls in flight, and the units waiting for a stage."""
 
-    def __init__(self, out_uri: str, adapters: str, config: FillConfig, pipeline: PipelineConfig,
-                 summary: RunSummary, show_progress: bool):
-        self.out_uri, self.adapters, self.config, self.pipeline = out_uri, adapters, config, pipeline
-        self.summary = summary
+    def __init__(self, adapters: str, samples: str, pipeline: PipelineConfig, summary: RunSummary,
+                 show_progress: bool, groups: list[list[Unit]]):
+        self.pipeline, self.summary = pipeline, summary
         self.plan = plan(ray.cluster_resources(), pipeline)
-        self.idle = deque(self.new_sampler() for _ in range(self.plan.samplers))
-        self.in_flight: dict[ray.ObjectRef, tuple[str, SceneState, object]] = {}
-        self.active = 0
+        summary.gpus = self.plan.gpus
+        units = [unit for group in groups for unit in group]
+        seeds_needed: dict[str, int] = {}
+        for unit in units:
+            key = records.sampling_key(unit.scene_uri, unit.config)
+            seeds_needed[key] = max(seeds_needed.get(key, 0), unit.config.sample.num_samples)
+        first = units[0].config
+        self.stages: list[Stage] = [
+            TuneStage(self.plan, pipeline, adapters),
+            SampleStage(self.plan, pipeline, samples, first.base_model, first.device, seeds_needed,
+                        tuning_left=lambda: self.needs("tune")),
+            RankStage(self.plan, pipeline),
+        ]
+        self.summary.stage_seconds = {stage.name: 0.0 for stage in self.stages}
+        self.position: dict[Unit, int] = {}
+        """Each admitted unit's next stage."""
+        self.ready: deque[Unit] = deque()
+        """Units waiting for their next stage's call to start."""
+        self.calls: dict[ray.ObjectRef, Call] = {}
+        self.sharing: dict[tuple[str, str], Call] = {}
+        self.scenes: Counter[str] = Counter()
+        """Units in progress per scene: their number of keys is the scenes in flight."""
+        self.waiting: deque[list[Unit]] = deque(groups)
+        """Scenes not started yet, each with its units (one per variant)."""
         self.stop_signal: int | None = None
         """Set by stop_on_signals: schedule nothing more, record nothing unfinished."""
-        self.bars = {stage: tqdm(desc=f"{stage:>6}", position=position, unit="scene", disable=not show_progress)
-                     for position, stage in enumerate(STAGES)}
+        self.bars = {stage.name: tqdm(desc=f"{stage.name:>6}", position=position, unit="call",
+                                      disable=not show_progress) for position, stage in enumerate(self.stages)}
 
-    def new_sampler(self):
-        retries = self.pipeline.retries
-        return SamplerActor.options(num_gpus=self.plan.gpus_per_sampler, max_restarts=retries,
-                                    max_task_retries=retries).remote(self.config.base_model, self.config.device)
+    def needs(self, stage_name: str) -> bool:
+        """Whether any unit admitted or still to come has the stage ahead of it."""
+        index = next(i for i, stage in enumerate(self.stages) if stage.name == stage_name)
+        return bool(self.waiting) or any(position <= index for position in self.position.values())
 
-    def run(self, scene_uris: list[str]) -> None:
-        for bar in self.bars.values():
-            bar.reset(total=len(scene_uris))
-        waiting, to_sample = deque(SceneState(uri) for uri in scene_uris), deque()
-        while waiting or to_sample or self.in_flight:
-            if self.stop_signal is not None:
-                self.stop(to_sample)
-                break
-            while waiting and self.active < self.plan.max_in_flight:
-                state = waiting.popleft()
-                self.active += 1
-                ref = tune_task.options(num_gpus=self.plan.gpus_per_tune, max_retries=self.pipeline.retries).remote(
-                    state.uri, self.adapters, self.config, self.pipeline.force)
-                self.in_flight[ref] = ("tune", state, None)
-            while to_sample and self.idle:
-                state, actor = to_sample.popleft(), self.idle.popleft()
-                ref = actor.sample.remote(state.uri, state.adapter, self.out_uri, self.config, self.pipeline.force)
-                self.in_flight[ref] = ("sample", state, actor)
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=WAIT_S)
-            if not ready:
-                continue
-            stage, state, actor = self.in_flight.pop(ready[0])
-            error = None
-            try:
-                result = ray.get(ready[0])
-            except Exception as exc:  # the stage raised, or its worker died past its retries
-                error = describe(root_cause(exc))
-                if isinstance(exc, ray.exceptions.RayActorError):
-                    actor = self.new_sampler()
-            if actor is not None:
-                self.idle.append(actor)
-            if error:
-                self.record(state, error=error)
-                continue
-            self.bars[stage].update(1)
-            if stage == "tune":
-                state.adapter, state.seconds["tune"] = result
-                to_sample.append(state)
-            elif stage == "sample":
-                rows, state.seconds["sample"] = result
-                self.in_flight[rank_task.options(max_retries=self.pipeline.retries).remote(
-                    state.uri, rows, self.config)] = ("rank", state, None)
-            else:
-                rows, state.seconds["rank"] = result
-                self.record(state, samples=rows)
-        for bar in self.bars.values():
-            bar.close()
-
-    def stop(self, to_sample: deque) -> None:
-        """Cancel what is in flight; the scenes not recorded yet are left for the next run to resume."""
-        self.summary.stopped_by = self.stop_signal
-        self.summary.unfinished = [state.scene_id for _, state, _ in self.in_flight.values()]
-        self.summary.unfinished += [state.scene_id for state in to_sample]
-        for ref, (_, _, actor) in self.in_flight.items():
-            if actor is None:
-                ray.cancel(ref, force=True)
-            else:
-                ray.kill(actor)
-        for actor in self.idle:
-            ray.kill(actor)
-        self.in_flight.clear()
-
-    def record(self, state: SceneState, samples: list[dict] = (), error: str | None = None) -> None:
-        """Write the scene's manifest parts now: a finished scene is never lost to a later failure. A scene
-        that cannot be recorded (storage refuses the write) fails alone; the run goes on."""
-        row = scene_row(state.scene_id, state.uri, self.config, error=error, adapter=state.adapter,
-                        samples=list(samples), tune_s=state.seconds.get("tune"),
-                        sample_s=state.seconds.get("sample"), rank_s=state.seconds.get("rank"))
+    def run(self) -> None:
         try:
-            manifest.write_scene(self.out_uri, list(samples), row)
+            while self.waiting or self.position:
+                if self.stop_signal is not None:
+                    self.stop()
+                    break
+                self.admit()
+                self.start_calls()
+                ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=WAIT_S)
+                if ready:
+                    self.finish(ready[0])
+        finally:
+            for stage in self.stages:
+                stage.close()
+            for bar in self.bars.values():
+                bar.close()
+
+    def admit(self) -> None:
+        """Start scenes (each with all its variants) while fewer than max_in_flight are in progress."""
+        while self.waiting and len(self.scenes) < self.plan.max_in_flight:
+            for unit in self.waiting.popleft():
+                self.position[unit] = 0
+                self.scenes[unit.scene_uri] += 1
+                self.ready.append(unit)
+
+    def start_calls(self) -> None:
+        """Every ready unit joins a call in flight with its key, or starts one, or waits for capacity."""
+        blocked = deque()
+        while self.ready:
+            unit = self.ready.popleft()
+            stage = self.stages[self.position[unit]]
+            key = (stage.name, stage.key(unit))
+            if key in self.sharing:
+                self.sharing[key].units.append(unit)
+                continue
+            ref = stage.submit(unit)
+            if ref is None:
+                blocked.append(unit)
+                continue
+            self.calls[ref] = self.sharing[key] = Call(stage, key[1], [unit])
+            self.bars[stage.name].total = (self.bars[stage.name].total or 0) + 1
+        self.ready = blocked
+
+    def finish(self, ref: ray.ObjectRef) -> None:
+        call = self.calls.pop(ref)
+        del self.sharing[(call.stage.name, call.key)]
+        try:
+            result, error = ray.get(ref), None
+        except Exception as exc:  # the stage raised, or its worker died past its retries
+            result, error = None, exc
+        call.stage.finished(ref, error)
+        self.bars[call.stage.name].update(1)
+        if error is not None:
+            for unit in call.units:
+                self.record(unit, error=describe(root_cause(error)))
+            return
+        self.summary.stage_seconds[call.stage.name] += result.seconds
+        self.summary.gpu_seconds += result.seconds * call.stage.gpus
+        for unit in call.units:
+            call.stage.apply(unit, result)
+            self.position[unit] += 1
+            if self.position[unit] == len(self.stages):
+                self.record(unit)
+            else:
+                self.ready.append(unit)
+
+    def stop(self) -> None:
+        """Cancel what is in flight; the units not recorded yet are left for the next run to resume."""
+        self.summary.stopped_by = self.stop_signal
+        self.summary.unfinished = sorted(unit.label for unit in self.position)
+        for ref, call in self.calls.items():
+            call.stage.cancel(ref)
+        self.calls.clear()
+
+    def record(self, unit: Unit, error: str | None = None) -> None:
+        """Write the unit's manifest parts now: a finished scene is never lost to a later failure. A unit
+        that cannot be recorded (storage refuses the write) fails alone; the run goes on."""
+        samples = [] if error else unit.rows
+        row = scene_row(unit.scene_id, unit.scene_uri, unit.config, error=error,
+                        adapter=unit.tuned.adapter_uri if unit.tuned else None, samples=samples,
+                        tune_s=unit.seconds.get("tune"), sample_s=unit.seconds.get("sample"),
+                        rank_s=unit.seconds.get("rank"))
+        try:
+            manifest.write_scene(unit.variant.out_uri, samples, row)
         except Exception as exc:  # e.g. a name the store refuses, a full disk, a lost connection
             error = f"{error + '; ' if error else ''}could not record its outcome: {describe(exc)}"
-        self.active -= 1
+        del self.position[unit]
+        self.scenes[unit.scene_uri] -= 1
+        if not self.scenes[unit.scene_uri]:
+            del self.scenes[unit.scene_uri]
         if error:
-            self.summary.failed[state.scene_id] = error
+            self.summary.failed[unit.label] = error
             for bar in self.bars.values():
                 bar.set_postfix(failed=len(self.summary.failed))
         else:
-            self.summary.done.append(state.scene_id)
-            self.summary.best[state.scene_id] = row["best_uri"]
-        for stage, seconds in state.seconds.items():
-            self.summary.stage_seconds[stage] += seconds
+            self.summary.done.append(unit.label)
+            self.summary.best[unit.label] = row.best_uri

@@ -1,19 +1,29 @@
-"""The stages as Ray tasks and actors. Each wraps the same realfill function that `realfill fill` runs;
-only URIs and small rows cross process boundaries, never images."""
+"""The stages as Ray tasks and actors, and the `Stage` objects the driver moves units of work through.
+
+Each remote function wraps the same realfill function that `realfill fill` runs; only URIs and small rows
+cross process boundaries, never images. A stage is one class: what key lets units share a call, how a call
+is started, and how its result goes into a unit. Adding a stage means writing one and listing it in
+`pipeline.driver.Driver.stages`.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from dataclasses import dataclass, field, replace
 
 import ray
 
+from pipeline.config import PipelineConfig, Plan, Variant
+from realfill import records
 from realfill.config import FillConfig
 from realfill.environment import check_environment
-from realfill.fill import rank_samples, sample_scene, tune_scene
+from realfill.fill import rank_samples, sample_scene, samples_folder, tune_scene
 from realfill.models import quiet_libraries, resolve_base_model
+from realfill.records import SampleRow
 from realfill.sample import Sampler
-from realfill.scene import load_scene
+from realfill.scene import load_scene, scene_id_of
 
 CRASH_ONCE = "REALFILL_TEST_CRASH_ONCE"
 """Test-only fault hook: 'STAGE:MARKER' makes the first STAGE call that finds no MARKER file create it
@@ -28,16 +38,33 @@ def crash_point(stage: str) -> None:
         os._exit(1)
 
 
+@dataclass
+class Tuned:
+    """What the tune stage hands on: the adapter, by URI and key."""
+
+    adapter_uri: str
+    adapter_key: str
+    seconds: float
+
+
+@dataclass
+class Rows:
+    """What the sample and rank stages hand on: one row per seed."""
+
+    rows: list[SampleRow]
+    seconds: float
+
+
 @ray.remote
-def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool) -> tuple[str, float]:
-    """Fine-tune (or reuse, or resume) one scene's adapter; returns its URI and the seconds spent."""
+def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool) -> Tuned:
+    """Fine-tune (or reuse, or resume) one scene's adapter."""
     check_environment()  # a node whose libraries differ from the driver's fails with one clear line
     quiet_libraries()
     started = time.perf_counter()
     scene = load_scene(scene_uri, config.max_megapixels)
-    adapter, _ = tune_scene(scene, adapters, config, show_progress=False, force=force,
-                            after_step=lambda step: crash_point("tune"))
-    return adapter, time.perf_counter() - started
+    uri, info = tune_scene(scene, adapters, config, show_progress=False, force=force,
+                           after_step=lambda step: crash_point("tune"))
+    return Tuned(uri, info.key, time.perf_counter() - started)
 
 
 @ray.remote
@@ -49,20 +76,165 @@ class SamplerActor:
         quiet_libraries()
         self.sampler = Sampler(resolve_base_model(base_model), device)
 
-    def sample(self, scene_uri: str, adapter_uri: str, out_uri: str, config: FillConfig,
-               force: bool) -> tuple[list[dict], float]:
+    def sample(self, scene_uri: str, adapter_uri: str, folder: str, config: FillConfig, force: bool) -> Rows:
         started = time.perf_counter()
         crash_point("sample")
         scene = load_scene(scene_uri, config.max_megapixels)
-        rows = sample_scene(self.sampler, scene, adapter_uri, out_uri, config, show_progress=False, force=force)
-        return rows, time.perf_counter() - started
+        rows = sample_scene(self.sampler, scene, adapter_uri, folder, config, show_progress=False, force=force)
+        return Rows(rows, time.perf_counter() - started)
 
 
 @ray.remote
-def rank_task(scene_uri: str, rows: list[dict], config: FillConfig) -> tuple[list[dict], float]:
-    """Rank one scene's samples (reference features computed once for all of them)."""
+def rank_task(scene_uri: str, rows: list[SampleRow], config: FillConfig) -> Rows:
+    """Rank one scene's samples under one config (reference features computed once for all of them)."""
     check_environment()
     started = time.perf_counter()
     crash_point("rank")
     ranked = rank_samples(load_scene(scene_uri, config.max_megapixels), rows, config)
-    return ranked, time.perf_counter() - started
+    return Rows(ranked, time.perf_counter() - started)
+
+
+@dataclass(eq=False)
+class Unit:
+    """One scene under one variant: what moves through the stages and is recorded at the end."""
+
+    scene_uri: str
+    variant: Variant
+    tuned: Tuned | None = None
+    rows: list[SampleRow] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def config(self) -> FillConfig:
+        return self.variant.config
+
+    @property
+    def scene_id(self) -> str:
+        return scene_id_of(self.scene_uri)
+
+    @property
+    def label(self) -> str:
+        """How the run's summary names it: the scene, after its variant's name when the run has several."""
+        return f"{self.variant.name}/{self.scene_id}" if self.variant.name else self.scene_id
+
+
+class Stage:
+    """One step every unit of a run goes through, in order. Units with equal keys that need the stage at
+    the same time share one call (its result goes into each of them)."""
+
+    name: str
+    gpus: float = 0.0
+    """GPUs a call holds while it runs: the run's busy GPU-seconds count them."""
+
+    def __init__(self, plan: Plan, pipeline: PipelineConfig):
+        self.plan, self.pipeline = plan, pipeline
+
+    def key(self, unit: Unit) -> str:
+        """By default a unit shares its call with no other."""
+        return str(id(unit))
+
+    def submit(self, unit: Unit) -> ray.ObjectRef | None:
+        """Start the call for unit (and every unit sharing its key); None when there is no capacity now."""
+        raise NotImplementedError
+
+    def apply(self, unit: Unit, result) -> None:
+        """Take the call's result into a unit."""
+        raise NotImplementedError
+
+    def finished(self, ref: ray.ObjectRef, error: BaseException | None) -> None:
+        """A call ended (with its result, or error): give back what it held."""
+
+    def cancel(self, ref: ray.ObjectRef) -> None:
+        ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        """The run is over: release what the stage holds."""
+
+
+class TuneStage(Stage):
+    name = "tune"
+
+    def __init__(self, plan: Plan, pipeline: PipelineConfig, adapters: str):
+        super().__init__(plan, pipeline)
+        self.adapters, self.gpus = adapters, plan.gpus_per_tune
+
+    def key(self, unit: Unit) -> str:
+        return records.training_key(unit.scene_uri, unit.config)
+
+    def submit(self, unit: Unit) -> ray.ObjectRef:
+        return tune_task.options(num_gpus=self.gpus, max_retries=self.pipeline.retries).remote(
+            unit.scene_uri, self.adapters, unit.config, self.pipeline.force)
+
+    def apply(self, unit: Unit, result: Tuned) -> None:
+        unit.tuned, unit.seconds["tune"] = result, result.seconds
+
+
+class SampleStage(Stage):
+    """A pool of sampler actors, each holding the base model and its GPU for its lifetime. One call makes
+    the images of every variant that shares them (the most seeds any of them asks for). The pool grows, up
+    to the plan's limit, once nothing is left to tune: GPUs that tuning no longer needs sample instead."""
+
+    name = "sample"
+
+    def __init__(self, plan: Plan, pipeline: PipelineConfig, samples: str, base_model: str, device: str,
+                 seeds_needed: dict[str, int], tuning_left):
+        super().__init__(plan, pipeline)
+        self.samples, self.base_model, self.device, self.gpus = samples, base_model, device, plan.gpus_per_sampler
+        self.seeds_needed, self.tuning_left = seeds_needed, tuning_left
+        self.idle = deque(self.new_actor() for _ in range(plan.samplers))
+        self.size = plan.samplers
+        self.busy: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
+
+    def new_actor(self) -> ray.actor.ActorHandle:
+        retries = self.pipeline.retries
+        return SamplerActor.options(num_gpus=self.gpus, max_restarts=retries, max_task_retries=retries).remote(
+            self.base_model, self.device)
+
+    def may_grow(self) -> bool:
+        return (self.size < self.plan.max_samplers and not self.tuning_left()
+                and ray.available_resources().get("GPU", 0) >= self.gpus)
+
+    def key(self, unit: Unit) -> str:
+        return records.sampling_key(unit.scene_uri, unit.config)
+
+    def submit(self, unit: Unit) -> ray.ObjectRef | None:
+        if not self.idle and self.may_grow():
+            self.idle.append(self.new_actor())
+            self.size += 1
+        if not self.idle:
+            return None
+        actor = self.idle.popleft()
+        config = replace(unit.config, sample=replace(unit.config.sample, num_samples=self.seeds_needed[self.key(unit)]))
+        folder = samples_folder(self.samples, unit.scene_id, unit.tuned.adapter_key, config.sample)
+        ref = actor.sample.remote(unit.scene_uri, unit.tuned.adapter_uri, folder, config, self.pipeline.force)
+        self.busy[ref] = actor
+        return ref
+
+    def apply(self, unit: Unit, result: Rows) -> None:
+        wanted = set(records.seeds(unit.config))
+        unit.rows, unit.seconds["sample"] = [row for row in result.rows if row.seed in wanted], result.seconds
+
+    def finished(self, ref: ray.ObjectRef, error: BaseException | None) -> None:
+        actor = self.busy.pop(ref)
+        self.idle.append(self.new_actor() if isinstance(error, ray.exceptions.RayActorError) else actor)
+
+    def cancel(self, ref: ray.ObjectRef) -> None:
+        ray.kill(self.busy.pop(ref))
+
+    def close(self) -> None:
+        for actor in [*self.idle, *self.busy.values()]:
+            ray.kill(actor)
+        self.idle.clear()
+        self.busy.clear()
+
+
+class RankStage(Stage):
+    """CPU tasks, one per unit: ranking is what differs between variants that share images."""
+
+    name = "rank"
+
+    def submit(self, unit: Unit) -> ray.ObjectRef:
+        return rank_task.options(max_retries=self.pipeline.retries).remote(unit.scene_uri, unit.rows, unit.config)
+
+    def apply(self, unit: Unit, result: Rows) -> None:
+        unit.rows, unit.seconds["rank"] = result.rows, result.seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -20,8 +21,10 @@ from realfill.config import (
     RankConfig,
     SampleConfig,
     TuneConfig,
+    expand_grid,
     field_docs,
     read_config_file,
+    with_fields,
 )
 from realfill.environment import check_environment, version
 
@@ -90,6 +93,13 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force", action="store_true", help=docs["force"])
 
 
+def add_eval_flags(parser: argparse.ArgumentParser, names) -> None:
+    eval_docs = field_docs(EvalConfig)
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", choices=CHOICES.get(name),
+                            help=f"{eval_docs[name]} (default: {getattr(EvalConfig(), name)})")
+
+
 def build_config(args: argparse.Namespace) -> FillConfig:
     """Defaults, then --fast, then the config file, then explicit flags."""
     values: dict[str | None, dict[str, Any]] = {section: {} for section in SECTIONS}
@@ -138,27 +148,70 @@ def cmd_fill(args: argparse.Namespace) -> int:
     config = build_config(args)
     with OutputLease(args.out):
         row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
-    if row["status"] != "ok":
-        print(f"realfill: {row['scene_id']} failed: {row['error']}", file=sys.stderr)
+    if not row.ok:
+        print(f"realfill: {row.scene_id} failed: {row.error}", file=sys.stderr)
         return 1
-    print(f"{row['scene_id']}: {row['num_samples']} samples in {row['tune_s']:.1f}s tune + "
-          f"{row['sample_s']:.1f}s sample + {row['rank_s']:.1f}s rank")
+    print(f"{row.scene_id}: {row.num_samples} samples in {row.tune_s:.1f}s tune + {row.sample_s:.1f}s sample + "
+          f"{row.rank_s:.1f}s rank")
     print("\n".join(manifest.where_tables(args.out)))
-    print(f"best: {row['best_uri']}")
+    print(f"best: {row.best_uri}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The Ray pipeline (imported here, so that everything else in realfill runs without Ray)."""
-    from pipeline.config import PipelineConfig
     from pipeline.driver import run_pipeline
 
-    pipeline = PipelineConfig(**{name: getattr(args, name) for name in PIPELINE_FLAGS if getattr(args, name)
-                                 is not None}, force=args.force)
-    summary = run_pipeline(args.scenes, args.out, build_config(args), pipeline, show_progress=not args.quiet,
-                           adapters=args.adapters)
+    summary = run_pipeline(args.scenes, args.out, build_config(args), pipeline_config(args),
+                           show_progress=not args.quiet, adapters=args.adapters)
     print(summary.text())
     print("\n".join(manifest.where_tables(args.out)))
+    if summary.stopped_by is not None:
+        return 128 + summary.stopped_by
+    return 1 if summary.failed else 0
+
+
+def pipeline_config(args: argparse.Namespace):
+    from pipeline.config import PipelineConfig
+
+    return PipelineConfig(**{name: getattr(args, name) for name in PIPELINE_FLAGS if getattr(args, name)
+                             is not None}, force=args.force)
+
+
+def sweep_configs(args: argparse.Namespace) -> tuple[dict[str, FillConfig], dict[str, dict]]:
+    """Each variant's config and its own fields: the grid file's variants over the run's flags, then each
+    --variant NAME:FLAGS (its flags after the run's, so they win)."""
+    base, configs, fields = build_config(args), {}, {}
+    if args.grid:
+        for name, given in expand_grid(read_config_file(args.grid), args.grid).items():
+            try:
+                configs[name] = with_fields(base, given)
+            except ValueError as exc:
+                raise ValueError(f"{args.grid}: variant '{name}': {exc}") from None
+            fields[name] = given
+    for spec in args.variant:
+        name, _, flags = spec.partition(":")
+        if not name or name in configs:
+            raise ValueError(f"--variant {spec!r}: needs a name of its own before ':' (NAME:FLAGS)")
+        configs[name] = build_config(make_parser().parse_args([*args.argv, *shlex.split(flags)]))
+        fields[name] = {"flags": flags.strip()}
+    if not configs:
+        raise ValueError("a sweep needs variants: --grid FILE and/or --variant NAME:FLAGS")
+    return configs, fields
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.sweep import run_sweep
+
+    configs, fields = sweep_configs(args)
+    evaluation = EvalConfig(**{name: getattr(args, name) for name in EVAL_FLAGS if name != "device"
+                               and getattr(args, name) is not None}, device=next(iter(configs.values())).device)
+    summary, board = run_sweep(args.scenes, args.out, configs, fields, pipeline_config(args), evaluation,
+                               show_progress=not args.quiet)
+    print(summary.text())
+    print(board)
+    out = storage.normalize(args.out)
+    print(f"sweep table: {storage.join(out, 'sweep.parquet')}\nleaderboard: {storage.join(out, 'leaderboard.md')}")
     if summary.stopped_by is not None:
         return 128 + summary.stopped_by
     return 1 if summary.failed else 0
@@ -238,6 +291,21 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_flags(run)
     run.set_defaults(func=cmd_run)
 
+    sweep = commands.add_parser("sweep", help="many variants of the config over a scenes root in one pipeline, "
+                                               "each evaluated, compared in a leaderboard")
+    sweep.add_argument("scenes", help="scenes root: a folder or URI holding one folder per scene")
+    sweep.add_argument("--out", required=True, help="output folder or URI: shared adapters/ and samples/, "
+                                                    "variants/NAME/, sweep.parquet, leaderboard.md")
+    sweep.add_argument("--grid", metavar="FILE", help="YAML/JSON: grid: (field: [values], every combination a "
+                                                      "variant), variants: (name: fields), base: (fields for all)")
+    sweep.add_argument("--variant", action="append", default=[], metavar="NAME:FLAGS",
+                       help="a named variant and its flags, over the shared ones, e.g. 'fast:--fast --keep 8'")
+    add_eval_flags(sweep, [name for name in EVAL_FLAGS if name != "device"])
+    add_pipeline_flags(sweep)
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
     rank = commands.add_parser("rank", help="rank completions of a scene by correspondence to its references")
     rank.add_argument("scene", help="scene folder or URI")
     rank.add_argument("images", nargs="+", help="completed images (target size), from any generator")
@@ -247,10 +315,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="metrics of a run's samples against the scenes' gt.png")
     evaluate.add_argument("out", help="the run's output folder or URI (holds manifest/)")
-    eval_docs = field_docs(EvalConfig)
-    for name in EVAL_FLAGS:
-        evaluate.add_argument(f"--{name.replace('_', '-')}", choices=CHOICES.get(name),
-                              help=f"{eval_docs[name]} (default: {getattr(EvalConfig(), name)})")
+    add_eval_flags(evaluate, EVAL_FLAGS)
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -273,7 +338,9 @@ def terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser().parse_args(argv)
+    args.argv = argv
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:

@@ -299,3 +299,58 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: config must be a mapping of field names to values")
     return data
+
+
+SECTIONS = {"tune": TuneConfig, "sample": SampleConfig, "rank": RankConfig}
+"""FillConfig's sections: a field of one is named SECTION.FIELD (sample.steps), in files and grids alike."""
+
+
+def with_fields(config: FillConfig, fields: dict[str, Any]) -> FillConfig:
+    """config with fields replaced. A field is named by its path: `seed`, `sample.steps`; a section may also
+    be given as a mapping (`sample: {steps: 25}`); `fast: true` applies the fast sampling preset first.
+    Unknown names and invalid values raise ValueError naming the field."""
+    values = config.to_dict()
+    fields = dict(fields)
+    fast = fields.pop("fast", False)
+    _check(isinstance(fast, bool), f"fast must be true or false (got {fast!r})")
+    if fast:
+        values["sample"].update(FAST_SAMPLING)
+    for key, value in fields.items():
+        if key in SECTIONS:
+            _check(isinstance(value, dict), f"'{key}' must be a mapping of field names to values (got {value!r})")
+            for name, item in value.items():
+                fields_known = SECTIONS[key].__dataclass_fields__
+                _check(name in fields_known, f"unknown field '{key}.{name}' (known: {', '.join(fields_known)})")
+                values[key][name] = item
+            continue
+        section, _, name = key.rpartition(".")
+        known = SECTIONS[section].__dataclass_fields__ if section in SECTIONS else FillConfig.__dataclass_fields__
+        _check((not section or section in SECTIONS) and name in known and name not in SECTIONS,
+               f"unknown field '{key}' (fields are named like seed, tune.train_steps, sample.steps, rank.keep)")
+        (values[section] if section else values)[name] = value
+    return FillConfig(**values)
+
+
+def expand_grid(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """The variants of a grid file, by name: `grid:` (field -> list of values; every combination is a
+    variant, named after its values) and `variants:` (name -> fields), each applied over `base:` fields."""
+    import itertools
+
+    unknown = sorted(set(data) - {"base", "grid", "variants"})
+    if unknown:
+        raise ValueError(f"{source}: unknown key '{unknown[0]}' (known: base, grid, variants)")
+    base, grid, named = data.get("base") or {}, data.get("grid") or {}, data.get("variants") or {}
+    for key, value in (("base", base), ("grid", grid), ("variants", named)):
+        _check(isinstance(value, dict), f"{source}: '{key}' must be a mapping (got {value!r})")
+    for field_name, options in grid.items():
+        _check(isinstance(options, list) and options, f"{source}: grid '{field_name}' must be a non-empty list")
+    variants = {}
+    for combination in itertools.product(*grid.values()) if grid else []:
+        point = dict(zip(grid, combination))
+        name = ",".join(f"{key.rpartition('.')[2]}={value}" for key, value in point.items())
+        variants[name] = {**base, **point}
+    for name, fields in named.items():
+        _check(isinstance(fields, dict | None), f"{source}: variant '{name}' must be a mapping of fields")
+        variants[str(name)] = {**base, **(fields or {})}
+    _check(bool(variants), f"{source}: no variants (give grid: and/or variants:)")
+    return variants

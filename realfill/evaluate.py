@@ -21,15 +21,16 @@ METRICS_SCHEMA = pa.schema(
 
 
 def evaluate_run(
-    out_uri: str, config: EvalConfig, show_progress: bool = True
+    out_uri: str, config: EvalConfig, show_progress: bool = True, evaluator: Evaluator | None = None
 ) -> tuple[pa.Table, dict[str, str], list[str]]:
     """Metrics for every finished sample of the run whose scene has a gt.png; written to OUT/metrics.parquet.
-    Returns the table, the unavailable metrics with their reasons, and the scenes without ground truth."""
+    Returns the table, the unavailable metrics with their reasons, and the scenes without ground truth.
+    An evaluator (its backbones loaded) may be passed in, to evaluate several runs with one."""
     if not storage.exists(manifest.table_uri(out_uri, "scenes")):
         raise ValueError(f"{out_uri}: no manifest/scenes here; is this the --out of a realfill fill or run?")
     samples = [row for row in manifest.read_table(out_uri, "samples").to_pylist() if row["status"] == "ok"]
     scene_uris = {row["scene_id"]: row["scene_uri"] for row in manifest.read_table(out_uri, "scenes").to_pylist()}
-    evaluator = Evaluator(config)
+    evaluator = evaluator or Evaluator(config)
     scenes, without_gt, rows = {}, [], []
     for sample in tqdm(samples, desc="eval", disable=not show_progress, leave=False):
         scene_id = sample["scene_id"]
@@ -55,19 +56,72 @@ def _mean(values: list) -> float | None:
     return sum(present) / len(present) if present else None
 
 
+GROUPS = ("all", "selected")
+"""Every sample, and the samples that selection kept."""
+
+
+def means(table: pa.Table) -> dict[str, dict[str, float | None]]:
+    """Mean of each metric over all samples and over the selected ones: {group: {metric: mean}}, plus the
+    count of samples of each group under 'samples'."""
+    rows = table.to_pylist()
+    groups = {"all": rows, "selected": [row for row in rows if row["selected"]]}
+    return {group: {"samples": len(members), **{name: _mean([row[name] for row in members]) for name in METRICS}}
+            for group, members in groups.items()}
+
+
+def _cell(name: str, value: float | None, unavailable: dict[str, str]) -> str:
+    if name in unavailable:
+        return "unavailable"
+    return "–" if value is None else f"{value:.{2 if name == 'psnr' else 3}f}"
+
+
+def _arrow_of(name: str) -> str:
+    return f"{name} {'↓' if name in LOWER_IS_BETTER else '↑'}"
+
+
 def markdown_summary(table: pa.Table, unavailable: dict[str, str]) -> str:
     """Means per metric over all samples and over the selected ones, beside the paper's RealFill row."""
-    rows = table.to_pylist()
-    selected = [row for row in rows if row["selected"]]
-    lines = [f"| metric | all ({len(rows)}) | selected ({len(selected)}) | paper RealFill |", "|---|---|---|---|"]
+    summary = means(table)
+    lines = [f"| metric | all ({summary['all']['samples']}) | selected ({summary['selected']['samples']}) | "
+             f"paper RealFill |", "|---|---|---|---|"]
     for name in METRICS:
-        arrow = "↓" if name in LOWER_IS_BETTER else "↑"
-        if name in unavailable:
-            cells = ["unavailable", "unavailable"]
-        else:
-            digits = 2 if name == "psnr" else 3
-            cells = [("–" if (m := _mean([r[name] for r in group])) is None else f"{m:.{digits}f}")
-                     for group in (rows, selected)]
-        lines.append(f"| {name} {arrow} | {cells[0]} | {cells[1]} | {PAPER_REALFILL[name]} |")
+        cells = [_cell(name, summary[group][name], unavailable) for group in GROUPS]
+        lines.append(f"| {_arrow_of(name)} | {cells[0]} | {cells[1]} | {PAPER_REALFILL[name]} |")
+    return "\n".join(lines + _notes(unavailable))
+
+
+def _notes(unavailable: dict[str, str]) -> list[str]:
     notes = [f"- {name}: unavailable: {reason}" for name, reason in unavailable.items()]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return [""] + notes if notes else []
+
+
+LEADERBOARD_SCHEMA = pa.schema(
+    [pa.field("variant", pa.string()), pa.field("group", pa.string()), pa.field("samples", pa.int64()),
+     pa.field("scenes_done", pa.int64()), pa.field("scenes_failed", pa.int64())]
+    + [pa.field(name, pa.float64()) for name in METRICS] + [pa.field("fields", pa.string())]
+)
+"""OUT/sweep.parquet: one row per variant and group (all seeds, selected seeds)."""
+
+
+def leaderboard_rows(variant: str, fields: str, table: pa.Table, done: int, failed: int) -> list[dict]:
+    summary = means(table)
+    return [{"variant": variant, "group": group, "scenes_done": done, "scenes_failed": failed, "fields": fields,
+             **summary[group]} for group in GROUPS]
+
+
+def leaderboard(rows: list[dict], unavailable: dict[str, str]) -> str:
+    """Variants × metrics, each cell 'all seeds / selected seeds', with the paper's RealFill row last."""
+    by_variant: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], {})[row["group"]] = row
+    header = "| variant | scenes ok / failed | samples (all / selected) | " + " | ".join(map(_arrow_of, METRICS)) + " |"
+    lines = [header, "|" + "---|" * (3 + len(METRICS))]
+    for variant, groups in by_variant.items():
+        cells = [" / ".join(_cell(name, groups[group][name], unavailable) for group in GROUPS) for name in METRICS]
+        counts = f"{groups['all']['samples']} / {groups['selected']['samples']}"
+        lines.append(f"| {variant} | {groups['all']['scenes_done']} / {groups['all']['scenes_failed']} | {counts} | "
+                     + " | ".join(cells) + " |")
+    lines.append("| paper RealFill | | | " + " | ".join(str(PAPER_REALFILL[name]) for name in METRICS) + " |")
+    fields = [f"- {variant}: `{groups['all']['fields']}`" for variant, groups in by_variant.items()]
+    return "\n".join(lines + ["", "Cells: mean over all seeds / over the selected seeds.", "", *fields]
+                     + _notes(unavailable))

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from realfill import manifest, storage
-from realfill.config import FillConfig
+from realfill import manifest, records, storage
+from realfill.config import FillConfig, SampleConfig
 from realfill.models import resolve_base_model
 from realfill.rank import rank_scores, score_images
-from realfill.records import AdapterInfo, adapter_key, image_key, run_key
+from realfill.records import AdapterInfo, SampleRow, SceneRow, adapter_key, image_key, run_key
 from realfill.sample import SampleFailure, Sampler, composite_sample
 from realfill.scene import Scene, SceneError, load_scene, scene_id_of, storage_name
 from realfill.tune import ADAPTER_INFO, AdapterError, tune, verified_adapter
@@ -28,14 +29,16 @@ def default_adapters(out_uri: str) -> str:
     return storage.join(out_uri, "adapters")
 
 
-def scene_adapter_key(scene: Scene, config: FillConfig) -> str:
-    return adapter_key(scene.fingerprint, config.tune, config.seed, config.base_model)
+def default_samples(out_uri: str) -> str:
+    """Where a run keeps its images unless told to share a store with other runs."""
+    return storage.join(out_uri, "samples")
 
 
 def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:
     """Adapters are stored by what they were made from (scene content, tune config, seed, base model),
     so any run that changes only sampling or ranking finds and reuses them."""
-    return storage.join(adapters, f"{storage_name(scene.scene_id)}-{scene_adapter_key(scene, config)}")
+    key = adapter_key(scene.fingerprint, config.tune, config.seed, config.base_model)
+    return storage.join(adapters, f"{storage_name(scene.scene_id)}-{key}")
 
 
 def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: bool = True,
@@ -59,22 +62,19 @@ def tune_scene(scene: Scene, adapters: str, config: FillConfig, show_progress: b
     return uri, info
 
 
-def samples_folder(out_uri: str, scene: Scene, config: FillConfig) -> str:
-    """Images are stored by what made their pixels (the adapter and the pixel-changing sampling settings),
-    one file per seed, so a run that changes only ranking, the number of seeds or the batch, or one resumed
-    after a crash mid-scene, reuses the images already made."""
-    folder = f"{storage_name(scene.scene_id)}-{image_key(scene_adapter_key(scene, config), config.sample)}"
-    return storage.join(out_uri, "samples", folder)
+def samples_folder(samples: str, scene_id: str, adapter: str, config: SampleConfig) -> str:
+    """Images are stored by what made their pixels (the adapter's key and the pixel-changing sampling
+    settings), one file per seed, so a run that changes only ranking, the number of seeds or the batch, or
+    one resumed after a crash mid-scene, or another variant of a sweep, reuses the images already made."""
+    return storage.join(samples, f"{storage_name(scene_id)}-{image_key(adapter, config)}")
 
 
-def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, config: FillConfig,
-                 show_progress: bool = True, force: bool = False) -> list[dict]:
-    """Generate, composite and store every seed of a scene not already stored (all of them with force);
-    returns one manifest row per seed: ok, or failed with the reason (a seed whose image is not finite).
-    Raises SampleError when no seed gave an image."""
-    seeds = [config.seed + index for index in range(config.sample.num_samples)]
-    folder = samples_folder(out_uri, scene, config)
-    uris = {seed: storage.join(folder, f"seed-{seed:05d}.png") for seed in seeds}
+def sample_scene(sampler: Sampler, scene: Scene, adapter: str, folder: str, config: FillConfig,
+                 show_progress: bool = True, force: bool = False) -> list[SampleRow]:
+    """Generate, composite and store in folder every seed of a scene not already stored there (all of them
+    with force); returns one row per seed: ok, or failed with the reason (a seed whose image is not finite)."""
+    seeds = records.seeds(config)
+    uris = {seed: storage.join(folder, records.seed_file(seed)) for seed in seeds}
     missing = [seed for seed in seeds if force or not storage.exists(uris[seed])]
     failures: dict[int, str] = {}
     if missing:
@@ -86,68 +86,69 @@ def sample_scene(sampler: Sampler, scene: Scene, adapter: str, out_uri: str, con
                 failures[seed] = f"seed {seed}: {generated.reason}"
             else:
                 storage.write_png(uris[seed], composite_sample(scene, generated, config.sample))
-    if len(failures) == len(seeds):
-        raise SampleError(f"every sample failed; {failures[seeds[0]]}")
     height, width = scene.target.shape[:2]
-    return [{"scene_id": scene.scene_id, "seed": seed, "uri": uris[seed], "status": "failed" if seed in failures
-             else "ok", "error": failures.get(seed), "run_key": run_key(config), "width": width, "height": height}
+    return [SampleRow(scene_id=scene.scene_id, seed=seed, uri=uris[seed], status="failed" if seed in failures
+                      else "ok", error=failures.get(seed), run_key=run_key(config), width=width, height=height)
             for seed in seeds]
 
 
-def rank_samples(scene: Scene, rows: list[dict], config: FillConfig) -> list[dict]:
+def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> list[SampleRow]:
     """Score every good sample against the references (features of the scene computed once), rank them,
-    and mark the top keep as selected. Returns the rows with matches, score, rank and selected (failed
-    samples keep no score and are never selected)."""
-    good = [row for row in rows if row["status"] == "ok"]
-    scores = score_images(scene, [row["uri"] for row in good], config.rank)
+    and mark the top keep as selected; the rows are this config's (a sweep's variants share images).
+    Failed samples keep no score and are never selected. Raises SampleError when no sample is good."""
+    good = [row for row in rows if row.ok]
+    if not good:
+        raise SampleError(f"every sample failed; {rows[0].error if rows else 'no samples'}")
+    scores = score_images(scene, [row.uri for row in good], config.rank)
     ranks = rank_scores(scores)
-    order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i]["seed"]))
+    order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i].seed))
     kept = set(order[: config.rank.keep_count(len(good))])
-    ranked = {row["seed"]: {**row, "matches": score.matches, "score": score.score, "rank": rank, "selected": i in kept}
+    ranked = {row.seed: replace(row, matches=score.matches, score=score.score, rank=rank, selected=i in kept)
               for i, (row, score, rank) in enumerate(zip(good, scores, ranks))}
-    unranked = {"matches": None, "score": None, "rank": None, "selected": False}
-    return [ranked.get(row["seed"], {**row, **unranked}) for row in rows]
+    key = run_key(config)
+    return [replace(ranked.get(row.seed, replace(row, selected=False)), run_key=key) for row in rows]
 
 
-def best_uri(rows: list[dict]) -> str | None:
-    ranked = [row for row in rows if row.get("rank") is not None]
-    return min(ranked, key=lambda row: (row["rank"], row["seed"]))["uri"] if ranked else None
+def best_uri(rows: list[SampleRow]) -> str | None:
+    ranked = [row for row in rows if row.rank is not None]
+    return min(ranked, key=lambda row: (row.rank, row.seed)).uri if ranked else None
 
 
 def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str | None = None,
-              adapter: str | None = None, samples: list[dict] = (), tune_s: float | None = None,
-              sample_s: float | None = None, rank_s: float | None = None) -> dict:
-    return {
-        "scene_id": scene_id, "scene_uri": scene_uri, "status": "failed" if error else "ok", "error": error,
-        "run_key": run_key(config), "adapter_uri": adapter, "best_uri": best_uri(samples),
-        "num_samples": len(samples), "tune_s": tune_s, "sample_s": sample_s, "rank_s": rank_s,
-        "config": json.dumps(config.to_dict(), sort_keys=True),
-    }
+              adapter: str | None = None, samples: list[SampleRow] = (), tune_s: float | None = None,
+              sample_s: float | None = None, rank_s: float | None = None) -> SceneRow:
+    return SceneRow(scene_id=scene_id, scene_uri=scene_uri, status="failed" if error else "ok", error=error,
+                    run_key=run_key(config), adapter_uri=adapter, best_uri=best_uri(samples),
+                    num_samples=len(samples), tune_s=tune_s, sample_s=sample_s, rank_s=rank_s,
+                    config=json.dumps(config.to_dict(), sort_keys=True))
 
 
 def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sampler | None = None,
-               show_progress: bool = True, adapters: str | None = None) -> dict:
-    """Complete one scene end to end and write its manifest parts; returns its scene row.
+               show_progress: bool = True, adapters: str | None = None) -> SceneRow:
+    """Complete one scene end to end, record it in the manifest and compact it; returns its scene row.
     Bad input or a failing stage is recorded in the row (status failed, error), never raised.
     adapters is the adapter store (default OUT/adapters)."""
     scene_uri, out_uri = storage.normalize(scene_uri), storage.normalize(out_uri)
     adapters = storage.normalize(adapters) if adapters else default_adapters(out_uri)
     scene_id = scene_id_of(scene_uri)
-    samples: list[dict] = []
+    samples: list[SampleRow] = []
     try:
         scene = load_scene(scene_uri, config.max_megapixels)
         started = time.perf_counter()
-        adapter, _ = tune_scene(scene, adapters, config, show_progress)
+        adapter, info = tune_scene(scene, adapters, config, show_progress)
         tuned = time.perf_counter()
         sampler = sampler or Sampler(resolve_base_model(config.base_model), config.device)
-        samples = sample_scene(sampler, scene, adapter, out_uri, config, show_progress)
+        folder = samples_folder(default_samples(out_uri), scene_id, info.key, config.sample)
+        samples = sample_scene(sampler, scene, adapter, folder, config, show_progress)
         sampled = time.perf_counter()
         samples = rank_samples(scene, samples, config)
         row = scene_row(scene_id, scene_uri, config, adapter=adapter, samples=samples, tune_s=tuned - started,
                         sample_s=sampled - tuned, rank_s=time.perf_counter() - sampled)
     except Exception as exc:  # recorded per scene, so one bad scene never stops the others
+        samples = []
         row = scene_row(scene_id, scene_uri, config, error=describe(exc))
     manifest.write_scene(out_uri, samples, row)
+    manifest.compact(out_uri)
     return row
 
 

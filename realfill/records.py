@@ -5,6 +5,8 @@ what changes the output it names:
 - an image: its adapter, the sampling settings that change pixels (not how many seeds, not the batch they
   are generated in) and its seed; so raising `num_samples` makes only the new seeds;
 - a run: its complete config (what a resume compares).
+
+The manifest rows are typed here too (`SampleRow`, `SceneRow`); their Parquet schemas are derived from them.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
+
+import pyarrow as pa
 
 from realfill.config import FillConfig, SampleConfig, TuneConfig
 
@@ -23,6 +30,9 @@ ADAPTER_FORMAT = 2
 """Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
 NOT_IN_PIXELS = ("num_samples", "batch_size")
 """Sampling settings that do not change any image: how many seeds, and how many per forward pass."""
+SCHEMA_VERSION = 2
+"""Version of the manifest tables. 2: parts named by scene alone and compacted at the end of a run (the
+columns are those of 1, so runs written by version 1 are read as they are)."""
 
 
 def digest(payload: Any) -> str:
@@ -38,14 +48,44 @@ def run_key(config: FillConfig) -> str:
     return digest(config)
 
 
+def _training(tune: TuneConfig, seed: int, base_model: str | None) -> dict[str, Any]:
+    """What decides an adapter besides the scene's content."""
+    return {"tune": asdict(tune), "seed": seed, "base": base_model}
+
+
 def adapter_key(scene_fingerprint: str, tune: TuneConfig, seed: int, base_model: str | None) -> str:
-    return digest({"scene": scene_fingerprint, "tune": asdict(tune), "seed": seed, "base": base_model})
+    return digest({"scene": scene_fingerprint, **_training(tune, seed, base_model)})
+
+
+def training_key(scene_uri: str, config: FillConfig) -> str:
+    """Which (scene, variant) pairs of one run share an adapter, known before the scene is read: the same
+    scene folder and the same training inputs (the adapter key itself needs the scene's content)."""
+    return digest({"scene_uri": scene_uri, **_training(config.tune, config.seed, config.base_model)})
+
+
+def _pixels(sample: SampleConfig) -> dict[str, Any]:
+    return {name: value for name, value in asdict(sample).items() if name not in NOT_IN_PIXELS}
 
 
 def image_key(adapter: str, sample: SampleConfig) -> str:
     """The images of one adapter made with one set of pixel-changing sampling settings (a folder of seeds)."""
-    pixels = {name: value for name, value in asdict(sample).items() if name not in NOT_IN_PIXELS}
-    return digest({"adapter": adapter, "sample": pixels})
+    return digest({"adapter": adapter, "sample": _pixels(sample)})
+
+
+def sampling_key(scene_uri: str, config: FillConfig) -> str:
+    """Which (scene, variant) pairs of one run share a folder of images, known before the scene is read:
+    the same training (see training_key) and the same pixel-changing sampling settings."""
+    return digest({"training": training_key(scene_uri, config), "sample": _pixels(config.sample)})
+
+
+def seed_file(seed: int) -> str:
+    """An image's name in its folder: the folder says what made it, the name which seed."""
+    return f"seed-{seed:05d}.png"
+
+
+def seeds(config: FillConfig) -> list[int]:
+    """The seeds a config samples: sample i uses seed + i."""
+    return [config.seed + index for index in range(config.sample.num_samples)]
 
 
 @dataclass
@@ -92,3 +132,84 @@ class AdapterInfo:
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an adapter record ({exc})") from None
+
+
+def _arrow(annotation: Any) -> tuple[pa.DataType, bool]:
+    """The Arrow type of a row field's annotation, and whether it may be null (`X | None`)."""
+    arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    present = [arm for arm in arms if arm is not type(None)] or [annotation]
+    arrow = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
+             datetime: pa.timestamp("ms", tz="UTC")}
+    return arrow[present[0]], type(None) in arms
+
+
+def arrow_schema(row_type: type, table: str) -> pa.Schema:
+    """A manifest table's Parquet schema, derived from its row dataclass (a field's metadata may narrow its
+    Arrow type, e.g. to int32), stamped with the schema version and the table's name."""
+    hints = typing.get_type_hints(row_type)
+    columns = []
+    for item in dataclasses.fields(row_type):
+        arrow, nullable = _arrow(hints[item.name])
+        columns.append(pa.field(item.name, item.metadata.get("arrow", arrow), nullable=nullable))
+    return pa.schema(columns, metadata={"realfill.schema_version": str(SCHEMA_VERSION), "realfill.table": table})
+
+
+INT32 = {"arrow": pa.int32()}
+
+
+@dataclass(kw_only=True)
+class SampleRow:
+    """One sample of a scene: a row of the samples table."""
+
+    scene_id: str
+    seed: int
+    uri: str
+    """The composited image."""
+    status: str
+    """ok, or failed (then error says why, and the image was never written)."""
+    error: str | None = None
+    run_key: str
+    """Digest of the config of the run that recorded it."""
+    width: int | None = field(default=None, metadata=INT32)
+    height: int | None = field(default=None, metadata=INT32)
+    matches: int | None = field(default=None, metadata=INT32)
+    """Fill-region matches that are RANSAC inliers (a plain count)."""
+    score: float | None = None
+    """Geometry-aware ranking score."""
+    rank: int | None = field(default=None, metadata=INT32)
+    """1 = best."""
+    selected: bool | None = None
+    """Kept by keep / keep_fraction."""
+    created_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(kw_only=True)
+class SceneRow:
+    """The outcome of one scene under one config: a row of the scenes table."""
+
+    scene_id: str
+    scene_uri: str
+    status: str
+    error: str | None = None
+    run_key: str
+    adapter_uri: str | None = None
+    best_uri: str | None = None
+    num_samples: int | None = field(default=None, metadata=INT32)
+    tune_s: float | None = None
+    sample_s: float | None = None
+    rank_s: float | None = None
+    config: str | None = None
+    """The run's full config, as JSON."""
+    created_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+ROWS = {"samples": SampleRow, "scenes": SceneRow}
+"""Each manifest table and the row type it holds."""

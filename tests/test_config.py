@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from realfill.config import FillConfig, SampleConfig, TuneConfig, field_docs
@@ -84,3 +86,32 @@ def test_numbers_and_lists_are_taken_in_their_natural_spelling():
     assert tune.unet_lr == 1.0 and isinstance(tune.unet_lr, float) and tune.unet_lora_targets == ("to_q",)
     with pytest.raises(ValueError, match="unet_lora_targets must be a list of str"):
         TuneConfig(unet_lora_targets=("to_q", 3))
+
+
+def test_fields_are_named_by_their_path_and_unknown_ones_are_refused():
+    from realfill.config import with_fields
+
+    config = with_fields(FillConfig(), {"seed": 3, "sample.steps": 7, "rank": {"keep": 2}, "fast": True})
+    assert (config.seed, config.sample.steps, config.sample.scheduler, config.rank.keep) == (3, 7, "dpm", 2)
+    for fields, words in (({"sample.stepz": 1}, "unknown field 'sample.stepz'"),
+                          ({"tune": {"steps": 1}}, "unknown field 'tune.steps'"),
+                          ({"sample": 3}, "'sample' must be a mapping"),
+                          ({"sample.steps": "two"}, "steps must be an integer (got 'two')"),
+                          ({"fast": "yes"}, "fast must be true or false")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            with_fields(FillConfig(), fields)
+
+
+def test_grid_expands_to_every_combination_plus_named_variants():
+    from realfill.config import expand_grid
+
+    variants = expand_grid({"base": {"seed": 1}, "grid": {"sample.steps": [1, 2], "rank.keep": [3, 4]},
+                            "variants": {"plain": None}}, "g.yaml")
+    assert variants == {"steps=1,keep=3": {"seed": 1, "sample.steps": 1, "rank.keep": 3},
+                        "steps=1,keep=4": {"seed": 1, "sample.steps": 1, "rank.keep": 4},
+                        "steps=2,keep=3": {"seed": 1, "sample.steps": 2, "rank.keep": 3},
+                        "steps=2,keep=4": {"seed": 1, "sample.steps": 2, "rank.keep": 4}, "plain": {"seed": 1}}
+    for data, words in (({"grid": {"seed": 1}}, "g.yaml: grid 'seed' must be a non-empty list"),
+                        ({"gird": {}}, "g.yaml: unknown key 'gird'"), ({}, "g.yaml: no variants")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            expand_grid(data, "g.yaml")

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from realfill import manifest
@@ -58,22 +59,48 @@ def test_fill_library_job_with_ray_job_submit(head, one_scene, tmp_path):
     assert '"scheduler": "dpm"' in scene["config"], "the library job samples with the fast preset"
 
 
-def test_realbench_sweep_job_with_the_submission_client(head, one_scene, tmp_path):
+def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene, tmp_path, tiny_backbones):
+    """A grid and a named variant that share training (one adapter) and, but for the seed count, sampling
+    (one folder of images, as many as the largest variant asks for); eval flags reach every variant."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("grid:\n  rank.keep: [1, 4]\nvariants:\n  few: {sample.num_samples: 2}\n")
     client = JobSubmissionClient(ADDRESS)
     out = tmp_path / "sweep"
     job = client.submit_job(entrypoint=(
-        f"{sys.executable} -m jobs.realbench_sweep {one_scene} --out {out} --variant 'top1:--keep 1' "
-        f"--variant 'all:--keep-fraction 1' {TINY}"))
+        f"{sys.executable} -m jobs.realbench_sweep {one_scene} --out {out} --grid {grid} "
+        f"--variant 'dpm:--scheduler dpm' --dino-model {tiny_backbones / 'dino'} {TINY}"))
     deadline = time.time() + 600
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline
         time.sleep(1)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs
-    report = (out / "sweep.md").read_text()
-    assert "## top1" in report and "## all" in report
-    assert "| metric | all (4) | selected (1) |" in report and "| metric | all (4) | selected (4) |" in report
-    assert len(list((out / "adapters").iterdir())) == 1, "the variants share one adapter store"
-    assert logs.count("done: 1") == 2
+    assert "done: 4" in logs and logs.count("done:") == 1, "one pipeline run for every variant"
+    assert len(list((out / "adapters").iterdir())) == 1, "equal training, trained once"
+    folders = sorted(path for path in (out / "samples").iterdir())
+    assert len(folders) == 2, "keep=1, keep=4 and few share their images; dpm makes its own"
+    assert sorted(len(list(folder.glob("*.png"))) for folder in folders) == [4, 4]
+    board = (out / "leaderboard.md").read_text()
+    for name in ("keep=1", "keep=4", "few", "dpm", "paper RealFill"):
+        assert f"| {name} |" in board, board
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert sorted(table["variant"].unique()) == ["dpm", "few", "keep=1", "keep=4"]
+    selected = table[table["group"] == "selected"].set_index("variant")["samples"].to_dict()
+    assert selected == {"keep=1": 1, "keep=4": 4, "few": 1, "dpm": 1}, "ranking is per variant"
+    assert table[table["group"] == "all"].set_index("variant")["samples"].to_dict()["few"] == 2
+    assert table["dino"].notna().all(), "--dino-model reached the evaluation"
+    few = manifest.read_table(str(out / "variants" / "few"), "samples").to_pylist()
+    assert sorted(row["seed"] for row in few) == [0, 1]
+
+
+def test_the_bundled_grid_file_expands():
+    from realfill.config import FillConfig, expand_grid, read_config_file, with_fields
+
+    grid = REPO / "jobs" / "realbench_grid.yaml"
+    variants = expand_grid(read_config_file(grid), str(grid))
+    assert len(variants) == 6 and {"paper", "fast"} <= set(variants)
+    configs = {name: with_fields(FillConfig(), fields) for name, fields in variants.items()}
+    assert configs["fast"].sample.scheduler == "dpm" and configs["steps=50,keep_fraction=1.0"].sample.steps == 50
+    assert len({(config.tune, config.seed) for config in configs.values()}) == 1, "they share their training"

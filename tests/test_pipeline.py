@@ -64,7 +64,9 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     assert result.stdout.strip().splitlines()[-2:] == manifest.where_tables(str(out))
     for row in samples:
         assert Path(row["uri"]).is_file() and row["rank"] >= 1 and row["score"] is not None
-    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"1"
+    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"2"
+    assert [len(list((out / "manifest" / table).iterdir())) for table in ("samples", "scenes")] == [1, 1], \
+        "the run compacts its manifest into one file per table"
 
 
 def test_manifest_reads_as_one_table_with_ray_data(first_run):
@@ -81,12 +83,13 @@ def test_manifest_reads_as_one_table_with_ray_data(first_run):
 
 def test_same_command_again_resumes_without_recomputing(scenes, first_run):
     out, _ = first_run
-    before = snapshot(out)
+    before, rows_before = snapshot(out), manifest.read_table(str(out), "samples")
     again = realfill_run(scenes, out)
     assert "already complete (skipped): 3" in again.stdout and "failed: 1" in again.stdout
     after = snapshot(out)
-    unchanged = {path for path in before if "broken" not in path}
+    unchanged = {path for path in before if "broken" not in path and "/manifest/" not in path}
     assert all(after[path] == before[path] for path in unchanged), "nothing of a finished scene is rewritten"
+    assert manifest.read_table(str(out), "samples").equals(rows_before), "its rows are kept as they were"
     assert len(ds.dataset(out / "manifest" / "samples", format="parquet").to_table()) == 9
 
 
@@ -139,20 +142,22 @@ def test_a_killed_worker_is_retried_and_the_run_completes(scenes_root, tmp_path,
 
 
 def test_manifest_round_trips_through_a_non_local_filesystem():
+    from realfill.records import SampleRow, SceneRow
+
     out = "memory://manifest-test/run"
 
     def record(scene_id: str, run_key: str) -> None:
-        rows = [{"scene_id": scene_id, "seed": seed, "uri": f"{out}/{scene_id}/{seed}.png", "status": "ok",
-                 "error": None, "run_key": run_key, "width": 8, "height": 8, "matches": 3, "score": 1.5,
-                 "rank": seed + 1, "selected": seed == 0} for seed in range(2)]
-        scene = {"scene_id": scene_id, "scene_uri": f"memory://scenes/{scene_id}", "status": "ok", "error": None,
-                 "run_key": run_key, "adapter_uri": None, "best_uri": rows[0]["uri"], "num_samples": 2,
-                 "tune_s": 1.0, "sample_s": 1.0, "rank_s": 0.1, "config": "{}"}
+        rows = [SampleRow(scene_id=scene_id, seed=seed, uri=f"{out}/{scene_id}/{seed}.png", status="ok",
+                          run_key=run_key, width=8, height=8, matches=3, score=1.5, rank=seed + 1, selected=seed == 0)
+                for seed in range(2)]
+        scene = SceneRow(scene_id=scene_id, scene_uri=f"memory://scenes/{scene_id}", status="ok", run_key=run_key,
+                         best_uri=rows[0].uri, num_samples=2, tune_s=1.0, sample_s=1.0, rank_s=0.1, config="{}")
         manifest.write_scene(out, rows, scene)
 
     record("a", "fedcba9876543210")
     record("a-b", "0123456789abcdef")
     record("a-b", "ffffffffffffffff")  # a later config for a-b replaces its earlier parts, not a's
+    manifest.compact(out)
     table = manifest.read_table(out, "scenes")
     assert sorted(table.column("scene_id").to_pylist()) == ["a", "a-b"]
     assert set(manifest.completed_scenes(out, "ffffffffffffffff")) == {"a-b"}
@@ -160,20 +165,22 @@ def test_manifest_round_trips_through_a_non_local_filesystem():
     assert samples.num_rows == 4 and samples.schema.equals(manifest.SAMPLES, check_metadata=False)
     assert sorted(set(zip(samples.column("scene_id").to_pylist(), samples.column("run_key").to_pylist()))) == [
         ("a", "fedcba9876543210"), ("a-b", "ffffffffffffffff")]
-    assert not [path for path in fsspec.filesystem("memory").find("/manifest-test") if ".tmp-" in path]
+    files = fsspec.filesystem("memory").find("/manifest-test")
+    assert len(files) == 2 and not [path for path in files if ".tmp-" in path]
 
 
 def test_plan_follows_the_cluster_and_explicit_settings_win():
-    from pipeline.config import PipelineConfig
-    from pipeline.driver import plan
+    from pipeline.config import PipelineConfig, plan
 
     cpu_only = plan({"CPU": 2.0}, PipelineConfig())
-    assert (cpu_only.gpus_per_tune, cpu_only.gpus_per_sampler, cpu_only.samplers, cpu_only.max_in_flight) == (
-        0, 0, 1, 4)
+    assert (cpu_only.gpus_per_tune, cpu_only.gpus_per_sampler, cpu_only.samplers, cpu_only.max_samplers,
+            cpu_only.max_in_flight) == (0, 0, 1, 1, 4)
     gpus = plan({"CPU": 64.0, "GPU": 8.0}, PipelineConfig())
-    assert (gpus.gpus_per_tune, gpus.gpus_per_sampler, gpus.samplers, gpus.max_in_flight) == (1, 1, 2, 16)
+    assert (gpus.gpus_per_tune, gpus.gpus_per_sampler, gpus.samplers, gpus.max_samplers, gpus.max_in_flight) == (
+        1, 1, 2, 8, 16), "the sampler pool may grow onto GPUs that tuning no longer needs"
     autoscaling = plan({"CPU": 4.0}, PipelineConfig(gpus_per_tune=1, gpus_per_sampler=1, samplers=3))
-    assert (autoscaling.gpus_per_tune, autoscaling.gpus_per_sampler, autoscaling.samplers) == (1, 1, 3)
+    assert (autoscaling.gpus_per_tune, autoscaling.gpus_per_sampler, autoscaling.samplers,
+            autoscaling.max_samplers) == (1, 1, 3, 3), "an explicit sampler count is the pool's size"
 
 
 @pytest.fixture
@@ -225,7 +232,7 @@ def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_al
     real_write = manifest.write_scene
 
     def refusing(out, samples, scene):
-        if scene["scene_id"] == "refused":
+        if scene.scene_id == "refused":
             raise OSError(36, "File name too long")
         return real_write(out, samples, scene)
 

@@ -87,8 +87,10 @@ def test_a_broken_model_fails_its_samples_not_the_others(tmp_path, tiny_model):
     scene = load_scene(str(write_scene(tmp_path / "scene")))
     config = tiny_config()
     adapter, _ = tune_scene(scene, str(tmp_path / "adapters"), config, show_progress=False)
+    failed = sample_scene(broken, scene, adapter, str(tmp_path / "out"), config, show_progress=False)
+    assert [row.status for row in failed] == ["failed"] * 3
     with pytest.raises(SampleError, match="every sample failed; seed 0: the decoded image holds NaN"):
-        sample_scene(broken, scene, adapter, str(tmp_path / "out"), config, show_progress=False)
+        rank_samples(scene, failed, config)
     assert not list((tmp_path / "out").rglob("*.png")), "no black or NaN image is written"
 
     real_decode, calls = broken.decode, []
@@ -103,6 +105,6 @@ def test_a_broken_model_fails_its_samples_not_the_others(tmp_path, tiny_model):
         broken.pipeline.vae.decoder.conv_out.bias[0] = 0.0
     rows = rank_samples(scene, sample_scene(broken, scene, adapter, str(tmp_path / "out"), config,
                                             show_progress=False), config)
-    assert [row["status"] for row in rows] == ["failed", "ok", "ok"]
-    assert rows[0]["error"] == "seed 0: overflow" and rows[0]["rank"] is None and not rows[0]["selected"]
-    assert sorted(row["rank"] for row in rows[1:]) in ([1, 2], [1, 1])
+    assert [row.status for row in rows] == ["failed", "ok", "ok"]
+    assert rows[0].error == "seed 0: overflow" and rows[0].rank is None and not rows[0].selected
+    assert sorted(row.rank for row in rows[1:]) in ([1, 2], [1, 1])

@@ -1,0 +1,57 @@
+"""A sweep: the same scenes under many variants of the config, as ONE pipeline run (so every GPU has work
+until the last unit is done, and equal training or sampling is done once), then every variant evaluated
+and compared in OUT/sweep.parquet and OUT/leaderboard.md.
+
+Layout: OUT/adapters and OUT/samples are shared by every variant; each variant's manifests and metrics are
+in OUT/variants/NAME/.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from pipeline.config import PipelineConfig, Variant
+from pipeline.driver import RunSummary, run_variants
+from realfill import manifest, storage
+from realfill.config import EvalConfig, FillConfig
+from realfill.evaluate import LEADERBOARD_SCHEMA, evaluate_run, leaderboard, leaderboard_rows
+from realfill.metrics import Evaluator
+from realfill.records import SceneRow, run_key
+from realfill.scene import storage_name
+
+
+def variant_out(out_uri: str, name: str) -> str:
+    return storage.join(out_uri, "variants", storage_name(name))
+
+
+def outcome_counts(variant: Variant) -> tuple[int, int]:
+    """Scenes done and failed with the variant's config, from its manifest (skipped ones included)."""
+    key = run_key(variant.config)
+    rows = [row for row in manifest.rows_of(manifest.read_table(variant.out_uri, "scenes"), SceneRow)
+            if row.run_key == key]
+    done = {row.scene_id for row in rows if row.ok}
+    return len(done), len({row.scene_id for row in rows if not row.ok} - done)
+
+
+def run_sweep(scenes_root: str, out_uri: str, configs: dict[str, FillConfig], fields: dict[str, dict],
+              pipeline: PipelineConfig, evaluation: EvalConfig,
+              show_progress: bool = True) -> tuple[RunSummary, str]:
+    """Run every (scene, variant) in one pipeline, evaluate each variant, write sweep.parquet and
+    leaderboard.md; returns the run's summary and the leaderboard. fields are each variant's own settings
+    (what the leaderboard says it changed)."""
+    out_uri = storage.normalize(out_uri)
+    variants = [Variant(name, variant_out(out_uri, name), config) for name, config in configs.items()]
+    summary = run_variants(scenes_root, variants, pipeline, show_progress, adapters=storage.join(out_uri, "adapters"),
+                           samples=storage.join(out_uri, "samples"))
+    evaluator, rows, unavailable = Evaluator(evaluation), [], {}
+    for variant in variants:
+        table, missing, _ = evaluate_run(variant.out_uri, evaluation, show_progress=False, evaluator=evaluator)
+        unavailable.update(missing)
+        rows += leaderboard_rows(variant.name, json.dumps(fields[variant.name], sort_keys=True), table,
+                                 *outcome_counts(variant))
+    manifest.write_arrow(storage.join(out_uri, "sweep.parquet"), pa.Table.from_pylist(rows, LEADERBOARD_SCHEMA))
+    board = leaderboard(rows, unavailable)
+    storage.write_bytes(storage.join(out_uri, "leaderboard.md"), (board + "\n").encode())
+    return summary, board
