@@ -97,10 +97,11 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
 
 def test_the_bundled_grid_file_expands():
     from realfill.config import FillConfig, expand_grid, read_config_file, with_fields
+    from realfill.records import training_key
 
     grid = REPO / "jobs" / "realbench_grid.yaml"
     variants = expand_grid(read_config_file(grid), str(grid))
     assert len(variants) == 6 and {"paper", "fast"} <= set(variants)
     configs = {name: with_fields(FillConfig(), fields) for name, fields in variants.items()}
     assert configs["fast"].sample.scheduler == "dpm" and configs["steps=50,keep_fraction=1.0"].sample.steps == 50
-    assert len({(config.tune, config.seed) for config in configs.values()}) == 1, "they share their training"
+    assert len({training_key("scene", config) for config in configs.values()}) == 1, "they share their training"
