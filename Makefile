@@ -11,7 +11,8 @@ EXTRAS := dev,s3,gcs
 comma := ,
 BIN := $(VENV)/bin
 RUNS ?= runs
-DEMO_FLAGS := --base-model tiny --device cpu --resolution 64 --train-steps 30 --num-samples 8 --sample-steps 20
+DEMO_FLAGS := --base_model tiny --device cpu --tune.resolution 64 --sample.resolution 64 --tune.train_steps 30 \
+	--sample.num_samples 8 --sample.steps 20
 
 .PHONY: setup demo test lock
 setup: $(VENV)/.installed

@@ -14,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-FLAGS = ["--base-model", "tiny", "--device", "cpu", "--resolution", "64", "--train-steps", "20",
-         "--batch-size", "4", "--num-samples", "8", "--sample-steps", "10", "--quiet"]
+FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
+         "--tune.train_steps", "20", "--tune.batch_size", "4", "--sample.num_samples", "8", "--sample.steps", "10",
+         "--quiet"]
 
 
 def timed(command: str) -> float:

@@ -30,8 +30,8 @@ GPUS, CPUS = 4, 8
 
 def variants() -> dict[str, FillConfig]:
     """Three variants with the same training: two share their images too, one samples with DPM-Solver++."""
-    tune = TuneConfig(resolution=64, train_steps=30, batch_size=4, checkpoint_every=0)
-    sample = SampleConfig(resolution=64, num_samples=8, steps=10, batch_size=8)
+    tune = TuneConfig(resolution=64, train_steps=300, batch_size=4, checkpoint_every=0)
+    sample = SampleConfig(resolution=64, num_samples=32, steps=40, batch_size=8)
 
     def config(sample: SampleConfig, rank: RankConfig) -> FillConfig:
         return FillConfig(base_model="tiny", device="cpu", tune=tune, sample=sample, rank=rank)

@@ -19,8 +19,9 @@ class PipelineConfig:
     gpus_per_sampler: float | None = None
     """GPUs each sampler actor holds for its lifetime; None = 1 when the cluster has GPUs now, else 0."""
     samplers: int | None = None
-    """Sampler actors, each holding the base model; None = a quarter of the GPUs (tuning costs more than
-    sampling, and GPUs held by samplers cannot tune), at least 1."""
+    """Sampler actors, each holding the base model: a fixed pool of this size. None = an elastic pool that
+    starts with a quarter of the GPUs (tuning costs more than sampling, and GPUs held by samplers cannot
+    tune), at least 1, grows onto GPUs that no tune call needs, and gives them back when tune calls wait."""
     max_in_flight: int | None = None
     """Scenes between 'tune started' and 'recorded' at once (with all their variants, in a sweep); None = twice
     the GPUs (or CPUs), at least 2."""
@@ -88,3 +89,19 @@ def plan(resources: dict[str, float], pipeline: PipelineConfig) -> Plan:
         max_samplers=max(samplers, int(gpus // gpus_per_sampler)) if growable else samplers,
         max_in_flight=given_or(pipeline.max_in_flight, max(2, 2 * (gpus or int(resources.get("CPU", 1))))),
     )
+
+
+@dataclass
+class Backlog:
+    """GPU work in flight or waiting, in expected seconds, per stage: what the sampler pool balances."""
+
+    tune_s: float
+    sample_s: float
+
+
+def samplers_wanted(plan: Plan, backlog: Backlog) -> int:
+    """The sampler pool's target size: the share of the GPUs that sampling is of the GPU work in flight or
+    waiting, within the plan's limits (a fixed pool is its size)."""
+    total = backlog.tune_s + backlog.sample_s
+    share = round(plan.gpus / plan.gpus_per_sampler * backlog.sample_s / total) if total and plan.gpus else 0
+    return min(plan.max_samplers, max(plan.samplers, share))

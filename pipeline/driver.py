@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import ray
 from tqdm.auto import tqdm
 
-from pipeline.config import PipelineConfig, Variant, plan
+from pipeline.config import Backlog, PipelineConfig, Variant, plan
 from pipeline.stages import RankStage, SampleStage, Stage, TuneStage, Unit
 from realfill import manifest, records, storage
 from realfill.config import FillConfig
@@ -190,10 +190,13 @@ class Driver:
         self.stages: list[Stage] = [
             TuneStage(self.plan, pipeline, adapters),
             SampleStage(self.plan, pipeline, samples, first.base_model, first.device, seeds_needed,
-                        tuning_left=lambda: self.needs("tune")),
+                        backlog=self.backlog),
             RankStage(self.plan, pipeline),
         ]
         self.summary.stage_seconds = {stage.name: 0.0 for stage in self.stages}
+        self.calls_done: Counter[str] = Counter()
+        self.sample_waiting: set[str] = set()
+        """Sample keys that units ready for sampling need (taken as the driver starts calls)."""
         self.position: dict[Unit, int] = {}
         """Each admitted unit's next stage."""
         self.ready: deque[Unit] = deque()
@@ -209,10 +212,16 @@ class Driver:
         self.bars = {stage.name: tqdm(desc=f"{stage.name:>6}", position=position, unit="call",
                                       disable=not show_progress) for position, stage in enumerate(self.stages)}
 
-    def needs(self, stage_name: str) -> bool:
-        """Whether any unit admitted or still to come has the stage ahead of it."""
-        index = next(i for i, stage in enumerate(self.stages) if stage.name == stage_name)
-        return bool(self.waiting) or any(position <= index for position in self.position.values())
+    def mean_seconds(self, stage: str) -> float:
+        """A stage's mean call so far (1 s until one has ended: the stages count as equal until measured)."""
+        return self.summary.stage_seconds[stage] / self.calls_done[stage] if self.calls_done[stage] else 1.0
+
+    def backlog(self) -> Backlog:
+        """GPU work in flight or waiting, in expected seconds: tune calls in flight, sample calls in flight
+        and those that units waiting for a sampler will make."""
+        in_flight = Counter(call.stage.name for call in self.calls.values())
+        return Backlog(tune_s=in_flight["tune"] * self.mean_seconds("tune"),
+                       sample_s=(in_flight["sample"] + len(self.sample_waiting)) * self.mean_seconds("sample"))
 
     def run(self) -> None:
         try:
@@ -241,6 +250,8 @@ class Driver:
 
     def start_calls(self) -> None:
         """Every ready unit joins a call in flight with its key, or starts one, or waits for capacity."""
+        self.sample_waiting = {self.stages[self.position[unit]].key(unit) for unit in self.ready
+                               if self.stages[self.position[unit]].name == "sample"}
         blocked = deque()
         while self.ready:
             unit = self.ready.popleft()
@@ -271,6 +282,7 @@ class Driver:
                 self.record(unit, error=describe(root_cause(error)))
             return
         self.summary.stage_seconds[call.stage.name] += result.seconds
+        self.calls_done[call.stage.name] += 1
         self.summary.gpu_seconds += result.seconds * call.stage.gpus
         for unit in call.units:
             call.stage.apply(unit, result)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from pipeline.config import PipelineConfig, Plan, Variant
+from pipeline.config import PipelineConfig, Plan, Variant, samplers_wanted
 from realfill import records
 from realfill.config import FillConfig
 from realfill.environment import check_environment
@@ -171,16 +171,21 @@ class TuneStage(Stage):
 
 class SampleStage(Stage):
     """A pool of sampler actors, each holding the base model and its GPU for its lifetime. One call makes
-    the images of every variant that shares them (the most seeds any of them asks for). The pool grows, up
-    to the plan's limit, once nothing is left to tune: GPUs that tuning no longer needs sample instead."""
+    the images of every variant that shares them (the most seeds any of them asks for).
+
+    The pool is elastic within the plan's limits, so that GPUs go where the work is: its target size is the
+    share of the GPUs that sampling's backlog is of all GPU work in flight or waiting (in seconds, from the
+    calls measured so far). It grows when a unit waits for a sampler and the pool is below target, and gives
+    a sampler's GPU back when the pool is above it."""
 
     name = "sample"
 
     def __init__(self, plan: Plan, pipeline: PipelineConfig, samples: str, base_model: str, device: str,
-                 seeds_needed: dict[str, int], tuning_left):
+                 seeds_needed: dict[str, int], backlog):
         super().__init__(plan, pipeline)
         self.samples, self.base_model, self.device, self.gpus = samples, base_model, device, plan.gpus_per_sampler
-        self.seeds_needed, self.tuning_left = seeds_needed, tuning_left
+        self.seeds_needed, self.backlog = seeds_needed, backlog
+        """backlog(): the run's Backlog now."""
         self.idle = deque(self.new_actor() for _ in range(plan.samplers))
         self.size = plan.samplers
         self.busy: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
@@ -190,16 +195,15 @@ class SampleStage(Stage):
         return SamplerActor.options(num_gpus=self.gpus, max_restarts=retries, max_task_retries=retries).remote(
             self.base_model, self.device)
 
-    def may_grow(self) -> bool:
-        return (self.size < self.plan.max_samplers and not self.tuning_left()
-                and ray.available_resources().get("GPU", 0) >= self.gpus)
+    def target(self) -> int:
+        return samplers_wanted(self.plan, self.backlog())
 
     def key(self, unit: Unit) -> str:
         return records.sampling_key(unit.scene_uri, unit.config)
 
     def submit(self, unit: Unit) -> ray.ObjectRef | None:
-        if not self.idle and self.may_grow():
-            self.idle.append(self.new_actor())
+        if not self.idle and self.size < self.target():
+            self.idle.append(self.new_actor())  # it takes the next GPU that frees up
             self.size += 1
         if not self.idle:
             return None
@@ -216,7 +220,11 @@ class SampleStage(Stage):
 
     def finished(self, ref: ray.ObjectRef, error: BaseException | None) -> None:
         actor = self.busy.pop(ref)
-        self.idle.append(self.new_actor() if isinstance(error, ray.exceptions.RayActorError) else actor)
+        if self.size > self.target():
+            ray.kill(actor)  # its GPU goes to the tune calls
+            self.size -= 1
+        else:
+            self.idle.append(self.new_actor() if isinstance(error, ray.exceptions.RayActorError) else actor)
 
     def cancel(self, ref: ray.ObjectRef) -> None:
         ray.kill(self.busy.pop(ref))

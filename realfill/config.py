@@ -10,15 +10,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-inpainting"
-DEVICES = ("auto", "cpu", "cuda")
-SCHEDULERS = ("ddpm", "dpm")
-FEATURES = ("sift", "orb", "akaze")
-LPIPS_NETS = ("alex", "vgg", "squeeze")
+Device = Literal["auto", "cpu", "cuda"]
+Scheduler = Literal["ddpm", "dpm"]
+Features = Literal["sift", "orb", "akaze"]
+LpipsNet = Literal["alex", "vgg", "squeeze"]
+Precision = Literal["auto", "no", "fp16", "bf16"]
+Switch = Literal["auto", "on", "off"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -32,6 +34,8 @@ def _conforms(value: Any, expected: Any) -> bool:
         return any(_conforms(value, arm) for arm in typing.get_args(expected))
     if expected is type(None):
         return value is None
+    if typing.get_origin(expected) is Literal:
+        return value in typing.get_args(expected)
     if typing.get_origin(expected) is tuple:
         return isinstance(value, tuple) and all(_conforms(item, typing.get_args(expected)[0]) for item in value)
     if expected is float:
@@ -46,6 +50,8 @@ def _type_name(expected: Any) -> str:
         return " or ".join(_type_name(arm) for arm in typing.get_args(expected))
     if typing.get_origin(expected) is tuple:
         return f"a list of {typing.get_args(expected)[0].__name__}"
+    if typing.get_origin(expected) is Literal:
+        return f"one of {', '.join(map(str, typing.get_args(expected)))}"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
     return names.get(expected, expected.__name__)
 
@@ -60,10 +66,6 @@ def check_types(config: Any) -> None:
             raise ValueError(f"{item.name} must be {_type_name(expected)} (got {value!r})")
         if expected is float:
             setattr(config, item.name, float(value))
-
-
-def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, f"{name} must be one of {', '.join(choices)} (got {value!r})")
 
 
 @dataclass
@@ -112,9 +114,9 @@ class TuneConfig:
     """Random masks: probability of inverting the rectangles (fill everything but them)."""
     mask_full_prob: float = 0.1
     """Random masks: probability of masking the whole image."""
-    mixed_precision: str = "auto"
+    mixed_precision: Precision = "auto"
     """auto (bf16 where the GPU supports it, else fp16; fp32 on CPU), no, fp16 or bf16."""
-    gradient_checkpointing: str = "auto"
+    gradient_checkpointing: Switch = "auto"
     """auto (on with CUDA, off on CPU), on or off."""
     checkpoint_every: int = 250
     """Save a resumable checkpoint every this many steps (0 = never)."""
@@ -135,8 +137,6 @@ class TuneConfig:
         _check(0 < self.mask_min_side < self.mask_max_side <= 1, "need 0 < mask_min_side < mask_max_side <= 1")
         for name in ("prompt_dropout", "mask_invert_prob", "mask_full_prob"):
             _check(0 <= getattr(self, name) <= 1, f"{name} must be a probability")
-        _check_choice(self.mixed_precision, "mixed_precision", ("auto", "no", "fp16", "bf16"))
-        _check_choice(self.gradient_checkpointing, "gradient_checkpointing", ("auto", "on", "off"))
         _check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
 
 
@@ -154,7 +154,7 @@ class SampleConfig:
     """Seeds per scene."""
     steps: int = 200
     """Denoising steps."""
-    scheduler: str = "ddpm"
+    scheduler: Scheduler = "ddpm"
     """ddpm (paper) or dpm (DPM-Solver++, the fast preset)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance scale (1.0 = none, as in the paper)."""
@@ -170,7 +170,6 @@ class SampleConfig:
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
         _check(self.num_samples >= 1, "num_samples must be >= 1")
         _check(self.steps >= 1, "steps must be >= 1")
-        _check_choice(self.scheduler, "scheduler", SCHEDULERS)
         _check(self.guidance_scale >= 1.0, "guidance_scale must be >= 1")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.dilate_px >= 0 and self.feather_px >= 0, "dilate_px and feather_px must be >= 0")
@@ -180,7 +179,7 @@ class SampleConfig:
 class RankConfig:
     """Seed selection by geometrically verified feature correspondences to the references."""
 
-    features: str = "sift"
+    features: Features = "sift"
     """sift, orb or akaze."""
     max_features: int = 4000
     """Most keypoints detected per image."""
@@ -201,7 +200,6 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        _check_choice(self.features, "features", FEATURES)
         _check(self.max_features >= 8 and self.max_side >= 64, "max_features >= 8 and max_side >= 64")
         _check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
         _check(self.ransac_px > 0 and self.agree_px > 0, "ransac_px and agree_px must be positive")
@@ -221,7 +219,7 @@ class FillConfig:
 
     base_model: str = DEFAULT_BASE_MODEL
     """tiny, a hub id, a local diffusers folder, or an fsspec URI to one."""
-    device: str = "auto"
+    device: Device = "auto"
     """auto (CUDA when available), cpu or cuda."""
     seed: int = 0
     """Seeds training; sample i uses seed + i."""
@@ -243,7 +241,6 @@ class FillConfig:
         if isinstance(self.rank, dict):
             self.rank = RankConfig(**self.rank)
         check_types(self)
-        _check_choice(self.device, "device", DEVICES)
         _check(bool(self.base_model), "base_model must not be empty")
         _check(self.seed >= 0, "seed must be >= 0")
         _check(self.max_megapixels > 0, "max_megapixels must be positive")
@@ -262,30 +259,13 @@ class EvalConfig:
     """CLIP vision tower for whole-image similarity (transformers format)."""
     lpips_weights: str | None = None
     """A safetensors file holding the full state dict of lpips.LPIPS(net=lpips_net); needs the lpips extra."""
-    lpips_net: str = "alex"
+    lpips_net: LpipsNet = "alex"
     """LPIPS backbone: alex, vgg or squeeze."""
-    device: str = "auto"
+    device: Device = "auto"
     """auto, cpu or cuda."""
 
     def __post_init__(self) -> None:
         check_types(self)
-        _check_choice(self.lpips_net, "lpips_net", LPIPS_NETS)
-        _check_choice(self.device, "device", DEVICES)
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field, for CLI help."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = str(after.value.value)
-    return docs
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class LpipsDistance:
             raise MetricUnavailable("the lpips package is not installed (pip install 'realfill[lpips]', "
                                     "which brings torchvision)") from None
         if not weights:
-            raise MetricUnavailable("no LPIPS weights configured: pass --lpips-weights FILE.safetensors "
+            raise MetricUnavailable("no LPIPS weights configured: pass --eval.lpips_weights FILE.safetensors "
                                     "(the full state dict of lpips.LPIPS)")
         from safetensors.torch import load_file
 

@@ -217,8 +217,8 @@ def _from_hub(repo_id: str) -> Path:
         folder = repo_id.rsplit("/", 1)[-1]
         raise ModelError(
             f"base model {exc}. On a machine with internet run `{download_command(repo_id, folder)}`, copy "
-            f"{folder}/ over and pass --base-model {folder} (or an s3:// or gs:// URI to a copy of it); "
-            f"`--base-model tiny` runs without any weights."
+            f"{folder}/ over and pass --base_model {folder} (or an s3:// or gs:// URI to a copy of it); "
+            f"`--base_model tiny` runs without any weights."
         ) from None
 
 

@@ -89,7 +89,7 @@ def read_image(uri: str, mode: str = "RGB", max_megapixels: float | None = None)
             width, height = image.size
             if max_megapixels is not None and width * height > max_megapixels * 1e6:
                 raise SceneError(f"{uri}: {width}x{height} is {width * height / 1e6:.3g} megapixels, above the "
-                                 f"limit of {max_megapixels:g} (--max-megapixels)")
+                                 f"limit of {max_megapixels:g} (--max_megapixels)")
             image.load()
             image = _to_uint8(ImageOps.exif_transpose(image))
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -9,12 +9,13 @@ from PIL import Image
 
 from conftest import write_scene
 from realfill import manifest
-from realfill.cli import build_config, main, make_parser
+from realfill.cli import fill_config, main, parse
 from realfill.masks import composite_alpha
 from realfill.scene import load_scene
 
-TINY_FLAGS = ["--base-model", "tiny", "--device", "cpu", "--resolution", "64", "--train-steps", "2",
-              "--batch-size", "2", "--num-samples", "3", "--sample-steps", "2", "--quiet"]
+TINY_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
+              "--tune.train_steps", "2", "--tune.batch_size", "2", "--sample.num_samples", "3", "--sample.steps", "2",
+              "--quiet"]
 
 
 def test_fill_end_to_end_on_real_scenes(tmp_path, scenes_root):
@@ -45,9 +46,9 @@ def test_fill_end_to_end_on_real_scenes(tmp_path, scenes_root):
 
 def test_eval_reports_all_and_selected_beside_the_paper(tmp_path, scenes_root, tiny_backbones, capsys):
     out = str(tmp_path / "out")
-    assert main(["fill", str(scenes_root / "oxford_graffiti"), "--out", out, *TINY_FLAGS, "--keep", "2"]) == 0
+    assert main(["fill", str(scenes_root / "oxford_graffiti"), "--out", out, *TINY_FLAGS, "--rank.keep", "2"]) == 0
     capsys.readouterr()
-    assert main(["eval", out, "--dino-model", str(tiny_backbones / "dino"), "--clip-model",
+    assert main(["eval", out, "--eval.dino_model", str(tiny_backbones / "dino"), "--eval.clip_model",
                  str(tiny_backbones / "clip"), "--quiet"]) == 0
     report = capsys.readouterr().out
     assert "| metric | all (3) | selected (2) | paper RealFill |" in report
@@ -74,16 +75,16 @@ def test_eval_of_a_folder_that_is_no_run(tmp_path, capsys):
 
 def test_config_file_then_flags(tmp_path):
     config_file = tmp_path / "run.yaml"
-    config_file.write_text("train-steps: 7\nresolution: 128\nfast: true\ntune:\n  lora_rank: 4\n")
-    args = make_parser().parse_args(["fill", "scene", "--out", "o", "--config", str(config_file),
-                                     "--resolution", "64"])
-    config = build_config(args)
+    config_file.write_text("tune.train_steps: 7\nsample.resolution: 128\nfast: true\ntune:\n  lora_rank: 4\n"
+                           "sample:\n  steps: 30\n")
+    config = fill_config(parse(["fill", "scene", "--out", "o", "--config", str(config_file),
+                                "--tune.resolution", "64", "--sample.resolution", "64"])[1])
     assert config.tune.train_steps == 7 and config.tune.lora_rank == 4
-    assert config.tune.resolution == config.sample.resolution == 64
-    assert (config.sample.scheduler, config.sample.steps) == ("dpm", 25)
-    config_file.write_text('{"train_stepz": 7}')
-    with pytest.raises(ValueError, match="train_stepz"):
-        build_config(make_parser().parse_args(["fill", "s", "--out", "o", "--config", str(config_file)]))
+    assert config.tune.resolution == config.sample.resolution == 64, "explicit flags win over the file"
+    assert (config.sample.scheduler, config.sample.steps) == ("dpm", 30), "the file wins over the preset"
+    config_file.write_text('{"tune.train_stepz": 7}')
+    with pytest.raises(ValueError, match="tune.train_stepz"):
+        parse(["fill", "s", "--out", "o", "--config", str(config_file)])
 
 
 def test_fill_writes_to_a_memory_uri(tmp_path):
@@ -114,14 +115,22 @@ def test_the_library_never_imports_ray():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_enum_flags_are_choices(capsys):
-    for flag in ("--scheduler", "--features", "--device"):
-        with pytest.raises(SystemExit) as exit_info:
-            make_parser().parse_args(["fill", "scene", "--out", "o", flag, "nope"])
-        assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
-    args = make_parser().parse_args(["fill", "s", "--out", "o", "--scheduler", "dpm", "--features", "orb",
-                                     "--device", "cpu"])
-    assert (args.scheduler, args.features, args.device) == ("dpm", "orb", "cpu")
+def test_flags_are_the_config_fields_one_name_each(capsys):
+    """Every field is a flag named by its path, typed from its annotation (a choice field takes its choices)."""
+    for flag in ("--sample.scheduler", "--rank.features", "--device"):
+        assert main(["fill", "scene", "--out", "o", flag, "nope"]) == 2
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1 and "nope" in error and flag.lstrip("-") in error
+    config = fill_config(parse(["fill", "s", "--out", "o", "--sample.scheduler", "dpm", "--rank.features", "orb",
+                                "--device", "cpu", "--tune.unet_lora_targets", "[to_q, to_v]"])[1])
+    assert (config.sample.scheduler, config.rank.features, config.device) == ("dpm", "orb", "cpu")
+    assert config.tune.unet_lora_targets == ("to_q", "to_v")
+    with pytest.raises(SystemExit):
+        main(["fill", "--help"])
+    shown = capsys.readouterr().out
+    for field in ("--tune.train_steps", "--sample.steps", "--rank.keep_fraction", "--max_megapixels"):
+        assert field in shown
+    assert "Optimizer steps. (type: int, default: 2000)" in " ".join(shown.split()), "documented from the dataclass"
 
 
 def test_relative_paths_are_recorded_absolute_and_the_last_lines_say_where(tmp_path, monkeypatch, capsys,
@@ -139,6 +148,6 @@ def test_relative_paths_are_recorded_absolute_and_the_last_lines_say_where(tmp_p
     assert scene["scene_uri"] == str(tmp_path / "work" / "scenes" / "rel")
     assert scene["adapter_uri"].startswith(str(out))
     monkeypatch.chdir(tmp_path)
-    assert main(["eval", str(out), "--dino-model", str(tiny_backbones / "dino"), "--clip-model",
+    assert main(["eval", str(out), "--eval.dino_model", str(tiny_backbones / "dino"), "--eval.clip_model",
                  str(tiny_backbones / "clip"), "--quiet"]) == 0
     assert "| psnr ↑ |" in capsys.readouterr().out

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from realfill.config import FillConfig, SampleConfig, TuneConfig, field_docs
+from realfill.config import EvalConfig, FillConfig, RankConfig, SampleConfig, TuneConfig
 from realfill.records import image_key, run_key
 
 
@@ -42,14 +42,21 @@ def test_run_key_tracks_every_field_and_image_key_only_pixels():
 
 
 def test_every_field_is_documented():
-    for cls in (TuneConfig, SampleConfig, FillConfig):
-        assert set(field_docs(cls)) == set(cls.__dataclass_fields__), cls
+    """The docstring under each field is its flag's help (read by jsonargparse through docstring-parser)."""
+    import docstring_parser
+
+    from pipeline.config import PipelineConfig
+
+    for cls in (TuneConfig, SampleConfig, RankConfig, FillConfig, EvalConfig, PipelineConfig):
+        documented = {param.arg_name for param in docstring_parser.parse_from_object(cls).params if param.description}
+        assert documented == set(cls.__dataclass_fields__), cls
 
 
 @pytest.mark.parametrize("text,words", [
-    ('train_steps: "two"', "train_steps must be an integer (got 'two')"),
-    ("train_steps: 2.5", "train_steps must be an integer (got 2.5)"),
-    ("train_steps: true", "train_steps must be an integer (got True)"),
+    ('tune.train_steps: "two"', "train_steps must be an integer (got 'two')"),
+    ("tune: {train_steps: 2.5}", "train_steps must be an integer (got 2.5)"),
+    ("tune.train_steps: true", "train_steps must be an integer (got True)"),
+    ("train_steps: 3", "unknown field 'train_steps'"),
     ("seed: -5", "seed must be >= 0"),
     ("tune: [1, 2]", "'tune' must be a mapping of field names to values (got [1, 2])"),
     ("tune: {lora_rnk: 4}", "unknown field 'tune.lora_rnk'"),
@@ -59,12 +66,12 @@ def test_every_field_is_documented():
     ("- a list", "config must be a mapping"),
 ])
 def test_config_file_errors_name_the_file_and_the_field(tmp_path, text, words):
-    from realfill.cli import build_config, make_parser
+    from realfill.cli import parse
 
     path = tmp_path / "run.yaml"
     path.write_text(text)
     with pytest.raises(ValueError) as caught:
-        build_config(make_parser().parse_args(["fill", "scene", "--out", "o", "--config", str(path)]))
+        parse(["fill", "scene", "--out", "o", "--config", str(path)])
     assert str(caught.value).startswith(f"{path}: ") and words in str(caught.value)
 
 
@@ -73,7 +80,7 @@ def test_bad_values_stop_a_run_before_ray_starts(tmp_path):
     import subprocess
     import sys
 
-    (tmp_path / "run.yaml").write_text("train_steps: 2.5\n")
+    (tmp_path / "run.yaml").write_text("tune.train_steps: 2.5\n")
     result = subprocess.run([sys.executable, "-m", "realfill.cli", "run", str(tmp_path), "--out", str(tmp_path / "o"),
                              "--config", str(tmp_path / "run.yaml")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [

@@ -12,8 +12,8 @@ import pytest
 from realfill import manifest
 
 ADDRESS = "http://127.0.0.1:8299"
-TINY = "--base-model tiny --device cpu --resolution 64 --train-steps 2 --batch-size 2 --num-samples 4 " \
-       "--sample-steps 2 --quiet"
+TINY = ("--base_model tiny --device cpu --tune.resolution 64 --sample.resolution 64 --tune.train_steps 2 "
+        "--tune.batch_size 2 --sample.num_samples 4 --sample.steps 2 --quiet")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
     out = tmp_path / "sweep"
     job = client.submit_job(entrypoint=(
         f"{sys.executable} -m jobs.realbench_sweep {one_scene} --out {out} --grid {grid} "
-        f"--variant 'dpm:--scheduler dpm' --dino-model {tiny_backbones / 'dino'} {TINY}"))
+        f"--variant 'dpm:--sample.scheduler dpm' --eval.dino_model {tiny_backbones / 'dino'} {TINY}"))
     deadline = time.time() + 600
     while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline
@@ -90,7 +90,7 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
     selected = table[table["group"] == "selected"].set_index("variant")["samples"].to_dict()
     assert selected == {"keep=1": 1, "keep=4": 4, "few": 1, "dpm": 1}, "ranking is per variant"
     assert table[table["group"] == "all"].set_index("variant")["samples"].to_dict()["few"] == 2
-    assert table["dino"].notna().all(), "--dino-model reached the evaluation"
+    assert table["dino"].notna().all(), "--eval.dino_model reached the evaluation"
     few = manifest.read_table(str(out / "variants" / "few"), "samples").to_pylist()
     assert sorted(row["seed"] for row in few) == [0, 1]
 

@@ -15,8 +15,9 @@ import pytest
 from conftest import write_scene
 from realfill import manifest
 
-RUN_FLAGS = ["--base-model", "tiny", "--device", "cpu", "--resolution", "64", "--train-steps", "3",
-             "--batch-size", "2", "--num-samples", "3", "--sample-steps", "2", "--checkpoint-every", "1", "--quiet"]
+RUN_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
+             "--tune.train_steps", "3", "--tune.batch_size", "2", "--sample.num_samples", "3", "--sample.steps", "2",
+             "--tune.checkpoint_every", "1", "--quiet"]
 SCENES = ("oxford_graffiti", "opensfm_berlin_dom", "realfill_flowerwoman")
 
 
@@ -98,7 +99,7 @@ def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes
     before = snapshot(out)
     adapters = {path: mtime for path, mtime in before.items() if "/adapters/" in path}
     images = {path: mtime for path, mtime in before.items() if path.endswith(".png")}
-    changed = realfill_run(scenes, out, "--num-samples", "4", "--sample-batch-size", "4")
+    changed = realfill_run(scenes, out, "--sample.num_samples", "4", "--sample.batch_size", "4")
     assert "done: 3" in changed.stdout, changed.stdout + changed.stderr
     samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
     assert len(samples) == 12 and len({row["run_key"] for row in samples}) == 1, "one config per scene"
@@ -112,7 +113,7 @@ def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes
 def test_force_retrains(scenes, first_run):
     out, _ = first_run
     adapters = {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".safetensors")}
-    forced = realfill_run(scenes, out, "--num-samples", "4", "--force")
+    forced = realfill_run(scenes, out, "--sample.num_samples", "4", "--force")
     assert "done: 3" in forced.stdout
     now = snapshot(out)
     assert all(now[path] != mtime for path, mtime in adapters.items() if "/adapters/" in path)
@@ -121,7 +122,7 @@ def test_force_retrains(scenes, first_run):
 def test_ranking_only_change_reuses_samples(scenes, first_run):
     out, _ = first_run
     images = {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")}
-    reranked = realfill_run(scenes, out, "--keep", "2")
+    reranked = realfill_run(scenes, out, "--rank.keep", "2")
     assert "done: 3" in reranked.stdout
     assert {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")} == images
     samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
@@ -183,6 +184,32 @@ def test_plan_follows_the_cluster_and_explicit_settings_win():
             autoscaling.max_samplers) == (1, 1, 3, 3), "an explicit sampler count is the pool's size"
 
 
+def test_the_sampler_pool_follows_the_gpu_work_waiting():
+    from pipeline.config import Backlog, PipelineConfig, plan, samplers_wanted
+
+    four = plan({"CPU": 32.0, "GPU": 4.0}, PipelineConfig())
+    assert (four.samplers, four.max_samplers) == (1, 4)
+    assert samplers_wanted(four, Backlog(tune_s=0, sample_s=0)) == 1, "one sampler stays warm"
+    assert samplers_wanted(four, Backlog(tune_s=300, sample_s=100)) == 1
+    assert samplers_wanted(four, Backlog(tune_s=100, sample_s=100)) == 2
+    assert samplers_wanted(four, Backlog(tune_s=0, sample_s=50)) == 4, "nothing left to tune: every GPU samples"
+    fixed = plan({"CPU": 32.0, "GPU": 4.0}, PipelineConfig(samplers=2))
+    assert samplers_wanted(fixed, Backlog(tune_s=0, sample_s=50)) == 2, "--samplers fixes the pool"
+
+
+def test_variants_of_one_run_share_one_base_model(tmp_path):
+    from pipeline.config import PipelineConfig, Variant
+    from pipeline.driver import run_variants
+    from realfill.config import FillConfig
+
+    write_scene(tmp_path / "scenes" / "one")
+    variants = [Variant("a", str(tmp_path / "a"), FillConfig(base_model="tiny")),
+                Variant("b", str(tmp_path / "b"), FillConfig(base_model="other/model"))]
+    with pytest.raises(ValueError, match="one base model and device"):
+        run_variants(str(tmp_path / "scenes"), variants, PipelineConfig(), False, str(tmp_path / "adapters"),
+                     str(tmp_path / "samples"))
+
+
 @pytest.fixture
 def s3(monkeypatch):
     """An S3 endpoint on loopback (moto), reached through s3fs by the driver and every Ray worker."""
@@ -223,7 +250,7 @@ def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_al
     refuses is failed with the reason, and every other scene completes."""
     from pipeline.config import PipelineConfig
     from pipeline.driver import run_pipeline
-    from realfill.cli import build_config, make_parser
+    from realfill.cli import fill_config, parse
 
     root = tmp_path / "scenes"
     ids = ["a" * 200, ".hidden", "refused"]
@@ -237,7 +264,7 @@ def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_al
         return real_write(out, samples, scene)
 
     monkeypatch.setattr(manifest, "write_scene", refusing)
-    config = build_config(make_parser().parse_args(["run", str(root), "--out", "o", *RUN_FLAGS]))
+    config = fill_config(parse(["run", str(root), "--out", "o", *RUN_FLAGS])[1])
     summary = run_pipeline(str(root), str(tmp_path / "out"), config, PipelineConfig(), show_progress=False)
     assert sorted(summary.done) == sorted(ids[:2])
     assert list(summary.failed) == ["refused"] and "could not record" in summary.failed["refused"]
@@ -270,7 +297,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tmp_path, s
         write_scene(root / f"s{index}", seed=index)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "realfill.cli", "run", str(root), "--out", str(out), *RUN_FLAGS,
-               "--max-in-flight", "1", "--train-steps", "20"]
+               "--max_in_flight", "1", "--tune.train_steps", "20"]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scenes_dir = out / "manifest" / "scenes"
     deadline = time.time() + 300

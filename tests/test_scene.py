@@ -95,7 +95,7 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path):
     with pytest.raises(SceneError) as caught:
         load_scene(str(scene), max_megapixels=0.005)
     assert str(caught.value).endswith(
-        "target.png: 96x64 is 0.00614 megapixels, above the limit of 0.005 (--max-megapixels)")
+        "target.png: 96x64 is 0.00614 megapixels, above the limit of 0.005 (--max_megapixels)")
     (scene / "ref" / "00.jpg").write_bytes(png_header(12000, 10000))  # 120 MP: would need 360 MB to decode
     with pytest.raises(SceneError, match="00.jpg: 12000x10000 is 120 megapixels, above the limit of 64"):
         load_scene(str(scene), max_megapixels=64)
