@@ -203,8 +203,6 @@ class Driver:
         """Units waiting for their next stage's call to start."""
         self.calls: dict[ray.ObjectRef, Call] = {}
         self.sharing: dict[tuple[str, str], Call] = {}
-        self.scenes: Counter[str] = Counter()
-        """Units in progress per scene: their number of keys is the scenes in flight."""
         self.waiting: deque[list[Unit]] = deque(groups)
         """Scenes not started yet, each with its units (one per variant)."""
         self.stop_signal: int | None = None
@@ -242,10 +240,9 @@ class Driver:
 
     def admit(self) -> None:
         """Start scenes (each with all its variants) while fewer than max_in_flight are in progress."""
-        while self.waiting and len(self.scenes) < self.plan.max_in_flight:
+        while self.waiting and len({unit.scene_uri for unit in self.position}) < self.plan.max_in_flight:
             for unit in self.waiting.popleft():
                 self.position[unit] = 0
-                self.scenes[unit.scene_uri] += 1
                 self.ready.append(unit)
 
     def start_calls(self) -> None:
@@ -313,9 +310,6 @@ class Driver:
         except Exception as exc:  # e.g. a name the store refuses, a full disk, a lost connection
             error = f"{error + '; ' if error else ''}could not record its outcome: {describe(exc)}"
         del self.position[unit]
-        self.scenes[unit.scene_uri] -= 1
-        if not self.scenes[unit.scene_uri]:
-            del self.scenes[unit.scene_uri]
         if error:
             self.summary.failed[unit.label] = error
             for bar in self.bars.values():
