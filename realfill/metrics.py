@@ -72,7 +72,7 @@ class EmbeddingSimilarity:
             self.model = model_class.from_pretrained(folder, use_safetensors=True).to(device).eval()
         except (ModelError, OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise MetricUnavailable(f"{kind} backbone: {reason}; pass --{kind}-model FOLDER") from None
+            raise MetricUnavailable(f"{kind} backbone: {reason}; pass --eval.{kind}_model FOLDER") from None
         self.kind, self.device = kind, device
 
     @torch.no_grad()
