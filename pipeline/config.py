@@ -103,5 +103,6 @@ def samplers_wanted(plan: Plan, backlog: Backlog) -> int:
     """The sampler pool's target size: the share of the GPUs that sampling is of the GPU work in flight or
     waiting, within the plan's limits (a fixed pool is its size)."""
     total = backlog.tune_s + backlog.sample_s
-    share = round(plan.gpus / plan.gpus_per_sampler * backlog.sample_s / total) if total and plan.gpus else 0
-    return min(plan.max_samplers, max(plan.samplers, share))
+    if plan.max_samplers == plan.samplers or not total:
+        return plan.samplers
+    return min(plan.max_samplers, max(plan.samplers, round(plan.max_samplers * backlog.sample_s / total)))

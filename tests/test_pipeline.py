@@ -195,6 +195,8 @@ def test_the_sampler_pool_follows_the_gpu_work_waiting():
     assert samplers_wanted(four, Backlog(tune_s=0, sample_s=50)) == 4, "nothing left to tune: every GPU samples"
     fixed = plan({"CPU": 32.0, "GPU": 4.0}, PipelineConfig(samplers=2))
     assert samplers_wanted(fixed, Backlog(tune_s=0, sample_s=50)) == 2, "--samplers fixes the pool"
+    on_cpu = plan({"CPU": 32.0, "GPU": 4.0}, PipelineConfig(gpus_per_sampler=0))
+    assert samplers_wanted(on_cpu, Backlog(tune_s=0, sample_s=50)) == 1, "samplers without GPUs do not multiply"
 
 
 def test_variants_of_one_run_share_one_base_model(tmp_path):
