@@ -28,8 +28,9 @@ def evaluate_run(
     An evaluator (its backbones loaded) may be passed in, to evaluate several runs with one."""
     if not storage.exists(manifest.table_uri(out_uri, "scenes")):
         raise ValueError(f"{out_uri}: no manifest/scenes here; is this the --out of a realfill fill or run?")
-    samples = [row for row in manifest.read_table(out_uri, "samples").to_pylist() if row["status"] == "ok"]
-    scene_uris = {row["scene_id"]: row["scene_uri"] for row in manifest.read_table(out_uri, "scenes").to_pylist()}
+    sample_table, scene_table = manifest.read_tables(out_uri)
+    samples = [row for row in sample_table.to_pylist() if row["status"] == "ok"]
+    scene_uris = {row["scene_id"]: row["scene_uri"] for row in scene_table.to_pylist()}
     evaluator = evaluator or Evaluator(config)
     scenes, without_gt, rows = {}, [], []
     for sample in tqdm(samples, desc="eval", disable=not show_progress, leave=False):

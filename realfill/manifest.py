@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import posixpath
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -62,7 +62,7 @@ def write_arrow(uri: str, arrow: pa.Table) -> None:
 def write_part(out_uri: str, table: str, rows: list, name: str) -> str:
     """Write rows (stamped with the time) as one Parquet part of a manifest table; returns its URI."""
     stamp = now()
-    stamped = [row if row.created_at else type(row)(**{**asdict(row), "created_at": stamp}) for row in rows]
+    stamped = [row if row.created_at else replace(row, created_at=stamp) for row in rows]
     uri = storage.join(table_uri(out_uri, table), name)
     write_arrow(uri, to_arrow(table, stamped))
     return uri
@@ -141,16 +141,22 @@ def current_samples(samples: pa.Table, scenes: pa.Table) -> pa.Table:
     return samples.take(pa.array(keep, pa.int64()))
 
 
+def current_tables(out_uri: str, files: dict[str, list[str]]) -> tuple[pa.Table, pa.Table]:
+    """The current samples and scenes rows of the given parts of each table."""
+    scenes = current_scenes(read_parts(out_uri, "scenes", files["scenes"]))
+    return current_samples(read_parts(out_uri, "samples", files["samples"]), scenes), scenes
+
+
 def read_tables(out_uri: str) -> tuple[pa.Table, pa.Table]:
     """The current samples and scenes tables (empty with the right schema when nothing has been written)."""
-    scenes = current_scenes(read_parts(out_uri, "scenes", part_files(out_uri, "scenes")))
-    samples = current_samples(read_parts(out_uri, "samples", part_files(out_uri, "samples")), scenes)
-    return samples, scenes
+    return current_tables(out_uri, {table: part_files(out_uri, table) for table in TABLES})
 
 
 def read_table(out_uri: str, table: str) -> pa.Table:
-    """One current manifest table."""
-    return dict(zip(("samples", "scenes"), read_tables(out_uri)))[table]
+    """One current manifest table (the scenes table alone reads no samples)."""
+    if table == "scenes":
+        return current_scenes(read_parts(out_uri, "scenes", part_files(out_uri, "scenes")))
+    return read_tables(out_uri)[0]
 
 
 def compact(out_uri: str) -> None:
@@ -161,8 +167,7 @@ def compact(out_uri: str) -> None:
     if all(len(names) <= 1 and all(posixpath.basename(name).startswith(COMPACTED) for name in names)
            for names in files.values()):
         return
-    scenes = current_scenes(read_parts(out_uri, "scenes", files["scenes"]))
-    samples = current_samples(read_parts(out_uri, "samples", files["samples"]), scenes)
+    samples, scenes = current_tables(out_uri, files)
     token = uuid.uuid4().hex[:16]
     for table, arrow in (("samples", samples), ("scenes", scenes)):
         write_arrow(storage.join(table_uri(out_uri, table), f"{COMPACTED}{token}.parquet"), arrow)
