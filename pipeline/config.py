@@ -21,7 +21,7 @@ class PipelineConfig:
     samplers: int | None = None
     """Sampler actors, each holding the base model: a fixed pool of this size. None = an elastic pool that
     starts with a quarter of the GPUs (tuning costs more than sampling, and GPUs held by samplers cannot
-    tune), at least 1, grows onto GPUs that no tune call needs, and gives them back when tune calls wait."""
+    tune), at least 1, and follows the share of the GPU work waiting that is sampling (samplers_wanted)."""
     max_in_flight: int | None = None
     """Scenes between 'tune started' and 'recorded' at once (with all their variants, in a sweep); None = twice
     the GPUs (or CPUs), at least 2."""
@@ -66,7 +66,7 @@ class Plan:
     samplers: int
     """Sampler actors started with the run."""
     max_samplers: int
-    """Sampler actors the pool may grow to once nothing is left to tune."""
+    """Sampler actors the pool may grow to (see samplers_wanted)."""
     max_in_flight: int
 
 

@@ -52,12 +52,13 @@ def add_config(parser: ArgumentParser) -> None:
 
 def add_pipeline(parser: ArgumentParser) -> None:
     """PipelineConfig's fields as flags (Ray settings of `realfill run` and `realfill sweep`)."""
+    import docstring_parser
+
     from pipeline.config import PipelineConfig
 
     parser.add_class_arguments(PipelineConfig, None, fail_untyped=True, skip={"force"})
-    parser.add_argument("--force", action="store_true",
-                        help="redo every scene, even those already complete with this config, and retrain their "
-                             "adapters")
+    docs = {param.arg_name: param.description for param in docstring_parser.parse_from_object(PipelineConfig).params}
+    parser.add_argument("--force", action="store_true", help=docs["force"])  # a plain switch, not `--force true`
 
 
 def base_config(args: Namespace) -> FillConfig:
