@@ -151,3 +151,25 @@ def test_relative_paths_are_recorded_absolute_and_the_last_lines_say_where(tmp_p
     assert main(["eval", str(out), "--eval.dino_model", str(tiny_backbones / "dino"), "--eval.clip_model",
                  str(tiny_backbones / "clip"), "--quiet"]) == 0
     assert "| psnr ↑ |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("grid,variant,words", [
+    ("grid:\n  sample.stepz: [1, 2]\n", None, "variant 'stepz=1': unknown field 'sample.stepz'"),
+    ("grid:\n  seed: 3\n", None, "grid 'seed' must be a non-empty list"),
+    ("variants:\n  a: {}\n", "a:--seed 1", "--variant 'a:--seed 1': needs a name of its own"),
+    (None, ":--seed 1", "needs a name of its own before ':'"),
+    (None, None, "a sweep needs variants"),
+])
+def test_bad_sweep_variants_stop_before_any_work_with_one_line(tmp_path, capsys, grid, variant, words):
+    argv = ["sweep", str(tmp_path / "scenes"), "--out", str(tmp_path / "out")]
+    if grid is not None:
+        (tmp_path / "grid.yaml").write_text(grid)
+        argv += ["--grid", str(tmp_path / "grid.yaml")]
+    if variant is not None:
+        argv += ["--variant", variant]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and words in error, error
+    if grid is not None and variant is None:
+        assert str(tmp_path / "grid.yaml") in error, "the line names the grid file"
+    assert not (tmp_path / "out").exists()
