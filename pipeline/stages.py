@@ -237,12 +237,18 @@ class SampleStage(Stage):
 
 
 class RankStage(Stage):
-    """CPU tasks, one per unit: ranking is what differs between variants that share images."""
+    """Tasks, one per unit (on CPUs unless gpus_per_rank): ranking is what differs between variants that
+    share images."""
 
     name = "rank"
 
+    def __init__(self, plan: Plan, pipeline: PipelineConfig):
+        super().__init__(plan, pipeline)
+        self.gpus = pipeline.gpus_per_rank
+
     def submit(self, unit: Unit) -> ray.ObjectRef:
-        return rank_task.options(max_retries=self.pipeline.retries).remote(unit.scene_uri, unit.rows, unit.config)
+        return rank_task.options(max_retries=self.pipeline.retries, num_gpus=self.gpus).remote(
+            unit.scene_uri, unit.rows, unit.config)
 
     def apply(self, unit: Unit, result: Rows) -> None:
         unit.rows, unit.seconds["rank"] = result.rows, result.seconds

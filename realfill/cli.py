@@ -97,6 +97,7 @@ def eval_config(args: Namespace) -> EvalConfig:
 def cmd_fill(args: Namespace) -> int:
     from realfill.fill import fill_scene
     from realfill.lease import OutputLease
+    from realfill.rank import NO_EVIDENCE_TEXT
 
     with OutputLease(args.out):
         row = fill_scene(args.scene, args.out, fill_config(args), show_progress=not args.quiet,
@@ -107,7 +108,10 @@ def cmd_fill(args: Namespace) -> int:
     print(f"{row.scene_id}: {row.num_samples} samples in {row.tune_s:.1f}s tune + {row.sample_s:.1f}s sample + "
           f"{row.rank_s:.1f}s rank")
     print("\n".join(manifest.where_tables(args.out)))
-    print(f"best: {row.best_uri}")
+    if row.best_uri is None:
+        print(f"{row.selection}: {NO_EVIDENCE_TEXT}")
+    else:
+        print(f"best: {row.best_uri} (selection by {row.selection})")
     return 0
 
 
@@ -166,12 +170,13 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
 def cmd_rank(args: Namespace) -> int:
     import json
 
-    from realfill.rank import rank_scores, score_images
+    from realfill.rank import NO_EVIDENCE, NO_EVIDENCE_TEXT, rank_scores, score_images, selection
     from realfill.scene import load_scene
 
     config = RankConfig(**args.rank.as_dict())
     scores = score_images(load_scene(args.scene, FillConfig().max_megapixels), args.images, config)
-    results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank}
+    basis = selection(scores)
+    results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank, "selection": basis}
                for path, s, rank in zip(args.images, scores, rank_scores(scores))]
     results.sort(key=lambda result: result["rank"])
     if args.json:
@@ -182,6 +187,7 @@ def cmd_rank(args: Namespace) -> int:
     print(f"{'rank':>4}  {'score':>9}  {'matches':>7}  path")
     for result in results:
         print(f"{result['rank']:>4}  {result['score']:>9.2f}  {result['matches']:>7}  {result['path']:<{width}}")
+    print(f"{basis}: {NO_EVIDENCE_TEXT}" if basis == NO_EVIDENCE else f"ranked by {basis}")
     return 0
 
 

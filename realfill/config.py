@@ -17,7 +17,7 @@ import yaml
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-2-inpainting"
 Device = Literal["auto", "cpu", "cuda"]
 Scheduler = Literal["ddpm", "dpm"]
-Features = Literal["sift", "orb", "akaze"]
+Features = Literal["sift", "orb", "akaze", "disk", "aliked", "xfeat", "loftr"]
 LpipsNet = Literal["alex", "vgg", "squeeze"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Switch = Literal["auto", "on", "off"]
@@ -180,19 +180,22 @@ class RankConfig:
     """Seed selection by geometrically verified feature correspondences to the references."""
 
     features: Features = "sift"
-    """sift, orb or akaze."""
-    max_features: int = 4000
-    """Most keypoints detected per image."""
+    """sift, orb or akaze (OpenCV, no extra); disk or aliked (+LightGlue), xfeat (+LighterGlue) or loftr
+    (the matchers extra; learned models run on CUDA when there is a GPU)."""
+    weights: str | None = None
+    """LoFTR weights: a safetensors file, local or any fsspec URI (the other learned matchers use the
+    weights shipped in their packages)."""
+    max_features: int | None = None
+    """Most keypoints kept per image; None: 4000 for OpenCV features, 1024 for learned ones (whose
+    matching costs grow with the square of the count)."""
     max_side: int = 1024
     """Images are downscaled so their long side is at most this before feature detection."""
     ratio: float = 0.8
-    """Lowe's ratio test: best match distance / second best must be below this."""
+    """Lowe's ratio test for OpenCV features: best match distance / second best must be below this."""
     ransac_px: float = 3.0
-    """RANSAC reprojection threshold, in pixels of the (downscaled) images."""
+    """RANSAC threshold for verifying known-region matches, in pixels at detection resolution."""
     neighbours: int = 12
     """Known-region correspondences used to predict where a fill point must land in a reference."""
-    agree_px: float = 8.0
-    """A fill match agrees with the known geometry when it lands within about this many pixels."""
     keep: int | None = None
     """Keep the top this many samples (overrides keep_fraction)."""
     keep_fraction: float = 0.25
@@ -200,12 +203,20 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        _check(self.max_features >= 8 and self.max_side >= 64, "max_features >= 8 and max_side >= 64")
+        _check((self.max_features is None or self.max_features >= 8) and self.max_side >= 64,
+               "max_features >= 8 and max_side >= 64")
         _check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
-        _check(self.ransac_px > 0 and self.agree_px > 0, "ransac_px and agree_px must be positive")
+        _check(self.ransac_px > 0, "ransac_px must be positive")
+        _check((self.features == "loftr") == (self.weights is not None),
+               "features loftr needs weights (a safetensors file), and only loftr takes weights")
         _check(self.neighbours >= 3, "neighbours must be >= 3")
         _check(self.keep is None or self.keep >= 1, "keep must be >= 1")
         _check(0 < self.keep_fraction <= 1, "keep_fraction must be in (0, 1]")
+
+    def keypoints(self) -> int:
+        if self.max_features is not None:
+            return self.max_features
+        return 4000 if self.features in ("sift", "orb", "akaze") else 1024
 
     def keep_count(self, total: int) -> int:
         if self.keep is not None:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from realfill import manifest, records, storage
 from realfill.config import FillConfig, SampleConfig
 from realfill.models import resolve_base_model
-from realfill.rank import rank_scores, score_images
+from realfill.rank import NO_EVIDENCE, Score, rank_scores, score_images, selection
 from realfill.records import AdapterInfo, SampleRow, SceneRow, adapter_key, image_key, run_key
 from realfill.sample import SampleFailure, Sampler, composite_sample
 from realfill.scene import Scene, SceneError, load_scene, scene_id_of, storage_name
@@ -102,16 +102,23 @@ def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> lis
     scores = score_images(scene, [row.uri for row in good], config.rank)
     ranks = rank_scores(scores)
     order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i].seed))
-    kept = set(order[: config.rank.keep_count(len(good))])
+    kept = set() if selection(scores) == NO_EVIDENCE else set(order[: config.rank.keep_count(len(good))])
     ranked = {row.seed: replace(row, matches=score.matches, score=score.score, rank=rank, selected=i in kept)
               for i, (row, score, rank) in enumerate(zip(good, scores, ranks))}
     key = run_key(config)
     return [replace(ranked.get(row.seed, replace(row, selected=False)), run_key=key) for row in rows]
 
 
+def rows_selection(rows: list[SampleRow]) -> str | None:
+    ranked = [Score(row.matches, row.score) for row in rows if row.rank is not None]
+    return selection(ranked) if ranked else None
+
+
 def best_uri(rows: list[SampleRow]) -> str | None:
     ranked = [row for row in rows if row.rank is not None]
-    return min(ranked, key=lambda row: (row.rank, row.seed)).uri if ranked else None
+    if not ranked or rows_selection(rows) == NO_EVIDENCE:
+        return None
+    return min(ranked, key=lambda row: (row.rank, row.seed)).uri
 
 
 def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str | None = None,
@@ -119,6 +126,7 @@ def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str |
               sample_s: float | None = None, rank_s: float | None = None) -> SceneRow:
     return SceneRow(scene_id=scene_id, scene_uri=scene_uri, status="failed" if error else "ok", error=error,
                     run_key=run_key(config), adapter_uri=adapter, best_uri=best_uri(samples),
+                    selection=rows_selection(samples),
                     num_samples=len(samples), tune_s=tune_s, sample_s=sample_s, rank_s=rank_s,
                     config=json.dumps(config.to_dict(), sort_keys=True))
 

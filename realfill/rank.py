@@ -1,15 +1,30 @@
-"""Seed selection by correspondence (RealFill, step 3).
+"""Seed selection by correspondence (RealFill, step 3), judged by the geometry the known pixels fix.
 
-A faithful fill matches the references *where the known pixels say it should*. Per scene, once:
-features of every reference, and the target<->reference geometry fixed by the target's known pixels
-(RANSAC-verified matches between the known region and each reference). Per candidate: features inside
-the fill region only, matched to each reference (ratio test), and each match weighed by how close it
-lands to where the known geometry predicts (a local affine fit of the nearest known correspondences,
-checked against the known epipolar geometry). A fill that is shifted or mirrored still matches the
-references, but lands in the wrong place, and scores low.
+A faithful fill matches the references *where the target's known pixels say it must*, in the colours
+they say it must have. Per scene, once (`index_scene`): features of every reference and, for each
+reference, the correspondences between the target's known region and it, verified by a RANSAC
+fundamental matrix. They fix (`fit_known`): the epipolar geometry, the known region's dominant plane
+(a homography) and each known point's departure from that plane (depth, seen locally). A point is
+predicted to land where the plane maps it, moved by the mean departure of its nearest known points.
 
-`matches` is the plain count (fill matches that are inliers of a fundamental matrix fitted on them
-alone); `score` is the geometry-aware sum used for ranking.
+How good such predictions are is measured on the known region itself (`calibrate`), not set by hand:
+each known point is predicted with its neighbours nearer than a radius left out, at radii from 0 to a
+quarter of the image (a fill point lies at some distance from every known point, and predictions
+degrade with it), giving the spread of misses along the epipolar line per radius; the spread of the
+known points' distances across their epipolar lines; and the spread of colour misses under an affine
+RGB map fitted on the known points, beside that of wrongly paired points.
+
+Per candidate (`score_candidate`): features inside the fill region, matched to each reference. Each
+match's evidence (`evidence`) is the log-likelihood ratio of its miss across the line, along it (at
+its distance from the known points) and in colour, under those spreads, against a wrong match, less
+what chance gives one of the matches tested (a-contrario). The score is the sum over matches and
+references: a fill shifted, rotated, zoomed or re-coloured still matches, but not where and how the
+known pixels say, and a fill of noise scores 0.
+
+A reference whose known-region geometry cannot be fitted (too few verified matches) cannot tell a
+true fill from a shifted copy, so it adds nothing to the score; plain verified match counts only
+break ties (`rank_key`). When no candidate has any evidence, `selection` says "no evidence" and
+nothing is selected.
 """
 
 from __future__ import annotations
@@ -20,17 +35,45 @@ import cv2
 import numpy as np
 
 from realfill.config import RankConfig
+from realfill.matchers import Features, Matcher, matcher
 from realfill.scene import Scene, SceneError, read_image
 
 KNOWN_MARGIN_PX = 8
 """Known-region features keep this far from the hole, so no descriptor sees hole pixels."""
+REACH_FRACTIONS = (0.0, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
+"""Leave-out radii of the calibration, as fractions of the target's diagonal."""
+MIN_RESIDUALS = 8
+"""A calibration radius is used only when this many known points could be predicted at it."""
+MIN_SPREAD_PX = 0.5
+"""Spreads are at least this (detection pixels): keypoints are localised to about half a pixel."""
+COLOUR_SIGMA_PX = 2.0
+"""Colours are compared on images blurred this much (at detection resolution), so a one-pixel
+misalignment at an edge is not a colour miss."""
+
+GEOMETRY, MATCHES_ONLY, NO_EVIDENCE = "geometry", "matches only", "no evidence"
+"""What a scene's selection rests on (the scene row's `selection`)."""
+NO_EVIDENCE_TEXT = "no sample matched the references, so none is selected and there is no best"
 
 
 @dataclass
-class Features:
-    points: np.ndarray
-    """N x 2 float32 keypoint positions, in the image's original pixel coordinates."""
-    descriptors: np.ndarray | None
+class Calibration:
+    """How well the known region predicts itself, as the spreads of its residuals."""
+
+    radii: np.ndarray
+    """Leave-out radii (original pixels), ascending, each with enough residuals."""
+    along: np.ndarray
+    """Spread (sigma, reference pixels) of position misses along the epipolar line, per radius."""
+    across: float
+    """Spread of the known points' distances from their epipolar lines."""
+    colour_map: np.ndarray
+    """4 x 3 affine map from target RGB (with a 1) to reference RGB."""
+    colour: float
+    """Spread of the known points' colour misses under that map (per channel, 0-255)."""
+    colour_null: float
+    """The same for known points paired with the wrong reference point: what a colour miss of a
+    wrong match looks like."""
+    ref_area: float
+    """Area of the reference in pixels: where a wrong match may land, uniformly."""
 
 
 @dataclass
@@ -41,8 +84,13 @@ class KnownGeometry:
     """M x 2 verified known-region points in the target ..."""
     ref_points: np.ndarray
     """... and where they are in the reference."""
-    fundamental: np.ndarray | None
-    """Target -> reference fundamental matrix (None when it could not be estimated)."""
+    fundamental: np.ndarray
+    """Target -> reference fundamental matrix, fitted on the known region."""
+    plane: np.ndarray
+    """Target -> reference homography of the known region's dominant plane."""
+    offsets: np.ndarray
+    """Each known correspondence's departure from that plane (M x 2, reference pixels)."""
+    calibration: Calibration | None
 
 
 @dataclass
@@ -50,63 +98,28 @@ class SceneIndex:
     """Everything about a scene that every candidate is compared with: computed once per scene."""
 
     hole: np.ndarray
+    matcher: Matcher
     refs: list[Features]
+    ref_images: list[np.ndarray]
+    """Blurred references, where fill matches read their colour."""
     known: list[KnownGeometry | None]
 
 
 @dataclass
 class Score:
     matches: int
+    """Plain count: fill matches that are inliers of a fundamental matrix fitted on them alone."""
     score: float
+    """Geometry-aware evidence: matches weighted by how ordinary their misses are for the known region."""
 
 
-def _detector(config: RankConfig):
-    if config.features == "sift":
-        return cv2.SIFT_create(nfeatures=config.max_features)
-    if config.features == "orb":
-        return cv2.ORB_create(nfeatures=config.max_features)
-    return cv2.AKAZE_create()
-
-
-def _norm(config: RankConfig) -> int:
-    return cv2.NORM_L2 if config.features == "sift" else cv2.NORM_HAMMING
-
-
-def detect(image: np.ndarray, mask: np.ndarray | None, config: RankConfig) -> Features:
-    """Keypoints and descriptors (optionally only where mask is true), at most max_side resolution."""
-    scale = min(1.0, config.max_side / max(image.shape[:2]))
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    if scale < 1.0:
-        size = (round(gray.shape[1] * scale), round(gray.shape[0] * scale))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        if mask is not None:
-            mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-    cv_mask = None if mask is None else mask.astype(np.uint8) * 255
-    keypoints, descriptors = _detector(config).detectAndCompute(gray, cv_mask)
-    points = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2) / scale
-    return Features(points=points, descriptors=descriptors)
-
-
-def match(query: Features, train: Features, config: RankConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Ratio-test matches as two N x 2 arrays (query points, train points)."""
-    empty = np.zeros((0, 2), np.float32)
-    if query.descriptors is None or train.descriptors is None or len(query.points) < 1 or len(train.points) < 2:
-        return empty, empty
-    pairs = cv2.BFMatcher(_norm(config)).knnMatch(query.descriptors, train.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < config.ratio * p[1].distance]
-    if not good:
-        return empty, empty
-    return (np.float32([query.points[m.queryIdx] for m in good]),
-            np.float32([train.points[m.trainIdx] for m in good]))
-
-
-def fundamental_inliers(a: np.ndarray, b: np.ndarray, config: RankConfig) -> tuple[np.ndarray | None, np.ndarray]:
-    """RANSAC fundamental matrix and inlier flags; (None, all False) when degenerate."""
+def fundamental_inliers(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """A RANSAC fundamental matrix and its inlier flags ((None, all False) when there is none)."""
     none = np.zeros(len(a), bool)
     if len(a) < 8:
         return None, none
     try:
-        matrix, flags = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, config.ransac_px, 0.999)
+        matrix, flags = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, threshold, 0.999)
     except cv2.error:
         return None, none
     if matrix is None or flags is None or matrix.shape != (3, 3):
@@ -114,56 +127,160 @@ def fundamental_inliers(a: np.ndarray, b: np.ndarray, config: RankConfig) -> tup
     return matrix, flags.ravel().astype(bool)
 
 
+def epipolar_distance(a: np.ndarray, b: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
+    """Distance of each b from the epipolar line of its a (pixels of the reference)."""
+    lines = cv2.computeCorrespondEpilines(a.reshape(-1, 1, 2), 1, fundamental).reshape(-1, 3)
+    return np.abs(np.sum(lines[:, :2] * b, axis=1) + lines[:, 2]) / np.linalg.norm(lines[:, :2], axis=1).clip(1e-9)
+
+
 def known_region(hole: np.ndarray) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * KNOWN_MARGIN_PX + 1,) * 2)
     return cv2.dilate(hole.astype(np.uint8), kernel) == 0
 
 
+def blurred(image: np.ndarray, scale: float) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), COLOUR_SIGMA_PX / scale).astype(np.float32)
+
+
+def colours_at(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear RGB at sub-pixel points of a (blurred) image."""
+    if not len(points):
+        return np.zeros((0, 3), np.float32)
+    maps = points.astype(np.float32).reshape(-1, 1, 2)
+    sampled = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return sampled.reshape(-1, 3)
+
+
+def homography(target_points: np.ndarray, ref_points: np.ndarray, threshold: float) -> np.ndarray:
+    """The plane that best explains the known correspondences (identity-free fallback: least squares)."""
+    matrix, _ = cv2.findHomography(target_points, ref_points, cv2.RANSAC, threshold)
+    if matrix is None:
+        matrix, _ = cv2.findHomography(target_points, ref_points, 0)
+    return matrix
+
+
+def apply_homography(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return cv2.perspectiveTransform(points.reshape(-1, 1, 2).astype(np.float64), matrix).reshape(-1, 2)
+
+
+def predict(points: np.ndarray, known_from: np.ndarray, offsets: np.ndarray, plane: np.ndarray, neighbours: int,
+            min_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each point maps: through the known region's plane, moved by the mean departure from that
+    plane of its `neighbours` nearest known correspondences at least min_distance away (depth, seen
+    locally). Also the distance to the nearest one used, and which points had any. min_distance > 0
+    leaves a known point itself out of its own prediction."""
+    distances = np.linalg.norm(points[:, None, :] - known_from[None, :, :], axis=2)
+    distances[distances < min_distance] = np.inf
+    count = min(neighbours, len(known_from))
+    nearest = np.argpartition(distances, count - 1, axis=1)[:, :count]
+    near = np.take_along_axis(distances, nearest, axis=1)
+    usable = np.isfinite(near)
+    weights = usable / usable.sum(axis=1, keepdims=True).clip(1)
+    offset = np.einsum("nk,nkj->nj", weights, offsets[nearest])
+    valid = usable.any(axis=1)
+    return apply_homography(plane, points) + offset, np.where(valid, near.min(axis=1), np.inf), valid
+
+
+def spread_1d(values: np.ndarray, floor: float) -> float:
+    """Robust sigma of zero-centred 1-D residuals (median absolute value of a normal: 0.6745 sigma)."""
+    return max(float(np.median(np.abs(values))) / 0.6745, floor)
+
+
+def spread_3d(vectors: np.ndarray, floor: float) -> float:
+    """Robust per-axis sigma of isotropic 3-D residual vectors (median norm: 1.5382 sigma)."""
+    return max(float(np.median(np.linalg.norm(vectors, axis=1))) / 1.5382, floor)
+
+
+def log_normal(values: np.ndarray, sigma: float, dimensions: int = 1) -> np.ndarray:
+    """Log density of an isotropic zero-mean normal at residuals of the given size."""
+    return -0.5 * dimensions * np.log(2 * np.pi * sigma**2) - values**2 / (2 * sigma**2)
+
+
+def along_line(points: np.ndarray, ref_points: np.ndarray, misses: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
+    """Component of each miss (reference pixels) along the epipolar line of its target point."""
+    lines = cv2.computeCorrespondEpilines(points.reshape(-1, 1, 2), 1, fundamental).reshape(-1, 3)
+    direction = np.stack([-lines[:, 1], lines[:, 0]], axis=1)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True).clip(1e-9)
+    return np.sum(misses * direction, axis=1)
+
+
+def calibrate(known: KnownGeometry, target_colours: np.ndarray, ref_colours: np.ndarray, diagonal: float,
+              ref_area: float, floor: float, neighbours: int) -> Calibration | None:
+    """The known region's residual spreads (see the module docstring); None when too few."""
+    radii, along = [], []
+    for fraction in REACH_FRACTIONS:
+        radius = fraction * diagonal
+        predicted, _, valid = predict(known.target_points, known.target_points, known.offsets, known.plane,
+                                      neighbours, max(radius, 1e-3))
+        if valid.sum() < MIN_RESIDUALS:
+            break
+        misses = known.ref_points[valid] - predicted[valid]
+        radii.append(radius)
+        along.append(spread_1d(along_line(known.target_points[valid], known.ref_points[valid], misses,
+                                          known.fundamental), floor))
+    if not radii:
+        return None
+    across = spread_1d(epipolar_distance(known.target_points, known.ref_points, known.fundamental), floor)
+    source = np.hstack([target_colours, np.ones((len(target_colours), 1), np.float32)])
+    colour_map, *_ = np.linalg.lstsq(source, ref_colours, rcond=None)
+    mapped = source @ colour_map
+    colour = spread_3d(mapped - ref_colours, 1.0)
+    colour_null = max(spread_3d(mapped - np.roll(ref_colours, len(ref_colours) // 2, axis=0), 1.0), colour)
+    return Calibration(np.array(radii), np.array(along), across, colour_map, colour, colour_null, ref_area)
+
+
+def fit_known(target_points: np.ndarray, ref_points: np.ndarray, threshold: float, neighbours: int,
+              target_image: np.ndarray, ref_image: np.ndarray, diagonal: float, floor: float) -> KnownGeometry | None:
+    """The geometry the known region fixes for one reference: epipolar geometry (RANSAC-verified
+    correspondences), the dominant plane and each point's departure from it, and their calibration.
+    None when too few correspondences are verified to fit it."""
+    fundamental, inliers = fundamental_inliers(target_points, ref_points, threshold)
+    if inliers.sum() <= neighbours:
+        return None
+    target_points, ref_points = target_points[inliers], ref_points[inliers]
+    plane = homography(target_points, ref_points, threshold)
+    if plane is None:
+        return None
+    known = KnownGeometry(target_points, ref_points, fundamental, plane,
+                          ref_points - apply_homography(plane, target_points), None)
+    known.calibration = calibrate(known, colours_at(target_image, target_points), colours_at(ref_image, ref_points),
+                                  diagonal, float(ref_image.shape[0] * ref_image.shape[1]), floor, neighbours)
+    return known if known.calibration is not None else None
+
+
 def index_scene(scene: Scene, config: RankConfig) -> SceneIndex:
     """Reference features and the known-region geometry: everything a candidate is scored against."""
-    refs = [detect(ref, None, config) for ref in scene.refs]
-    target = detect(scene.target, known_region(scene.mask), config)
-    known = []
-    for ref in refs:
-        target_points, ref_points = match(target, ref, config)
-        fundamental, inliers = fundamental_inliers(target_points, ref_points, config)
-        if inliers.sum() < config.neighbours:
-            known.append(None)
-            continue
-        known.append(KnownGeometry(target_points[inliers], ref_points[inliers], fundamental))
-    return SceneIndex(hole=scene.mask, refs=refs, known=known)
+    features = matcher(config)
+    refs = [features.detect(ref, None) for ref in scene.refs]
+    ref_images = [blurred(ref, found.scale) for ref, found in zip(scene.refs, refs)]
+    target = features.detect(scene.target, known_region(scene.mask))
+    target_image = blurred(scene.target, target.scale)
+    diagonal = float(np.hypot(*scene.mask.shape))
+    known = [fit_known(*features.match(target, ref), config.ransac_px / target.scale, config.neighbours,
+                       target_image, ref_image, diagonal, MIN_SPREAD_PX / target.scale)
+             for ref, ref_image in zip(refs, ref_images)]
+    return SceneIndex(scene.mask, features, refs, ref_images, known)
 
 
-def predicted_positions(points: np.ndarray, known: KnownGeometry, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where each target point should land in the reference, from a least-squares affine fit of its
-    nearest known correspondences, and how far those neighbours are (the prediction's reach)."""
-    distances = np.linalg.norm(points[:, None, :] - known.target_points[None, :, :], axis=2)
-    nearest = np.argsort(distances, axis=1)[:, :neighbours]
-    predictions = np.empty_like(points)
-    for row, indices in enumerate(nearest):
-        source = np.hstack([known.target_points[indices], np.ones((len(indices), 1), np.float32)])
-        affine, *_ = np.linalg.lstsq(source, known.ref_points[indices], rcond=None)
-        predictions[row] = np.append(points[row], 1.0) @ affine
-    reach = np.take_along_axis(distances, nearest, axis=1).mean(axis=1)
-    return predictions, reach
-
-
-def epipolar_distance(a: np.ndarray, b: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
-    lines = cv2.computeCorrespondEpilines(a.reshape(-1, 1, 2), 1, fundamental).reshape(-1, 3)
-    return np.abs(np.sum(lines[:, :2] * b, axis=1) + lines[:, 2]) / np.linalg.norm(lines[:, :2], axis=1).clip(1e-9)
-
-
-def agreement(fill_points: np.ndarray, ref_points: np.ndarray, known: KnownGeometry, config: RankConfig) -> np.ndarray:
-    """Weight in [0, 1] per fill match: 1 when it lands where the known geometry predicts, falling off
-    with the miss (tolerance grows with how far the nearest known correspondences are), 0 off the
-    known epipolar lines."""
-    predictions, reach = predicted_positions(fill_points, known, min(config.neighbours, len(known.target_points)))
-    tolerance = config.agree_px * (1.0 + reach / 128.0)
-    miss = np.linalg.norm(ref_points - predictions, axis=1) / tolerance
-    weights = np.exp(-0.5 * miss**2)
-    if known.fundamental is not None:
-        weights *= epipolar_distance(fill_points, ref_points, known.fundamental) < 2 * config.agree_px
-    return weights
+def evidence(fill_points: np.ndarray, ref_points: np.ndarray, fill_colours: np.ndarray,
+             ref_colours: np.ndarray, known: KnownGeometry, neighbours: int) -> np.ndarray:
+    """Evidence per fill match, in nats, at least 0: the log-likelihood ratio of where it lands and
+    what colour it has, under the known region's own residual spreads (across the epipolar line, along
+    it at the match's distance from the known points, and in colour) against a wrong match (anywhere
+    in the reference, any colour a wrong pairing has), beyond what chance gives one of the N matches
+    tested: of N wrong matches, at most one is expected to reach a ratio of N (a-contrario), so log N
+    is subtracted, and a fill of noise has no evidence at all."""
+    calibration = known.calibration
+    predicted, reach, _ = predict(fill_points, known.target_points, known.offsets, known.plane, neighbours, 0.0)
+    level = np.clip(np.searchsorted(calibration.radii, reach, side="right") - 1, 0, len(calibration.radii) - 1)
+    along = along_line(fill_points, ref_points, ref_points - predicted, known.fundamental)
+    across = epipolar_distance(fill_points, ref_points, known.fundamental)
+    source = np.hstack([fill_colours, np.ones((len(fill_colours), 1), np.float32)])
+    colour = np.linalg.norm(source @ calibration.colour_map - ref_colours, axis=1)
+    ratio = (np.log(calibration.ref_area) + log_normal(across, calibration.across)
+             + log_normal(along, calibration.along[level])
+             + log_normal(colour, calibration.colour, 3) - log_normal(colour, calibration.colour_null, 3))
+    return np.maximum(ratio - np.log(len(fill_points)), 0.0)
 
 
 def score_candidate(index: SceneIndex, image: np.ndarray, config: RankConfig) -> Score:
@@ -171,16 +288,19 @@ def score_candidate(index: SceneIndex, image: np.ndarray, config: RankConfig) ->
     if image.shape[:2] != index.hole.shape:
         raise ValueError(f"candidate is {image.shape[1]}x{image.shape[0]}, scene target is "
                          f"{index.hole.shape[1]}x{index.hole.shape[0]}")
-    fill = detect(image, index.hole, config)
+    fill = index.matcher.detect(image, index.hole)
+    fill_image = None
     matches, total = 0, 0.0
-    for ref, known in zip(index.refs, index.known):
-        fill_points, ref_points = match(fill, ref, config)
-        _, inliers = fundamental_inliers(fill_points, ref_points, config)
-        matches += int(inliers.sum())
-        if known is None:
-            total += float(inliers.sum())
-        elif len(fill_points):
-            total += float(agreement(fill_points, ref_points, known, config).sum())
+    for ref, ref_image, known in zip(index.refs, index.ref_images, index.known):
+        fill_points, ref_points = index.matcher.match(fill, ref)
+        matches += int(fundamental_inliers(fill_points, ref_points, config.ransac_px / fill.scale)[1].sum())
+        if known is None or not len(fill_points):
+            continue
+        if fill_image is None:
+            fill_image = blurred(image, fill.scale)
+        weights = evidence(fill_points, ref_points, colours_at(fill_image, fill_points),
+                            colours_at(ref_image, ref_points), known, config.neighbours)
+        total += float(weights.sum())
     return Score(matches=matches, score=round(total, 6))
 
 
@@ -198,7 +318,21 @@ def score_images(scene: Scene, uris: list[str], config: RankConfig) -> list[Scor
     return scores
 
 
+def rank_key(score: Score) -> tuple[float, int]:
+    """Geometry evidence first; plain verified matches only break its ties."""
+    return score.score, score.matches
+
+
 def rank_scores(scores: list[Score]) -> list[int]:
     """1 = best; ties share the better rank (competition ranking)."""
-    values = np.array([s.score for s in scores])
-    return [int((values > value).sum()) + 1 for value in values]
+    keys = [rank_key(score) for score in scores]
+    return [sum(other > key for other in keys) + 1 for key in keys]
+
+
+def selection(scores: list[Score]) -> str:
+    """What the ranking of these candidates rests on: geometry, plain matches, or nothing at all."""
+    if any(score.score > 0 for score in scores):
+        return GEOMETRY
+    if any(score.matches > 0 for score in scores):
+        return MATCHES_ONLY
+    return NO_EVIDENCE

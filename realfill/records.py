@@ -30,9 +30,9 @@ ADAPTER_FORMAT = 2
 """Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
 NOT_IN_PIXELS = ("num_samples", "batch_size")
 """Sampling settings that do not change any image: how many seeds, and how many per forward pass."""
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the manifest tables. 2: parts named by scene alone and compacted at the end of a run (the
-columns are those of 1, so runs written by version 1 are read as they are)."""
+columns are those of 1). 3: the scenes table's `selection` (older runs read it as null)."""
 
 
 def digest(payload: Any) -> str:
@@ -198,6 +198,11 @@ class SceneRow:
     run_key: str
     adapter_uri: str | None = None
     best_uri: str | None = None
+    """The top-ranked sample; None when the ranking has no evidence to rest on (see selection)."""
+    selection: str | None = None
+    """What the ranking rests on: "geometry" (matches where the known pixels say), "matches only" (no
+    reference's known-region geometry could be fitted: plain verified matches), or "no evidence"
+    (nothing matched: no sample is selected and there is no best)."""
     num_samples: int | None = field(default=None, metadata=INT32)
     tune_s: float | None = None
     sample_s: float | None = None

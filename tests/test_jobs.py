@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.sweep import variant_out
 from realfill import manifest
 
 ADDRESS = "http://127.0.0.1:8299"
@@ -88,9 +89,12 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
     table = pd.read_parquet(out / "sweep.parquet")
     assert sorted(table["variant"].unique()) == ["dpm", "few", "keep=1", "keep=4"]
     selected = table[table["group"] == "selected"].set_index("variant")["samples"].to_dict()
-    assert selected == {"keep=1": 1, "keep=4": 4, "few": 1, "dpm": 1}, "ranking is per variant"
+    assert selected == {"keep=1": 0, "keep=4": 0, "few": 0, "dpm": 0}, "a random model's noise matches nothing"
+    for variant in ("keep=1", "keep=4", "few", "dpm"):
+        scenes = manifest.read_table(variant_out(str(out), variant), "scenes").to_pylist()
+        assert [row["selection"] for row in scenes] == ["no evidence"], "each variant ranks its own samples"
     assert table[table["group"] == "all"].set_index("variant")["samples"].to_dict()["few"] == 2
-    assert table["dino"].notna().all(), "--eval.dino_model reached the evaluation"
+    assert table[table["group"] == "all"]["dino"].notna().all(), "--eval.dino_model reached the evaluation"
     few = manifest.read_table(str(out / "variants" / "few"), "samples").to_pylist()
     assert sorted(row["seed"] for row in few) == [0, 1]
 

@@ -30,7 +30,7 @@ def test_schemas_are_derived_from_the_rows():
     assert manifest.SAMPLES.field("seed").type == pa.int64() and not manifest.SAMPLES.field("seed").nullable
     assert manifest.SAMPLES.field("rank").type == pa.int32() and manifest.SAMPLES.field("rank").nullable
     assert manifest.SCENES.field("created_at").type == pa.timestamp("ms", tz="UTC")
-    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"2", b"realfill.table": b"scenes"}
+    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"3", b"realfill.table": b"scenes"}
 
 
 def test_any_scene_id_gets_a_visible_bounded_part(tmp_path):
@@ -149,7 +149,7 @@ def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tm
     manifest.compact(out)
     assert [path.name.startswith("compacted-") for path in (tmp_path / "manifest" / "scenes").iterdir()] == [True]
 
-    write_version(3, "scenes", "scene-future.parquet", [rows("future", KEY_A)[1]])
-    with pytest.raises(ValueError, match=r"scene-future.parquet: manifest schema version 3; this realfill reads "
-                                         r"versions 1 to 2 \(upgrade realfill"):
+    write_version(4, "scenes", "scene-future.parquet", [rows("future", KEY_A)[1]])
+    with pytest.raises(ValueError, match=r"scene-future.parquet: manifest schema version 4; this realfill reads "
+                                         r"versions 1 to 3 \(upgrade realfill"):
         manifest.read_table(out, "scenes")
