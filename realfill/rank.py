@@ -50,7 +50,7 @@ COLOUR_SIGMA_PX = 2.0
 """Colours are compared on images blurred this much (at detection resolution), so a one-pixel
 misalignment at an edge is not a colour miss."""
 
-GEOMETRY, MATCHES_ONLY, NO_EVIDENCE = "geometry", "matches only", "no evidence"
+GEOMETRY, NO_EVIDENCE = "geometry", "no evidence"
 """What a scene's selection rests on (the scene row's `selection`)."""
 NO_EVIDENCE_TEXT = "no sample matched the references, so none is selected and there is no best"
 
@@ -330,9 +330,6 @@ def rank_scores(scores: list[Score]) -> list[int]:
 
 
 def selection(scores: list[Score]) -> str:
-    """What the ranking of these candidates rests on: geometry, plain matches, or nothing at all."""
-    if any(score.score > 0 for score in scores):
-        return GEOMETRY
-    if any(score.matches > 0 for score in scores):
-        return MATCHES_ONLY
-    return NO_EVIDENCE
+    """What the ranking of these candidates rests on: geometry, or nothing. Plain verified counts are no
+    evidence of authenticity: a fill of noise has some (eight matches always fit a fundamental matrix)."""
+    return GEOMETRY if any(score.score > 0 for score in scores) else NO_EVIDENCE

