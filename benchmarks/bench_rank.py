@@ -17,7 +17,7 @@ import cv2
 import torch
 
 from realfill.config import RankConfig
-from realfill.decoys import UNITS, Fake, battery, smallest_beaten
+from realfill.decoys import SCALE_FREE, UNITS, Fake, battery, smallest_beaten
 from realfill.rank import index_scene, rank_key, score_candidate
 from realfill.scene import list_scenes, load_scene
 
@@ -52,7 +52,7 @@ def one_per_magnitude(fakes: list[Fake]) -> list[Fake]:
 def measure(features: str, scenes, quick: bool) -> Result:
     config = RankConfig(features=features)
     result = Result(features)
-    for position, scene in enumerate(scenes):
+    for scene in scenes:
         others = [other.gt for other in scenes if other is not scene]
         fakes = battery(scene, others)
         fakes = one_per_magnitude(fakes) if quick else fakes
@@ -84,7 +84,7 @@ def measure(features: str, scenes, quick: bool) -> Result:
 def threshold_text(family: str, value) -> str:
     if value is None:
         return "not beaten"
-    if family in ("mirror", "other scene", "inpainting"):
+    if family in SCALE_FREE:
         return "all beaten"
     return f"{value:g}{UNITS[family]}"
 

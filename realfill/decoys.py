@@ -40,6 +40,8 @@ class Fake:
 UNITS = {"shift": "px", "rotation": "°", "zoom": "", "warp": "px", "blocks": "px", "exposure": "",
          "colour": "", "blur": "σ px", "mirror": "", "other scene": "", "inpainting": ""}
 """Families and the unit of their magnitude."""
+SCALE_FREE = ("mirror", "other scene", "inpainting")
+"""Families whose fakes have no size (magnitude 0)."""
 
 
 def _fill(scene: Scene, content: np.ndarray) -> np.ndarray:
@@ -64,8 +66,8 @@ def _warp(image: np.ndarray, amplitude: float, wavelength: float) -> np.ndarray:
     height, width = image.shape[:2]
     columns, rows = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     phase = np.float32(2 * np.pi / wavelength)
-    map_x = (columns + amplitude * np.sin(rows * phase)).astype(np.float32)
-    map_y = (rows + amplitude * np.sin(columns * phase)).astype(np.float32)
+    map_x = columns + amplitude * np.sin(rows * phase)
+    map_y = rows + amplitude * np.sin(columns * phase)
     return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from realfill import manifest, records, storage
 from realfill.config import FillConfig, SampleConfig
 from realfill.models import resolve_base_model
-from realfill.rank import NO_EVIDENCE, Score, rank_scores, score_images, selection
+from realfill.rank import GEOMETRY, NO_EVIDENCE, rank_scores, score_images, selection
 from realfill.records import AdapterInfo, SampleRow, SceneRow, adapter_key, image_key, run_key
 from realfill.sample import SampleFailure, Sampler, composite_sample
 from realfill.scene import Scene, SceneError, load_scene, scene_id_of, storage_name
@@ -110,15 +110,17 @@ def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> lis
 
 
 def rows_selection(rows: list[SampleRow]) -> str | None:
-    ranked = [Score(row.matches, row.score) for row in rows if row.rank is not None]
-    return selection(ranked) if ranked else None
+    """What rank_samples decided, read back from its rows: it selects nothing exactly when there is no
+    evidence (None for a scene with no ranked samples)."""
+    if not any(row.rank is not None for row in rows):
+        return None
+    return GEOMETRY if any(row.selected for row in rows) else NO_EVIDENCE
 
 
 def best_uri(rows: list[SampleRow]) -> str | None:
-    ranked = [row for row in rows if row.rank is not None]
-    if not ranked or rows_selection(rows) == NO_EVIDENCE:
-        return None
-    return min(ranked, key=lambda row: (row.rank, row.seed)).uri
+    """The best-ranked selected sample (rank 1 is always selected when anything is)."""
+    selected = [row for row in rows if row.selected]
+    return min(selected, key=lambda row: (row.rank, row.seed)).uri if selected else None
 
 
 def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str | None = None,
@@ -163,9 +165,10 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
 def describe(exc: BaseException) -> str:
     """One line: the message alone for our own input errors, the type too for anything else."""
     from realfill.environment import BrokenEnvironment
+    from realfill.matchers import MatcherError
     from realfill.models import ModelError
 
     message = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, (SceneError, ModelError, BrokenEnvironment, AdapterError, SampleError)):
+    if isinstance(exc, (SceneError, ModelError, BrokenEnvironment, AdapterError, SampleError, MatcherError)):
         return message
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

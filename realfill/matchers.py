@@ -76,12 +76,11 @@ def resized(image: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[
     return image, mask, scale
 
 
-def crop_box(mask: np.ndarray | None) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1): the mask's bounding box grown by CROP_MARGIN_PX (the whole image without a
-    mask), so detection inside a small hole does not pay for the whole photo."""
+def crop_box(mask: np.ndarray | None) -> tuple[int, int, int | None, int | None]:
+    """(x0, y0, x1, y1) to slice with: the mask's bounding box grown by CROP_MARGIN_PX (the whole image
+    without a mask), so detection inside a small hole does not pay for the whole photo."""
     if mask is None or not mask.any():
-        height, width = (0, 0) if mask is None else mask.shape
-        return 0, 0, (width or None), (height or None)
+        return 0, 0, None, None
     rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     return (max(0, columns[0] - CROP_MARGIN_PX), max(0, rows[0] - CROP_MARGIN_PX),
             columns[-1] + 1 + CROP_MARGIN_PX, rows[-1] + 1 + CROP_MARGIN_PX)
@@ -97,7 +96,8 @@ def inside(mask: np.ndarray | None, points: np.ndarray) -> np.ndarray:
 
 
 class OpenCVMatcher:
-    """SIFT (float descriptors), ORB or AKAZE (binary), brute force with Lowe's ratio test."""
+    """SIFT (float descriptors, matched through a FLANN index per reference), ORB or AKAZE (binary,
+    brute force), with Lowe's ratio test."""
 
     def __init__(self, config: RankConfig) -> None:
         self.config = config
@@ -280,15 +280,18 @@ def build_models(features: str, weights: str | None, device: str):
         return None, load_loftr(weights).eval().to(device)
     if features == "disk":
         extractor = DISK()
-        _load(extractor, load_state(shipped_weights("disk", "disk-depth-save.pth"))["extractor"], "DISK")
+        path = shipped_weights("disk", "disk-depth-save.pth")
+        _load(extractor, load_state(path)["extractor"], path)
         glue = _glue("disk", shipped_weights("disk", "disk_lightglue.pth"))
     elif features == "aliked":
         extractor = ALIKED(model_name="aliked-n16", max_num_keypoints=-1)
-        _load(extractor, load_state(shipped_weights("aliked", "aliked-n16.pth")), "ALIKED")
+        path = shipped_weights("aliked", "aliked-n16.pth")
+        _load(extractor, load_state(path), path)
         glue = _glue("aliked", shipped_weights("aliked", "aliked_lightglue.pth"))
     else:
         extractor = XFeat()
-        _load(extractor.net, load_state(shipped_weights("xfeat", "xfeat.pt")), "XFeat")
+        path = shipped_weights("xfeat", "xfeat.pt")
+        _load(extractor.net, load_state(path), path)
         glue = _glue("xfeat", shipped_weights("xfeat", "xfeat-lighterglue.pt"))
     return extractor.eval().to(device), glue.eval().to(device)
 

@@ -77,7 +77,7 @@ class Calibration:
 
 
 @dataclass
-class KnownGeometry:
+class Geometry:
     """What the target's known pixels fix about one reference."""
 
     target_points: np.ndarray
@@ -90,7 +90,31 @@ class KnownGeometry:
     """Target -> reference homography of the known region's dominant plane."""
     offsets: np.ndarray
     """Each known correspondence's departure from that plane (M x 2, reference pixels)."""
-    calibration: Calibration | None
+
+    def predict(self, points: np.ndarray, neighbours: int,
+                min_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each point maps: through the plane, moved by the mean departure from it of its
+        `neighbours` nearest known correspondences at least min_distance away (depth, seen locally).
+        Also the distance to the nearest one used, and which points had any. min_distance > 0 leaves a
+        known point itself out of its own prediction."""
+        distances = np.linalg.norm(points[:, None, :] - self.target_points[None, :, :], axis=2)
+        distances[distances < min_distance] = np.inf
+        count = min(neighbours, len(self.target_points))
+        nearest = np.argpartition(distances, count - 1, axis=1)[:, :count]
+        near = np.take_along_axis(distances, nearest, axis=1)
+        usable = np.isfinite(near)
+        weights = usable / usable.sum(axis=1, keepdims=True).clip(1)
+        offset = np.einsum("nk,nkj->nj", weights, self.offsets[nearest])
+        valid = usable.any(axis=1)
+        return apply_homography(self.plane, points) + offset, np.where(valid, near.min(axis=1), np.inf), valid
+
+
+@dataclass
+class KnownGeometry:
+    """A reference's known-region geometry and how well it predicts itself."""
+
+    geometry: Geometry
+    calibration: Calibration
 
 
 @dataclass
@@ -110,7 +134,7 @@ class Score:
     matches: int
     """Plain count: fill matches that are inliers of a fundamental matrix fitted on them alone."""
     score: float
-    """Geometry-aware evidence: matches weighted by how ordinary their misses are for the known region."""
+    """Evidence (nats) that the fill's matches land where, and in the colours, the known region says."""
 
 
 def fundamental_inliers(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[np.ndarray | None, np.ndarray]:
@@ -152,7 +176,7 @@ def colours_at(image: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def homography(target_points: np.ndarray, ref_points: np.ndarray, threshold: float) -> np.ndarray:
-    """The plane that best explains the known correspondences (identity-free fallback: least squares)."""
+    """The plane that best explains the known correspondences (a least-squares fit when RANSAC finds none)."""
     matrix, _ = cv2.findHomography(target_points, ref_points, cv2.RANSAC, threshold)
     if matrix is None:
         matrix, _ = cv2.findHomography(target_points, ref_points, 0)
@@ -161,24 +185,6 @@ def homography(target_points: np.ndarray, ref_points: np.ndarray, threshold: flo
 
 def apply_homography(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return cv2.perspectiveTransform(points.reshape(-1, 1, 2).astype(np.float64), matrix).reshape(-1, 2)
-
-
-def predict(points: np.ndarray, known_from: np.ndarray, offsets: np.ndarray, plane: np.ndarray, neighbours: int,
-            min_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each point maps: through the known region's plane, moved by the mean departure from that
-    plane of its `neighbours` nearest known correspondences at least min_distance away (depth, seen
-    locally). Also the distance to the nearest one used, and which points had any. min_distance > 0
-    leaves a known point itself out of its own prediction."""
-    distances = np.linalg.norm(points[:, None, :] - known_from[None, :, :], axis=2)
-    distances[distances < min_distance] = np.inf
-    count = min(neighbours, len(known_from))
-    nearest = np.argpartition(distances, count - 1, axis=1)[:, :count]
-    near = np.take_along_axis(distances, nearest, axis=1)
-    usable = np.isfinite(near)
-    weights = usable / usable.sum(axis=1, keepdims=True).clip(1)
-    offset = np.einsum("nk,nkj->nj", weights, offsets[nearest])
-    valid = usable.any(axis=1)
-    return apply_homography(plane, points) + offset, np.where(valid, near.min(axis=1), np.inf), valid
 
 
 def spread_1d(values: np.ndarray, floor: float) -> float:
@@ -196,7 +202,7 @@ def log_normal(values: np.ndarray, sigma: float, dimensions: int = 1) -> np.ndar
     return -0.5 * dimensions * np.log(2 * np.pi * sigma**2) - values**2 / (2 * sigma**2)
 
 
-def along_line(points: np.ndarray, ref_points: np.ndarray, misses: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
+def along_line(points: np.ndarray, misses: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
     """Component of each miss (reference pixels) along the epipolar line of its target point."""
     lines = cv2.computeCorrespondEpilines(points.reshape(-1, 1, 2), 1, fundamental).reshape(-1, 3)
     direction = np.stack([-lines[:, 1], lines[:, 0]], axis=1)
@@ -204,23 +210,21 @@ def along_line(points: np.ndarray, ref_points: np.ndarray, misses: np.ndarray, f
     return np.sum(misses * direction, axis=1)
 
 
-def calibrate(known: KnownGeometry, target_colours: np.ndarray, ref_colours: np.ndarray, diagonal: float,
+def calibrate(geometry: Geometry, target_colours: np.ndarray, ref_colours: np.ndarray, diagonal: float,
               ref_area: float, floor: float, neighbours: int) -> Calibration | None:
     """The known region's residual spreads (see the module docstring); None when too few."""
     radii, along = [], []
     for fraction in REACH_FRACTIONS:
         radius = fraction * diagonal
-        predicted, _, valid = predict(known.target_points, known.target_points, known.offsets, known.plane,
-                                      neighbours, max(radius, 1e-3))
+        predicted, _, valid = geometry.predict(geometry.target_points, neighbours, max(radius, 1e-3))
         if valid.sum() < MIN_RESIDUALS:
             break
-        misses = known.ref_points[valid] - predicted[valid]
+        misses = geometry.ref_points[valid] - predicted[valid]
         radii.append(radius)
-        along.append(spread_1d(along_line(known.target_points[valid], known.ref_points[valid], misses,
-                                          known.fundamental), floor))
+        along.append(spread_1d(along_line(geometry.target_points[valid], misses, geometry.fundamental), floor))
     if not radii:
         return None
-    across = spread_1d(epipolar_distance(known.target_points, known.ref_points, known.fundamental), floor)
+    across = spread_1d(epipolar_distance(geometry.target_points, geometry.ref_points, geometry.fundamental), floor)
     source = np.hstack([target_colours, np.ones((len(target_colours), 1), np.float32)])
     colour_map, *_ = np.linalg.lstsq(source, ref_colours, rcond=None)
     mapped = source @ colour_map
@@ -241,11 +245,11 @@ def fit_known(target_points: np.ndarray, ref_points: np.ndarray, threshold: floa
     plane = homography(target_points, ref_points, threshold)
     if plane is None:
         return None
-    known = KnownGeometry(target_points, ref_points, fundamental, plane,
-                          ref_points - apply_homography(plane, target_points), None)
-    known.calibration = calibrate(known, colours_at(target_image, target_points), colours_at(ref_image, ref_points),
-                                  diagonal, float(ref_image.shape[0] * ref_image.shape[1]), floor, neighbours)
-    return known if known.calibration is not None else None
+    geometry = Geometry(target_points, ref_points, fundamental, plane,
+                        ref_points - apply_homography(plane, target_points))
+    calibration = calibrate(geometry, colours_at(target_image, target_points), colours_at(ref_image, ref_points),
+                            diagonal, float(ref_image.shape[0] * ref_image.shape[1]), floor, neighbours)
+    return None if calibration is None else KnownGeometry(geometry, calibration)
 
 
 def index_scene(scene: Scene, config: RankConfig) -> SceneIndex:
@@ -270,11 +274,11 @@ def evidence(fill_points: np.ndarray, ref_points: np.ndarray, fill_colours: np.n
     in the reference, any colour a wrong pairing has), beyond what chance gives one of the N matches
     tested: of N wrong matches, at most one is expected to reach a ratio of N (a-contrario), so log N
     is subtracted, and a fill of noise has no evidence at all."""
-    calibration = known.calibration
-    predicted, reach, _ = predict(fill_points, known.target_points, known.offsets, known.plane, neighbours, 0.0)
+    geometry, calibration = known.geometry, known.calibration
+    predicted, reach, _ = geometry.predict(fill_points, neighbours, 0.0)
     level = np.clip(np.searchsorted(calibration.radii, reach, side="right") - 1, 0, len(calibration.radii) - 1)
-    along = along_line(fill_points, ref_points, ref_points - predicted, known.fundamental)
-    across = epipolar_distance(fill_points, ref_points, known.fundamental)
+    along = along_line(fill_points, ref_points - predicted, geometry.fundamental)
+    across = epipolar_distance(fill_points, ref_points, geometry.fundamental)
     source = np.hstack([fill_colours, np.ones((len(fill_colours), 1), np.float32)])
     colour = np.linalg.norm(source @ calibration.colour_map - ref_colours, axis=1)
     ratio = (np.log(calibration.ref_area) + log_normal(across, calibration.across)

@@ -30,7 +30,7 @@ def test_learned_matcher_ranks_the_truth_first(graffiti, features):
         pytest.skip(f"weights package {matchers.WEIGHT_PACKAGES[features]} not installed (make matchers)")
     config = RankConfig(features=features)
     index = index_scene(graffiti, config)
-    assert all(known is not None and len(known.target_points) > 50 for known in index.known)
+    assert all(known is not None and len(known.geometry.target_points) > 50 for known in index.known)
     fakes = {fake.label: fake.image for fake in battery(graffiti, [])}
     true = score_candidate(index, graffiti.gt, config)
     for label in ("shift 16px (+1,+0)", "rotation +5°", "blur σ4", "inpainting telea"):
@@ -111,3 +111,14 @@ def test_the_commands_take_a_learned_matcher(scenes_root, tmp_path, capsys):
 
     command, args = parse(["run", "SCENES", "--out", "OUT", "--rank.features", "disk", "--gpus_per_rank", "0.25"])
     assert fill_config(args).rank.features == "disk" and pipeline_config(args).gpus_per_rank == 0.25
+
+
+def test_bad_loftr_weights_stop_the_command_with_one_line_naming_the_file(scenes_root, tmp_path, capsys):
+    scene = scenes_root / "oxford_graffiti"
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    for weights, words in ((tmp_path / "bad.safetensors", "bad.safetensors: not a safetensors file"),
+                           (tmp_path / "missing.safetensors", "missing.safetensors: LoFTR weights not found")):
+        assert main(["rank", str(scene), str(scene / "target" / "gt.png"), "--rank.features", "loftr",
+                     "--rank.weights", str(weights)]) != 0
+        error = capsys.readouterr().err.strip()
+        assert words in error and len(error.splitlines()) == 1 and "Traceback" not in error

@@ -94,7 +94,7 @@ def test_calibration_is_measured_from_the_known_region(gt_scenes):
         assert calibration.radii[0] == 0 and np.all(np.diff(calibration.radii) > 0)
         assert np.all(calibration.along > 0) and calibration.across > 0
         assert calibration.colour_null >= calibration.colour > 0
-        assert len(known.target_points) == len(known.offsets)
+        assert len(known.geometry.target_points) == len(known.geometry.offsets)
 
 
 @pytest.mark.parametrize("features", ["orb", "akaze"])
