@@ -111,8 +111,9 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
         raise ValueError(f"every variant must use one base model and device (samplers hold one); got {models}")
     summary = RunSummary()
     scene_uris = list_scenes(scenes_root)
+    outputs = list(dict.fromkeys(variant.out_uri for variant in variants))
     with ExitStack() as leases:
-        for out_uri in dict.fromkeys(variant.out_uri for variant in variants):
+        for out_uri in outputs:
             leases.enter_context(OutputLease(out_uri))
         todo: list[list[Unit]] = [[] for _ in scene_uris]
         for variant in variants:
@@ -136,7 +137,7 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
                     if started_ray:
                         ray.shutdown()
         finally:
-            for out_uri in dict.fromkeys(variant.out_uri for variant in variants):
+            for out_uri in outputs:
                 manifest.compact(out_uri)
     summary.wall_s = time.perf_counter() - started
     return summary
