@@ -34,6 +34,8 @@ demo: setup
 	$(BIN)/realfill example $(RUNS)/example-scenes
 	$(BIN)/realfill run $(RUNS)/example-scenes --out $(RUNS)/example $(DEMO_FLAGS)
 	$(BIN)/realfill eval $(RUNS)/example --quiet
+	$(BIN)/realfill run $(RUNS)/example-scenes --out $(RUNS)/example-stitch --method stitch --quiet
+	$(BIN)/realfill eval $(RUNS)/example-stitch --quiet
 
 test: setup
 	$(BIN)/ruff check realfill pipeline jobs tests benchmarks

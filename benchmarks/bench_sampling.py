@@ -15,7 +15,7 @@ import torch
 from realfill.config import SampleConfig
 from realfill.example import write_example
 from realfill.models import quiet_libraries, tiny_model_path
-from realfill.sample import Sampler
+from realfill.sample import Condition, Sampler
 from realfill.scene import load_scene
 
 SEEDS = list(range(16))
@@ -24,7 +24,7 @@ SEEDS = list(range(16))
 def timed(sampler: Sampler, scene, batch_size: int) -> tuple[float, dict[int, np.ndarray]]:
     config = SampleConfig(resolution=128, steps=10, batch_size=batch_size, scheduler="dpm")
     started = time.perf_counter()
-    images = dict(sampler.generate(scene, config, SEEDS, "a photo of sks"))
+    images = dict(sampler.generate(scene, config, SEEDS, Condition("a photo of sks")))
     return time.perf_counter() - started, images
 
 

@@ -22,7 +22,7 @@ import ray
 from tqdm.auto import tqdm
 
 from pipeline.config import Backlog, PipelineConfig, Variant, plan
-from pipeline.stages import RankStage, SampleStage, Stage, TuneStage, Unit
+from pipeline.stages import RankStage, SampleStage, Stage, StitchStage, TuneStage, Unit
 from realfill import manifest, records, storage
 from realfill.config import FillConfig
 from realfill.fill import default_adapters, default_samples, describe, scene_row
@@ -106,9 +106,9 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
     run (a second run on one stops at once with OutputBusy) and its manifest compacted at the end."""
     started = time.perf_counter()
     scenes_root = storage.normalize(scenes_root)
-    models = {(variant.config.base_model, variant.config.device) for variant in variants}
-    if len(models) > 1:
-        raise ValueError(f"every variant must use one base model and device (samplers hold one); got {models}")
+    devices = {variant.config.device for variant in variants}
+    if len(devices) > 1:
+        raise ValueError(f"every variant must use one device (samplers serve them all); got {sorted(devices)}")
     summary = RunSummary()
     scene_uris = list_scenes(scenes_root)
     outputs = list(dict.fromkeys(variant.out_uri for variant in variants))
@@ -141,6 +141,12 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
                 manifest.compact(out_uri)
     summary.wall_s = time.perf_counter() - started
     return summary
+
+
+def making_seconds(unit: Unit) -> float | None:
+    """A unit's seconds making images: stitching and sampling (the scenes table's sample_s)."""
+    parts = [unit.seconds[stage] for stage in ("stitch", "sample") if stage in unit.seconds]
+    return sum(parts) if parts else None
 
 
 @contextmanager
@@ -189,11 +195,10 @@ class Driver:
         for unit in units:
             key = records.sampling_key(unit.scene_uri, unit.config)
             seeds_needed[key] = max(seeds_needed.get(key, 0), unit.config.sample.num_samples)
-        first = units[0].config
         self.stages: list[Stage] = [
+            StitchStage(self.plan, pipeline, samples),
             TuneStage(self.plan, pipeline, adapters),
-            SampleStage(self.plan, pipeline, samples, first.base_model, first.device, seeds_needed,
-                        backlog=self.backlog),
+            SampleStage(self.plan, pipeline, samples, seeds_needed, backlog=self.backlog),
             RankStage(self.plan, pipeline),
         ]
         self.summary.stage_seconds = {stage.name: 0.0 for stage in self.stages}
@@ -236,6 +241,8 @@ class Driver:
                 if ready:
                     self.finish(ready[0])
         finally:
+            self.summary.stage_seconds = {name: seconds for name, seconds in self.summary.stage_seconds.items()
+                                          if self.calls_done[name]}  # the stages this run's methods used
             for stage in self.stages:
                 stage.close()
             for bar in self.bars.values():
@@ -245,8 +252,12 @@ class Driver:
         """Start scenes (each with all its variants) while fewer than max_in_flight are in progress."""
         while self.waiting and len({unit.scene_uri for unit in self.position}) < self.plan.max_in_flight:
             for unit in self.waiting.popleft():
-                self.position[unit] = 0
+                self.position[unit] = self.next_stage(unit, 0)
                 self.ready.append(unit)
+
+    def next_stage(self, unit: Unit, start: int) -> int:
+        """The first stage from start that the unit's method goes through (rank always does)."""
+        return next(index for index in range(start, len(self.stages)) if self.stages[index].needed(unit))
 
     def start_calls(self) -> None:
         """Every ready unit joins a call in flight with its key, or starts one, or waits for capacity."""
@@ -286,10 +297,10 @@ class Driver:
         self.summary.gpu_seconds += result.seconds * call.stage.gpus
         for unit in call.units:
             call.stage.apply(unit, result)
-            self.position[unit] += 1
-            if self.position[unit] == len(self.stages):
+            if call.stage is self.stages[-1]:
                 self.record(unit)
             else:
+                self.position[unit] = self.next_stage(unit, self.position[unit] + 1)
                 self.ready.append(unit)
 
     def stop(self) -> None:
@@ -306,7 +317,7 @@ class Driver:
         samples = [] if error else unit.rows
         row = scene_row(unit.scene_id, unit.scene_uri, unit.config, error=error,
                         adapter=unit.tuned.adapter_uri if unit.tuned else None, samples=samples,
-                        tune_s=unit.seconds.get("tune"), sample_s=unit.seconds.get("sample"),
+                        tune_s=unit.seconds.get("tune"), sample_s=making_seconds(unit),
                         rank_s=unit.seconds.get("rank"))
         try:
             manifest.write_scene(unit.variant.out_uri, samples, row)

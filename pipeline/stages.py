@@ -19,8 +19,8 @@ from pipeline.config import PipelineConfig, Plan, Variant, samplers_wanted
 from realfill import records
 from realfill.config import FillConfig
 from realfill.environment import check_environment
-from realfill.fill import rank_samples, sample_scene, samples_folder, tune_scene
-from realfill.models import quiet_libraries, resolve_base_model
+from realfill.fill import rank_samples, sample_scene, sampler_for, samples_folder, stitch_rows, stitch_scene, tune_scene
+from realfill.models import quiet_libraries
 from realfill.records import SampleRow
 from realfill.sample import Sampler
 from realfill.scene import load_scene, scene_id_of
@@ -36,6 +36,14 @@ def crash_point(stage: str) -> None:
     if name == stage and marker and not os.path.exists(marker):
         open(marker, "w").close()
         os._exit(1)
+
+
+@dataclass
+class Stitched:
+    """What the stitch stage hands on: the stitch result, by URI."""
+
+    uri: str
+    seconds: float
 
 
 @dataclass
@@ -56,31 +64,47 @@ class Rows:
 
 
 @ray.remote
-def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool) -> Tuned:
-    """Fine-tune (or reuse, or resume) one scene's adapter."""
+def stitch_task(scene_uri: str, samples: str, config: FillConfig, force: bool) -> Stitched:
+    """Make (or reuse) one scene's stitch result: geometry on a CPU, no model."""
     check_environment()  # a node whose libraries differ from the driver's fails with one clear line
+    started = time.perf_counter()
+    uri = stitch_scene(load_scene(scene_uri, config.max_megapixels), samples, config, force)
+    return Stitched(uri, time.perf_counter() - started)
+
+
+@ray.remote
+def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool, stitched: str | None) -> Tuned:
+    """Fine-tune (or reuse, or resume) one scene's adapter."""
+    check_environment()
     quiet_libraries()
     started = time.perf_counter()
     scene = load_scene(scene_uri, config.max_megapixels)
     uri, info = tune_scene(scene, adapters, config, show_progress=False, force=force,
-                           after_step=lambda step: crash_point("tune"))
+                           after_step=lambda step: crash_point("tune"), stitched=stitched)
     return Tuned(uri, info.key, time.perf_counter() - started)
 
 
 @ray.remote
 class SamplerActor:
-    """Holds the base model once; per scene, swaps in the scene's adapter and samples all its seeds."""
+    """Holds each model it is asked for once (the base model; the Paint-by-Example model in a sweep that has
+    it); per scene, swaps in the scene's adapter when the method has one and samples all its seeds."""
 
-    def __init__(self, base_model: str, device: str):
+    def __init__(self):
         check_environment()
         quiet_libraries()
-        self.sampler = Sampler(resolve_base_model(base_model), device)
+        self.samplers: dict[tuple[str, bool], Sampler] = {}
 
-    def sample(self, scene_uri: str, adapter_uri: str, folder: str, config: FillConfig, force: bool) -> Rows:
+    def sample(self, scene_uri: str, tuned: Tuned | None, samples: str, config: FillConfig, force: bool,
+               stitched: str | None) -> Rows:
         started = time.perf_counter()
         crash_point("sample")
+        model = (config.model, config.by_example)  # `tiny` names both tiny models
+        if model not in self.samplers:
+            self.samplers[model] = sampler_for(config)
         scene = load_scene(scene_uri, config.max_megapixels)
-        rows = sample_scene(self.sampler, scene, adapter_uri, folder, config, show_progress=False, force=force)
+        folder = samples_folder(samples, scene, tuned.adapter_key if tuned else None, config)
+        rows = sample_scene(self.samplers[model], scene, tuned.adapter_uri if tuned else None, folder,
+                            config, show_progress=False, force=force, stitched=stitched)
         return Rows(rows, time.perf_counter() - started)
 
 
@@ -100,6 +124,7 @@ class Unit:
 
     scene_uri: str
     variant: Variant
+    stitched: str | None = None
     tuned: Tuned | None = None
     rows: list[SampleRow] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -129,6 +154,10 @@ class Stage:
     def __init__(self, plan: Plan, pipeline: PipelineConfig):
         self.plan, self.pipeline = plan, pipeline
 
+    def needed(self, unit: Unit) -> bool:
+        """Whether the unit's method goes through this stage (the driver skips it otherwise)."""
+        return True
+
     def key(self, unit: Unit) -> str:
         """By default a unit shares its call with no other."""
         return str(id(unit))
@@ -151,6 +180,31 @@ class Stage:
         """The run is over: release what the stage holds."""
 
 
+class StitchStage(Stage):
+    """CPU tasks: the stitch method's image, or the stitch result that init stitch starts sampling from."""
+
+    name = "stitch"
+
+    def __init__(self, plan: Plan, pipeline: PipelineConfig, samples: str):
+        super().__init__(plan, pipeline)
+        self.samples = samples
+
+    def needed(self, unit: Unit) -> bool:
+        return unit.config.stitches
+
+    def key(self, unit: Unit) -> str:
+        return records.stitching_key(unit.scene_uri, unit.config)
+
+    def submit(self, unit: Unit) -> ray.ObjectRef:
+        return stitch_task.options(max_retries=self.pipeline.retries).remote(
+            unit.scene_uri, self.samples, unit.config, self.pipeline.force)
+
+    def apply(self, unit: Unit, result: Stitched) -> None:
+        unit.stitched, unit.seconds["stitch"] = result.uri, result.seconds
+        if not unit.config.samples:
+            unit.rows = stitch_rows(unit.scene_id, result.uri, unit.config)
+
+
 class TuneStage(Stage):
     name = "tune"
 
@@ -158,12 +212,15 @@ class TuneStage(Stage):
         super().__init__(plan, pipeline)
         self.adapters, self.gpus = adapters, plan.gpus_per_tune
 
+    def needed(self, unit: Unit) -> bool:
+        return unit.config.tunes
+
     def key(self, unit: Unit) -> str:
         return records.training_key(unit.scene_uri, unit.config)
 
     def submit(self, unit: Unit) -> ray.ObjectRef:
         return tune_task.options(num_gpus=self.gpus, max_retries=self.pipeline.retries).remote(
-            unit.scene_uri, self.adapters, unit.config, self.pipeline.force)
+            unit.scene_uri, self.adapters, unit.config, self.pipeline.force, unit.stitched)
 
     def apply(self, unit: Unit, result: Tuned) -> None:
         unit.tuned, unit.seconds["tune"] = result, result.seconds
@@ -180,10 +237,9 @@ class SampleStage(Stage):
 
     name = "sample"
 
-    def __init__(self, plan: Plan, pipeline: PipelineConfig, samples: str, base_model: str, device: str,
-                 seeds_needed: dict[str, int], backlog):
+    def __init__(self, plan: Plan, pipeline: PipelineConfig, samples: str, seeds_needed: dict[str, int], backlog):
         super().__init__(plan, pipeline)
-        self.samples, self.base_model, self.device, self.gpus = samples, base_model, device, plan.gpus_per_sampler
+        self.samples, self.gpus = samples, plan.gpus_per_sampler
         self.seeds_needed, self.backlog = seeds_needed, backlog
         """backlog(): the run's Backlog now."""
         self.idle = deque(self.new_actor() for _ in range(plan.samplers))
@@ -192,11 +248,13 @@ class SampleStage(Stage):
 
     def new_actor(self) -> ray.actor.ActorHandle:
         retries = self.pipeline.retries
-        return SamplerActor.options(num_gpus=self.gpus, max_restarts=retries, max_task_retries=retries).remote(
-            self.base_model, self.device)
+        return SamplerActor.options(num_gpus=self.gpus, max_restarts=retries, max_task_retries=retries).remote()
 
     def target(self) -> int:
         return samplers_wanted(self.plan, self.backlog())
+
+    def needed(self, unit: Unit) -> bool:
+        return unit.config.samples
 
     def key(self, unit: Unit) -> str:
         return records.sampling_key(unit.scene_uri, unit.config)
@@ -209,8 +267,8 @@ class SampleStage(Stage):
             return None
         actor = self.idle.popleft()
         config = replace(unit.config, sample=replace(unit.config.sample, num_samples=self.seeds_needed[self.key(unit)]))
-        folder = samples_folder(self.samples, unit.scene_id, unit.tuned.adapter_key, config.sample)
-        ref = actor.sample.remote(unit.scene_uri, unit.tuned.adapter_uri, folder, config, self.pipeline.force)
+        ref = actor.sample.remote(unit.scene_uri, unit.tuned, self.samples, config, self.pipeline.force,
+                                  unit.stitched)
         self.busy[ref] = actor
         return ref
 

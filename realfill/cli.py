@@ -99,14 +99,15 @@ def cmd_fill(args: Namespace) -> int:
     from realfill.lease import OutputLease
     from realfill.rank import NO_EVIDENCE_TEXT
 
+    config = fill_config(args)
     with OutputLease(args.out):
-        row = fill_scene(args.scene, args.out, fill_config(args), show_progress=not args.quiet,
-                         adapters=args.adapters)
+        row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
     if not row.ok:
         print(f"realfill: {row.scene_id} failed: {row.error}", file=sys.stderr)
         return 1
-    print(f"{row.scene_id}: {row.num_samples} samples in {row.tune_s:.1f}s tune + {row.sample_s:.1f}s sample + "
-          f"{row.rank_s:.1f}s rank")
+    tuned = f"{row.tune_s:.1f}s tune + " if row.tune_s is not None else ""
+    print(f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}{row.sample_s:.1f}s making "
+          f"images + {row.rank_s:.1f}s rank")
     print("\n".join(manifest.where_tables(args.out)))
     if row.best_uri is None:
         print(f"{row.selection}: {NO_EVIDENCE_TEXT}")

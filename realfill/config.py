@@ -21,6 +21,9 @@ Features = Literal["sift", "orb", "akaze", "disk", "aliked", "xfeat", "loftr"]
 LpipsNet = Literal["alex", "vgg", "squeeze"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Switch = Literal["auto", "on", "off"]
+Method = Literal["realfill", "stitch", "sd-inpaint", "paint-by-example"]
+Init = Literal["noise", "stitch"]
+DEFAULT_EXAMPLE_MODEL = "Fantasy-Studio/Paint-by-Example"
 
 
 def _check(condition: bool, message: str) -> None:
@@ -120,6 +123,9 @@ class TuneConfig:
     """auto (on with CUDA, off on CPU), on or off."""
     checkpoint_every: int = 250
     """Save a resumable checkpoint every this many steps (0 = never)."""
+    stitch_view_weight: float = 0.0
+    """With --init stitch: the stitch result joins the training views, its hole pixels weighted by this in
+    the loss (0 = not a training view; the target's own hole always weighs 0)."""
 
     def __post_init__(self) -> None:
         for name in ("unet_lora_targets", "text_lora_targets"):
@@ -138,6 +144,7 @@ class TuneConfig:
         for name in ("prompt_dropout", "mask_invert_prob", "mask_full_prob"):
             _check(0 <= getattr(self, name) <= 1, f"{name} must be a probability")
         _check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
+        _check(0 <= self.stitch_view_weight <= 1, "stitch_view_weight must be in [0, 1]")
 
 
 FAST_SAMPLING = {"scheduler": "dpm", "steps": 25}
@@ -225,11 +232,62 @@ class RankConfig:
 
 
 @dataclass
-class FillConfig:
-    """One complete RealFill run: which model, where it runs, and the stage configs."""
+class StitchConfig:
+    """The stitch method: references warped through the geometry of the target's known pixels, each warp
+    judged by those pixels, blended, and classical inpainting wherever no warp fits better."""
 
+    features: Features = "sift"
+    """Matcher of the known region to each reference (the rank section's detector settings apply)."""
+    max_planes: int = 4
+    """Planes fitted per reference, one after another on the matches the previous ones left (RANSAC): a
+    scene with depth is several planes."""
+    min_inliers: int = 12
+    """Matches a plane needs to be used."""
+    ransac_px: float = 3.0
+    """RANSAC threshold of the plane fits, in target pixels."""
+    judge_px: int = 48
+    """Known pixels within this distance of the hole judge every warp (and the inpainting fallback)."""
+    reach_px: float = 24.0
+    """How far into the hole a known pixel's verdict carries (Gaussian sigma)."""
+    correction_px: float = 8.0
+    """Colour: after one affine RGB map per warp, the known pixels' remaining differences are carried into
+    the hole over this sigma, so the seam vanishes."""
+    softness: float = 1.0
+    """Blend: warps whose local error (mean absolute, grey levels) is this much above the best one weigh
+    1/e of it; 0 picks the best alone."""
+    inpaint_radius: int = 3
+    """Radius of the OpenCV Telea inpainting that fills what no warp covers or fits."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check(self.features != "loftr", "stitch.features cannot be loftr (it needs weights); use another")
+        _check(self.max_planes >= 1 and self.min_inliers >= 4, "need max_planes >= 1 and min_inliers >= 4")
+        _check(self.ransac_px > 0 and self.reach_px > 0 and self.correction_px > 0,
+               "ransac_px, reach_px and correction_px must be positive")
+        _check(self.judge_px >= 4, "judge_px must be >= 4")
+        _check(self.softness >= 0, "softness must be >= 0")
+        _check(self.inpaint_radius >= 1, "inpaint_radius must be >= 1")
+
+
+@dataclass
+class FillConfig:
+    """One complete run: the method, its models, where it runs, and the stage configs."""
+
+    method: Method = "realfill"
+    """realfill (LoRA fine-tuning on the scene, the paper), stitch (geometry only: no model, no GPU),
+    sd-inpaint (the base model with --prompt, no fine-tuning) or paint-by-example (--example_model with
+    the best-matching reference as exemplar)."""
     base_model: str = DEFAULT_BASE_MODEL
-    """tiny, a hub id, a local diffusers folder, or an fsspec URI to one."""
+    """The inpainting model of realfill and sd-inpaint: tiny, a hub id, a local diffusers folder, or an
+    fsspec URI to one."""
+    example_model: str = DEFAULT_EXAMPLE_MODEL
+    """The Paint-by-Example model, given as base_model is (tiny builds a tiny random-weight one)."""
+    prompt: str = "a photo"
+    """sd-inpaint's text prompt (realfill samples with the prompt its adapter was trained on)."""
+    init: Init = "noise"
+    """Where sampling starts: pure noise (the paper), or the stitch result noised to init_strength."""
+    init_strength: float = 0.7
+    """With init stitch: how much noise is added to the stitch result (1 = pure noise, 0 = none)."""
     device: Device = "auto"
     """auto (CUDA when available), cpu or cuda."""
     seed: int = 0
@@ -240,6 +298,8 @@ class FillConfig:
     """Sampling and compositing settings."""
     rank: RankConfig = field(default_factory=RankConfig)
     """Seed selection settings."""
+    stitch: StitchConfig = field(default_factory=StitchConfig)
+    """The stitch method's settings (also --init stitch's)."""
     max_megapixels: float = 64.0
     """Scene images (target, mask, references) larger than this are refused before they are decoded: memory
     grows with the pixel count (a 100-megapixel target needs several GB)."""
@@ -251,10 +311,42 @@ class FillConfig:
             self.sample = SampleConfig(**self.sample)
         if isinstance(self.rank, dict):
             self.rank = RankConfig(**self.rank)
+        if isinstance(self.stitch, dict):
+            self.stitch = StitchConfig(**self.stitch)
         check_types(self)
-        _check(bool(self.base_model), "base_model must not be empty")
+        _check(bool(self.base_model) and bool(self.example_model), "base_model and example_model must not be empty")
+        _check(0 < self.init_strength <= 1, "init_strength must be in (0, 1]")
+        _check(self.init == "noise" or self.method in ("realfill", "sd-inpaint"),
+               f"init stitch starts realfill or sd-inpaint from the stitch result, not method {self.method}")
+        _check(self.tune.stitch_view_weight == 0 or self.init == "stitch",
+               "tune.stitch_view_weight needs init stitch (the stitch result is the extra training view)")
         _check(self.seed >= 0, "seed must be >= 0")
         _check(self.max_megapixels > 0, "max_megapixels must be positive")
+
+    @property
+    def tunes(self) -> bool:
+        """Whether the method fine-tunes an adapter on the scene."""
+        return self.method == "realfill"
+
+    @property
+    def samples(self) -> bool:
+        """Whether the method samples a diffusion model (stitch makes its one image from geometry)."""
+        return self.method != "stitch"
+
+    @property
+    def stitches(self) -> bool:
+        """Whether a stitch result is made: the method itself, or the start of sampling."""
+        return self.method == "stitch" or self.init == "stitch"
+
+    @property
+    def by_example(self) -> bool:
+        """Whether the method samples a Paint-by-Example model (conditioned on an exemplar, not a prompt)."""
+        return self.method == "paint-by-example"
+
+    @property
+    def model(self) -> str:
+        """The diffusion model the sampler loads."""
+        return self.example_model if self.by_example else self.base_model
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,7 +384,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-SECTIONS = {"tune": TuneConfig, "sample": SampleConfig, "rank": RankConfig}
+SECTIONS = {"tune": TuneConfig, "sample": SampleConfig, "rank": RankConfig, "stitch": StitchConfig}
 """FillConfig's sections: a field of one is named SECTION.FIELD (sample.steps), in files and grids alike."""
 
 

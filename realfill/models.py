@@ -18,6 +18,7 @@ from realfill import storage
 
 TINY = "tiny"
 TINY_VERSION = "tiny-sd-inpaint-v1"
+TINY_EXAMPLE_VERSION = "tiny-paint-by-example-v1"
 HUB_FILES = [
     "model_index.json",
     "*/*.json",
@@ -82,10 +83,28 @@ def _tiny_tokenizer_files() -> tuple[dict[str, int], list[str]]:
     return {token: index for index, token in enumerate(tokens)}, []
 
 
+def _tiny_unet_and_vae():
+    """The tiny models' 9-channel inpainting UNet (cross-attention width 32) and VAE with the real 8x
+    downsampling, drawn from torch's current random state."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=9, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), norm_num_groups=8,
+        layers_per_block=1, latent_channels=4, sample_size=64,
+    )
+    return unet, vae
+
+
 def build_tiny_model(directory: str | Path) -> Path:
     """Write a tiny random-weight SD inpainting pipeline (9-channel UNet, VAE with the real 8x
     downsampling, CLIP text encoder and tokenizer), deterministic for a given library version."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     directory = Path(directory)
@@ -98,29 +117,7 @@ def build_tiny_model(directory: str | Path) -> Path:
         )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=9,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 16, 16),
-            norm_num_groups=8,
-            layers_per_block=1,
-            latent_channels=4,
-            sample_size=64,
-        )
+        unet, vae = _tiny_unet_and_vae()
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(vocab),
@@ -152,6 +149,29 @@ def build_tiny_model(directory: str | Path) -> Path:
     return directory
 
 
+def build_tiny_example_model(directory: str | Path) -> Path:
+    """Write a tiny random-weight Paint-by-Example pipeline (9-channel UNet conditioned on a CLIP image
+    encoder's embedding of the exemplar, the tiny model's VAE), deterministic for a given library version."""
+    from diffusers import PaintByExamplePipeline, PNDMScheduler
+    from diffusers.pipelines.deprecated.paint_by_example import PaintByExampleImageEncoder
+    from transformers import CLIPImageProcessor, CLIPVisionConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet, vae = _tiny_unet_and_vae()
+        encoder = PaintByExampleImageEncoder(CLIPVisionConfig(
+            hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
+            image_size=32, patch_size=4,
+        ), proj_size=32)
+    pipeline = PaintByExamplePipeline(
+        vae=vae, image_encoder=encoder, unet=unet, scheduler=PNDMScheduler(skip_prk_steps=True),
+        safety_checker=None, feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 def _publish(build, destination: Path) -> Path:
     """Build into a scratch folder beside destination, then rename: concurrent workers never see half a model."""
     if (destination / "model_index.json").exists():
@@ -170,7 +190,9 @@ def _publish(build, destination: Path) -> Path:
     return destination
 
 
-def tiny_model_path() -> Path:
+def tiny_model_path(example: bool = False) -> Path:
+    if example:
+        return _publish(build_tiny_example_model, cache_dir() / "models" / TINY_EXAMPLE_VERSION)
     return _publish(build_tiny_model, cache_dir() / "models" / TINY_VERSION)
 
 
@@ -210,15 +232,15 @@ def hub_snapshot(repo_id: str, allow_patterns: list[str]) -> Path:
         raise ModelError(f"'{repo_id}' could not be downloaded ({reason})") from None
 
 
-def _from_hub(repo_id: str) -> Path:
+def _from_hub(repo_id: str, flag: str) -> Path:
     try:
         return hub_snapshot(repo_id, HUB_FILES)
     except ModelError as exc:
         folder = repo_id.rsplit("/", 1)[-1]
         raise ModelError(
-            f"base model {exc}. On a machine with internet run `{download_command(repo_id, folder)}`, copy "
-            f"{folder}/ over and pass --base_model {folder} (or an s3:// or gs:// URI to a copy of it); "
-            f"`--base_model tiny` runs without any weights."
+            f"model {exc}. On a machine with internet run `{download_command(repo_id, folder)}`, copy "
+            f"{folder}/ over and pass --{flag} {folder} (or an s3:// or gs:// URI to a copy of it); "
+            f"`--{flag} tiny` runs without any weights."
         ) from None
 
 
@@ -228,10 +250,11 @@ def download_command(repo_id: str, folder: str) -> str:
     return f"hf download {repo_id} {includes} --local-dir {folder}"
 
 
-def resolve_base_model(name: str) -> Path:
-    """A local diffusers folder for tiny, a local path, an fsspec URI or a hub id."""
+def resolve_model(name: str, example: bool = False) -> Path:
+    """A local diffusers folder for tiny, a local path, an fsspec URI or a hub id: the inpainting base model,
+    or with example the Paint-by-Example model (whose tiny is a tiny Paint-by-Example pipeline)."""
     if name == TINY:
-        return tiny_model_path()
+        return tiny_model_path(example)
     if "://" in name and not name.startswith("file://"):
         return _from_uri(name)
     local = Path(name.removeprefix("file://")).expanduser()
@@ -241,4 +264,4 @@ def resolve_base_model(name: str) -> Path:
         return local
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(f"{name}: no such model folder, and not a hub id of the form owner/name")
-    return _from_hub(name)
+    return _from_hub(name, "example_model" if example else "base_model")

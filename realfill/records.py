@@ -2,8 +2,10 @@
 what changes the output it names:
 
 - an adapter: the scene's content, the tune config, the seed and the base model;
-- an image: its adapter, the sampling settings that change pixels (not how many seeds, not the batch they
-  are generated in) and its seed; so raising `num_samples` makes only the new seeds;
+- an image: its adapter (for untuned methods, the scene and model), the sampling settings that change
+  pixels (not how many seeds, not the batch they are generated in), what the method conditions on, and its
+  seed; so raising `num_samples` makes only the new seeds;
+- a stitch result: the scene's content and the stitch settings;
 - a run: its complete config (what a resume compares).
 
 The manifest rows are typed here too (`SampleRow`, `SceneRow`); their Parquet schemas are derived from them.
@@ -48,34 +50,68 @@ def run_key(config: FillConfig) -> str:
     return digest(config)
 
 
-def _training(tune: TuneConfig, seed: int, base_model: str | None) -> dict[str, Any]:
-    """What decides an adapter besides the scene's content."""
-    return {"tune": asdict(tune), "seed": seed, "base": base_model}
+def _training(tune: TuneConfig, seed: int, base_model: str | None, view: str | None) -> dict[str, Any]:
+    """What decides an adapter besides the scene's content (view: what made an extra training view)."""
+    return {"tune": asdict(tune), "seed": seed, "base": base_model, **({"view": view} if view else {})}
 
 
-def adapter_key(scene_fingerprint: str, tune: TuneConfig, seed: int, base_model: str | None) -> str:
-    return digest({"scene": scene_fingerprint, **_training(tune, seed, base_model)})
+def adapter_key(scene_fingerprint: str, tune: TuneConfig, seed: int, base_model: str | None,
+                view: str | None = None) -> str:
+    return digest({"scene": scene_fingerprint, **_training(tune, seed, base_model, view)})
+
+
+def training_view(config: FillConfig) -> str | None:
+    """What makes the stitch training view, when the tune config asks for one."""
+    return digest(config.stitch) if config.tune.stitch_view_weight > 0 else None
 
 
 def training_key(scene_uri: str, config: FillConfig) -> str:
     """Which (scene, variant) pairs of one run share an adapter, known before the scene is read: the same
     scene folder and the same training inputs (the adapter key itself needs the scene's content)."""
-    return digest({"scene_uri": scene_uri, **_training(config.tune, config.seed, config.base_model)})
+    return digest({"scene_uri": scene_uri,
+                   **_training(config.tune, config.seed, config.base_model, training_view(config))})
+
+
+def stitch_key(scene_fingerprint: str, config: FillConfig) -> str:
+    """A stitch result: the scene's content and the stitch settings (it has no seed)."""
+    return digest({"scene": scene_fingerprint, "stitch": asdict(config.stitch)})
+
+
+def stitching_key(scene_uri: str, config: FillConfig) -> str:
+    """Which (scene, variant) pairs of one run share a stitch result, known before the scene is read."""
+    return digest({"scene_uri": scene_uri, "stitch": asdict(config.stitch)})
 
 
 def _pixels(sample: SampleConfig) -> dict[str, Any]:
     return {name: value for name, value in asdict(sample).items() if name not in NOT_IN_PIXELS}
 
 
-def image_key(adapter: str, sample: SampleConfig) -> str:
-    """The images of one adapter made with one set of pixel-changing sampling settings (a folder of seeds)."""
-    return digest({"adapter": adapter, "sample": _pixels(sample)})
+def _generation(config: FillConfig) -> dict[str, Any]:
+    """What decides a sampled image besides its source (the adapter, or for untuned methods the scene) and
+    its seed: the pixel-changing sampling settings, and what the method conditions on."""
+    parts: dict[str, Any] = {"sample": _pixels(config.sample)}
+    if not config.tunes:
+        parts.update(method=config.method, model=config.model)
+    if config.method == "sd-inpaint":
+        parts["prompt"] = config.prompt
+    if config.by_example:
+        parts["exemplar"] = asdict(config.stitch)  # the exemplar is found by the stitch's matches
+    if config.init == "stitch":
+        parts["init"] = {"stitch": asdict(config.stitch), "strength": config.init_strength}
+    return parts
+
+
+def image_key(source: str, config: FillConfig) -> str:
+    """The images of one source (an adapter's key, or an untuned method's scene fingerprint) made with one
+    set of pixel-changing settings (a folder of seeds)."""
+    return digest({"adapter": source, **_generation(config)})
 
 
 def sampling_key(scene_uri: str, config: FillConfig) -> str:
     """Which (scene, variant) pairs of one run share a folder of images, known before the scene is read:
-    the same training (see training_key) and the same pixel-changing sampling settings."""
-    return digest({"training": training_key(scene_uri, config), "sample": _pixels(config.sample)})
+    the same training (see training_key; the scene alone for untuned methods) and the same generation."""
+    source = training_key(scene_uri, config) if config.tunes else scene_uri
+    return digest({"training": source, **_generation(config)})
 
 
 def seed_file(seed: int) -> str:
@@ -84,8 +120,8 @@ def seed_file(seed: int) -> str:
 
 
 def seeds(config: FillConfig) -> list[int]:
-    """The seeds a config samples: sample i uses seed + i."""
-    return [config.seed + index for index in range(config.sample.num_samples)]
+    """The seeds a config samples: sample i uses seed + i; stitch makes one image, whatever num_samples."""
+    return [config.seed + index for index in range(config.sample.num_samples if config.samples else 1)]
 
 
 @dataclass
@@ -205,7 +241,9 @@ class SceneRow:
     has too, only order the ties)."""
     num_samples: int | None = field(default=None, metadata=INT32)
     tune_s: float | None = None
+    """Fine-tuning seconds (None for methods that do not tune)."""
     sample_s: float | None = None
+    """Seconds making the images: sampling, and stitching (the stitch method's image, or init stitch's start)."""
     rank_s: float | None = None
     config: str | None = None
     """The run's full config, as JSON."""

@@ -7,6 +7,7 @@ Ray actor) serves many scenes.
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,19 @@ from realfill.scene import Scene
 from realfill.tune import ADAPTER_WEIGHTS, verified_adapter
 
 ADAPTER_NAME = "scene"
+
+
+@dataclass
+class Condition:
+    """What a sampling method conditions on besides the target's known pixels."""
+
+    prompt: str = ""
+    """The text prompt (inpainting models)."""
+    exemplar: np.ndarray | None = None
+    """The exemplar image (Paint-by-Example)."""
+    init: np.ndarray | None = None
+    """A full image sampling starts from, noised to strength (None: pure noise)."""
+    strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,18 +76,45 @@ def make_scheduler(kind: str, base_config):
     return DDPMScheduler.from_config(base_config)
 
 
+def load_example_pipeline(path: Path, dtype: torch.dtype):
+    """A Paint-by-Example pipeline from its components: its image encoder lives in a deprecated module that
+    diffusers' from_pretrained cannot resolve by the name model_index.json gives it."""
+    from diffusers import AutoencoderKL, DDPMScheduler, PaintByExamplePipeline, UNet2DConditionModel
+    from diffusers.pipelines.deprecated.paint_by_example import PaintByExampleImageEncoder
+    from transformers import AutoImageProcessor
+
+    return PaintByExamplePipeline(
+        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", use_safetensors=True, torch_dtype=dtype),
+        image_encoder=PaintByExampleImageEncoder.from_pretrained(path / "image_encoder", use_safetensors=True,
+                                                                 dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True, torch_dtype=dtype),
+        scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
+        safety_checker=None,
+        feature_extractor=AutoImageProcessor.from_pretrained(path / "feature_extractor"),
+        requires_safety_checker=False,
+    )
+
+
 class Sampler:
-    """The base inpainting pipeline, loaded once, with at most one scene adapter active."""
+    """A diffusion pipeline, loaded once: the inpainting base model, with at most one scene adapter active,
+    or a Paint-by-Example model (its model_index.json says which)."""
 
     def __init__(self, base_path: str | Path, device: str = "auto"):
         from diffusers import StableDiffusionInpaintPipeline
 
         self.device = pick_device(device)
         self.dtype = torch_dtype(mixed_precision(self.device))
-        self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(
-            base_path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
-            requires_safety_checker=False,
-        ).to(self.device)
+        base_path = Path(base_path)
+        kind = json.loads((base_path / "model_index.json").read_text()).get("_class_name")
+        self.by_example = kind == "PaintByExamplePipeline"
+        """Conditioned on an exemplar image instead of a prompt (and without masked-image latents)."""
+        if self.by_example:
+            self.pipeline = load_example_pipeline(base_path, self.dtype).to(self.device)
+        else:
+            self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(
+                base_path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
+                requires_safety_checker=False,
+            ).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.base_scheduler_config = self.pipeline.scheduler.config
         self._vae_fp32: torch.nn.Module | None = None
@@ -174,30 +215,30 @@ class Sampler:
         return self._vae_fp32
 
     @torch.no_grad()
-    def generate(
-        self, scene: Scene, config: SampleConfig, seeds: list[int], prompt: str
-    ) -> Iterator[tuple[int, np.ndarray | SampleFailure]]:
+    def generate(self, scene: Scene, config: SampleConfig, seeds: list[int], condition: Condition,
+                 ) -> Iterator[tuple[int, np.ndarray | SampleFailure]]:
         """Yield (seed, raw generated image at generation size, or why there is none) for each seed, batch
         by batch. Each seed has its own CPU generator, so its image does not depend on the batch it was in."""
         size = sample_size(*scene.target.shape[:2], config.resolution)
         target, hole = resize_inputs(scene, size)
-        latents = self.conditioning_latents(target, hole)
         self.pipeline.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
         image, mask = Image.fromarray(target), Image.fromarray(hole.astype(np.uint8) * 255)
+        known = None if self.by_example else self.conditioning_latents(target, hole)
+        start_from = {} if condition.init is None else {  # the init image, noised to strength
+            "image": Image.fromarray(cv2.resize(condition.init, (size[1], size[0]), interpolation=cv2.INTER_AREA)),
+            "strength": condition.strength}
         for start in range(0, len(seeds), config.batch_size):
             chunk = seeds[start : start + config.batch_size]
-            output = self.pipeline(
-                prompt=[prompt] * len(chunk),
-                image=image,
-                mask_image=mask,
-                masked_image_latents=latents,
-                height=size[0],
-                width=size[1],
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance_scale,
-                generator=[torch.Generator("cpu").manual_seed(seed) for seed in chunk],
-                output_type="latent",
-            )
+            common = dict(height=size[0], width=size[1], num_inference_steps=config.steps,
+                          guidance_scale=config.guidance_scale, output_type="latent",
+                          generator=[torch.Generator("cpu").manual_seed(seed) for seed in chunk])
+            if self.by_example:
+                exemplar = Image.fromarray(condition.exemplar)
+                output = self.pipeline(example_image=[exemplar] * len(chunk), image=[image] * len(chunk),
+                                       mask_image=[mask] * len(chunk), **common)
+            else:
+                output = self.pipeline(prompt=[condition.prompt] * len(chunk), mask_image=mask,
+                                       masked_image_latents=known, **{"image": image, **common, **start_from})
             yield from zip(chunk, self.decode(output.images))
 
 

@@ -42,7 +42,9 @@ class Batch:
     mask: torch.Tensor
     """B x 1 x R x R conditioning mask, 1 = to generate (random mask, plus the target's hole)."""
     unknown: torch.Tensor
-    """B x 1 x R x R, 1 where the pixel is unknown (the target's hole): no loss there."""
+    """B x 1 x R x R, 1 where the pixel is unknown (the target's hole): its loss weight is hole_weight."""
+    hole_weight: torch.Tensor
+    """B: loss weight of each draw's unknown pixels (0 for the target, the view's weight for a stitch view)."""
     prompts: list[str]
 
 
@@ -79,27 +81,42 @@ class TrainingImage:
     image: np.ndarray
     unknown: np.ndarray
     """True where the pixel is unknown (the target's hole); all False for references."""
+    hole_weight: float = 0.0
+    """Loss weight of the unknown pixels."""
 
 
-def training_images(scene: Scene, config: TuneConfig) -> list[TrainingImage]:
-    """The references and the target, each downscaled once so that its short side is the largest the
-    augmentation asks for: every draw then resizes a small image, not a 12-megapixel photo."""
+@dataclass
+class ExtraView:
+    """A full image of the target (its hole filled, e.g. by stitch) trained on as one more view."""
+
+    image: np.ndarray
+    weight: float
+    """Loss weight of its hole pixels (its known pixels are the target's and weigh 1)."""
+    key: str
+    """What made it: part of the adapter's key."""
+
+
+def training_images(scene: Scene, config: TuneConfig, view: ExtraView | None = None) -> list[TrainingImage]:
+    """The references, the target and the extra view if any, each downscaled once so that its short side
+    is the largest the augmentation asks for: every draw then resizes a small image, not a 12-megapixel photo."""
     largest = int(np.ceil(config.resolution * config.resize_max_scale))
-    pairs = [(ref, np.zeros(ref.shape[:2], bool)) for ref in scene.refs] + [(scene.target, scene.mask)]
+    pairs = [(ref, np.zeros(ref.shape[:2], bool), 0.0) for ref in scene.refs] + [(scene.target, scene.mask, 0.0)]
+    if view is not None:
+        pairs.append((view.image, scene.mask, view.weight))
     prepared = []
-    for image, unknown in pairs:
+    for image, unknown, weight in pairs:
         scale = largest / min(image.shape[:2])
         if scale < 1:
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             unknown = cv2.resize(unknown.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
-        prepared.append(TrainingImage(image, unknown))
+        prepared.append(TrainingImage(image, unknown, weight))
     return prepared
 
 
 def make_batch(images: list[TrainingImage], config: TuneConfig, rng: np.random.Generator) -> Batch:
     """batch_size independent draws, with replacement, from the references and the target."""
-    pixels, masks, unknown_masks, prompts = [], [], [], []
+    pixels, masks, unknown_masks, hole_weights, prompts = [], [], [], [], []
     for _ in range(config.batch_size):
         drawn = images[int(rng.integers(len(images)))]
         image, unknown = augment(drawn.image, drawn.unknown, config.resolution, config.resize_max_scale, rng)
@@ -107,11 +124,13 @@ def make_batch(images: list[TrainingImage], config: TuneConfig, rng: np.random.G
         pixels.append(image.astype(np.float32) / 127.5 - 1.0)
         masks.append(mask)
         unknown_masks.append(unknown.astype(np.float32))
+        hole_weights.append(drawn.hole_weight)
         prompts.append("" if rng.random() < config.prompt_dropout else config.prompt)
     return Batch(
         pixels=torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(),
         mask=torch.from_numpy(np.stack(masks))[:, None],
         unknown=torch.from_numpy(np.stack(unknown_masks))[:, None],
+        hole_weight=torch.tensor(hole_weights, dtype=torch.float32),
         prompts=prompts,
     )
 
@@ -158,11 +177,12 @@ def encode_prompts(models: Models, prompts: list[str], device: torch.device) -> 
     return models.text_encoder(ids.to(device))[0]
 
 
-def unknown_latent_weight(unknown: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-    """Loss weight per latent: 0 on any latent that sees an unknown pixel (plus a one-latent margin,
-    since the VAE's receptive field spreads past its own 8x8 cell), 1 elsewhere."""
-    touched = F.adaptive_max_pool2d(unknown, latent_size)
-    return 1.0 - F.max_pool2d(touched, kernel_size=3, stride=1, padding=1)
+def unknown_latent_weight(unknown: torch.Tensor, latent_size: tuple[int, int],
+                          hole_weight: torch.Tensor) -> torch.Tensor:
+    """Loss weight per latent: hole_weight (per draw) on any latent that sees an unknown pixel (plus a
+    one-latent margin, since the VAE's receptive field spreads past its own 8x8 cell), 1 elsewhere."""
+    touched = F.max_pool2d(F.adaptive_max_pool2d(unknown, latent_size), kernel_size=3, stride=1, padding=1)
+    return 1.0 - touched * (1.0 - hole_weight.to(touched)[:, None, None, None])
 
 
 def training_loss(models: Models, batch: Batch, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -175,7 +195,7 @@ def training_loss(models: Models, batch: Batch, device: torch.device, dtype: tor
         conditioning = models.vae.encode(pixels * (1.0 - mask)).latent_dist.mode() * scaling
     latent_size = tuple(latents.shape[-2:])
     mask_latent = F.interpolate(mask, size=latent_size)
-    weight = unknown_latent_weight(batch.unknown.to(device, torch.float32), latent_size)
+    weight = unknown_latent_weight(batch.unknown.to(device, torch.float32), latent_size, batch.hole_weight)
 
     noise = torch.randn_like(latents)
     timesteps = torch.randint(
@@ -333,6 +353,7 @@ def tune(
     base_model: str | None = None,
     show_progress: bool = True,
     after_step: Callable[[int], None] | None = None,
+    view: ExtraView | None = None,
 ) -> AdapterInfo:
     """Fine-tune LoRA on one scene and write the adapter to out_uri; resumes from out_uri/checkpoint.
 
@@ -373,12 +394,12 @@ def tune(
     models.unet.train()
     models.text_encoder.train()
 
-    key = adapter_key(scene.fingerprint, config, seed, base_model)
+    key = adapter_key(scene.fingerprint, config, seed, base_model, view.key if view else None)
     checkpoint_uri = storage.join(out_uri, CHECKPOINT)
     progress = load_checkpoint(checkpoint_uri, key, models, optimizer) or {"key": key, "step": 0, "losses": []}
     load_seconds = time.perf_counter() - started
 
-    images = training_images(scene, config)
+    images = training_images(scene, config, view)
     bar = tqdm(total=config.train_steps, initial=progress["step"], desc=f"tune {scene.scene_id}",
                disable=not show_progress, leave=False)
     train_started = time.perf_counter()

@@ -183,3 +183,70 @@ def test_bad_sweep_variants_stop_before_any_work_with_one_line(tmp_path, capsys,
     if grid is not None and variant is None:
         assert str(tmp_path / "grid.yaml") in error, "the line names the grid file"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def example_scene(tmp_path_factory) -> str:
+    from realfill.example import write_example
+
+    return write_example(str(tmp_path_factory.mktemp("example") / "wall"))
+
+
+def manifest_rows(out: Path) -> tuple[list[dict], dict]:
+    samples = manifest.read_table(str(out), "samples").to_pylist()
+    (scene,) = manifest.read_table(str(out), "scenes").to_pylist()
+    return sorted(samples, key=lambda row: row["seed"]), scene
+
+
+def test_stitch_fills_from_geometry_alone_and_is_selected_by_it(tmp_path, example_scene, capsys):
+    out = tmp_path / "stitch"
+    assert main(["fill", example_scene, "--out", str(out), "--method", "stitch", *TINY_FLAGS]) == 0
+    assert "1 samples (method stitch) in" in capsys.readouterr().out
+    samples, scene = manifest_rows(out)
+    assert len(samples) == 1 and samples[0]["seed"] == 0, "one image, whatever num_samples says"
+    assert scene["selection"] == "geometry" and scene["best_uri"] == samples[0]["uri"]
+    assert scene["adapter_uri"] is None and scene["tune_s"] is None and not (out / "adapters").exists()
+    assert samples[0]["uri"].endswith("stitch.png") and samples[0]["selected"] and samples[0]["score"] > 0
+    image, target = np.asarray(Image.open(samples[0]["uri"])), load_scene(example_scene)
+    np.testing.assert_array_equal(image[~target.mask], target.target[~target.mask])
+    assert (samples[0]["width"], samples[0]["height"]) == (image.shape[1], image.shape[0])
+
+
+@pytest.mark.parametrize("method", ["sd-inpaint", "paint-by-example"])
+def test_untuned_baselines_sample_without_an_adapter(tmp_path, example_scene, method):
+    out = tmp_path / method
+    assert main(["fill", example_scene, "--out", str(out), "--method", method, "--example_model", "tiny",
+                 *TINY_FLAGS]) == 0
+    samples, scene = manifest_rows(out)
+    assert len(samples) == 3 and all(row["status"] == "ok" and row["rank"] >= 1 for row in samples)
+    assert scene["adapter_uri"] is None and scene["tune_s"] is None and not (out / "adapters").exists()
+    target = load_scene(example_scene)
+    for row in samples:
+        image = np.asarray(Image.open(row["uri"]))
+        untouched = composite_alpha(target.mask, 4, 6) == 0
+        np.testing.assert_array_equal(image[untouched], target.target[untouched])
+    assert len({np.asarray(Image.open(row["uri"])).tobytes() for row in samples}) == 3, "one image per seed"
+
+
+def test_sd_inpaint_samples_with_its_prompt(tmp_path, example_scene):
+    images = []
+    for prompt in ("a brick wall", "a wooden door"):
+        out = tmp_path / prompt.replace(" ", "-")
+        assert main(["fill", example_scene, "--out", str(out), "--method", "sd-inpaint", "--prompt", prompt,
+                     *TINY_FLAGS]) == 0
+        images.append(np.asarray(Image.open(manifest_rows(out)[0][0]["uri"])))
+    assert not np.array_equal(*images), "the prompt conditions the model"
+
+
+def test_init_stitch_starts_sampling_from_geometry_and_trains_on_it(tmp_path, example_scene):
+    runs = {}
+    for name, flags in (("noise", []), ("init", ["--init", "stitch", "--init_strength", "0.5"]),
+                        ("view", ["--init", "stitch", "--init_strength", "0.5", "--tune.stitch_view_weight", "0.5"])):
+        out = tmp_path / name
+        assert main(["fill", example_scene, "--out", str(out), *TINY_FLAGS, *flags]) == 0
+        samples, scene = manifest_rows(out)
+        runs[name] = (np.asarray(Image.open(samples[0]["uri"])), scene["adapter_uri"])
+    assert Path(runs["init"][1]).name == Path(runs["noise"][1]).name, "init alone trains the same adapter"
+    assert Path(runs["view"][1]).name != Path(runs["init"][1]).name, "the stitch view is part of the training"
+    assert not np.array_equal(runs["init"][0], runs["noise"][0]), "sampling starts from the stitch result"
+    assert list((tmp_path / "init" / "samples").glob("*/stitch.png")), "the stitch result is kept with the samples"

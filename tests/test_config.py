@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from realfill.config import EvalConfig, FillConfig, RankConfig, SampleConfig, TuneConfig
-from realfill.records import image_key, run_key
+from realfill.config import EvalConfig, FillConfig, RankConfig, SampleConfig, StitchConfig, TuneConfig, with_fields
+from realfill.records import adapter_key, image_key, run_key, sampling_key, seeds, stitch_key, training_key
 
 
 def test_defaults_are_the_paper_recipe():
@@ -25,6 +25,13 @@ def test_defaults_are_the_paper_recipe():
         lambda: SampleConfig(scheduler="euler"),
         lambda: SampleConfig(num_samples=0),
         lambda: FillConfig(device="tpu"),
+        lambda: FillConfig(method="dall-e"),
+        lambda: FillConfig(method="paint-by-example", init="stitch"),
+        lambda: FillConfig(method="stitch", init="stitch"),
+        lambda: FillConfig(init="stitch", init_strength=0.0),
+        lambda: FillConfig(tune=TuneConfig(stitch_view_weight=0.5)),
+        lambda: StitchConfig(features="loftr"),
+        lambda: StitchConfig(softness=-1.0),
     ],
 )
 def test_invalid_values_are_rejected(make):
@@ -36,9 +43,44 @@ def test_run_key_tracks_every_field_and_image_key_only_pixels():
     assert run_key(FillConfig()) == run_key(FillConfig())
     assert run_key(FillConfig()) != run_key(FillConfig(sample=SampleConfig(steps=199)))
     assert run_key(FillConfig()) != run_key(FillConfig(sample=SampleConfig(num_samples=8)))
-    base = image_key("adapter", SampleConfig())
-    assert base == image_key("adapter", SampleConfig(num_samples=8, batch_size=1)), "seed count and batch: same pixels"
-    assert base != image_key("adapter", SampleConfig(steps=199)) and base != image_key("other", SampleConfig())
+    base = image_key("adapter", FillConfig())
+    assert base == image_key("adapter", with_fields(FillConfig(), {"sample.num_samples": 8, "sample.batch_size": 1})), \
+        "seed count and batch: same pixels"
+    assert base != image_key("adapter", with_fields(FillConfig(), {"sample.steps": 199}))
+    assert base != image_key("other", FillConfig())
+
+
+def test_image_keys_follow_what_each_method_conditions_on():
+    def key(**fields):
+        return image_key("source", with_fields(FillConfig(), fields))
+
+    realfill = key()
+    assert key(stitch={"softness": 2.0}, rank={"keep": 3}) == realfill, "realfill from noise: no stitch, no ranking"
+    assert key(prompt="a wall") == realfill, "realfill samples with its adapter's prompt"
+    sd = key(method="sd-inpaint")
+    assert sd != realfill and key(method="sd-inpaint", prompt="a wall") != sd
+    assert key(method="sd-inpaint", base_model="other/model") != sd
+    example = key(method="paint-by-example")
+    assert example != sd and key(method="paint-by-example", example_model="tiny") != example
+    assert key(method="paint-by-example", stitch={"max_planes": 1}) != example, "the exemplar comes from the stitch"
+    started = key(init="stitch")
+    assert started != realfill and key(init="stitch", init_strength=0.5) != started
+    assert key(init="stitch", stitch={"softness": 2.0}) != started
+    # the Ray pipeline's sharing keys agree with the stored keys on what they separate
+    first, second = with_fields(FillConfig(), {"method": "sd-inpaint"}), with_fields(FillConfig(), {})
+    assert sampling_key("scene", first) != sampling_key("scene", second)
+
+
+def test_stitch_view_and_stitch_keys():
+    config = with_fields(FillConfig(), {"init": "stitch"})
+    viewed = with_fields(config, {"tune.stitch_view_weight": 0.5})
+    assert training_key("scene", config) == training_key("scene", FillConfig()), "init alone does not change training"
+    assert training_key("scene", viewed) != training_key("scene", config)
+    assert adapter_key("f", config.tune, 0, "m") != adapter_key("f", config.tune, 0, "m", view="stitch")
+    assert stitch_key("f", config) != stitch_key("f", with_fields(config, {"stitch.max_planes": 2}))
+    assert stitch_key("f", config) == stitch_key("f", with_fields(config, {"sample.steps": 3, "seed": 4}))
+    assert seeds(with_fields(FillConfig(), {"method": "stitch", "sample.num_samples": 8, "seed": 3})) == [3], \
+        "stitch makes one image"
 
 
 def test_every_field_is_documented():
@@ -47,7 +89,7 @@ def test_every_field_is_documented():
 
     from pipeline.config import PipelineConfig
 
-    for cls in (TuneConfig, SampleConfig, RankConfig, FillConfig, EvalConfig, PipelineConfig):
+    for cls in (TuneConfig, SampleConfig, RankConfig, StitchConfig, FillConfig, EvalConfig, PipelineConfig):
         documented = {param.arg_name for param in docstring_parser.parse_from_object(cls).params if param.description}
         assert documented == set(cls.__dataclass_fields__), cls
 

@@ -2,7 +2,7 @@ import fsspec
 import pytest
 from safetensors.torch import load_file
 
-from realfill.models import ModelError, build_tiny_model, mixed_precision, pick_device, resolve_base_model
+from realfill.models import ModelError, build_tiny_model, mixed_precision, pick_device, resolve_model
 
 
 def test_tiny_model_is_deterministic_and_safetensors_only(tmp_path, tiny_model):
@@ -15,24 +15,37 @@ def test_tiny_model_is_deterministic_and_safetensors_only(tmp_path, tiny_model):
 
 
 def test_resolve_local_folder_and_fsspec_uri(tiny_model):
-    assert resolve_base_model(str(tiny_model)) == tiny_model
-    assert resolve_base_model("tiny") == tiny_model
+    assert resolve_model(str(tiny_model)) == tiny_model
+    assert resolve_model("tiny") == tiny_model
     memory = fsspec.filesystem("memory")
     for file in tiny_model.rglob("*"):
         if file.is_file():
             memory.pipe(f"/models/tiny/{file.relative_to(tiny_model).as_posix()}", file.read_bytes())
-    copied = resolve_base_model("memory://models/tiny")
+    copied = resolve_model("memory://models/tiny")
     assert (copied / "unet" / "config.json").read_bytes() == (tiny_model / "unet" / "config.json").read_bytes()
 
 
 def test_missing_models_say_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="hf download"):
-        resolve_base_model("stabilityai/stable-diffusion-2-inpainting")
+    with pytest.raises(ModelError, match="hf download.*--base_model stable-diffusion-2-inpainting"):
+        resolve_model("stabilityai/stable-diffusion-2-inpainting")
+    with pytest.raises(ModelError, match="--example_model Paint-by-Example.*`--example_model tiny`"):
+        resolve_model("Fantasy-Studio/Paint-by-Example", example=True)
     with pytest.raises(ModelError, match="model_index.json"):
-        resolve_base_model(str(tmp_path))
+        resolve_model(str(tmp_path))
     with pytest.raises(ModelError, match="not a diffusers model folder"):
-        resolve_base_model("memory://nothing/here")
+        resolve_model("memory://nothing/here")
+
+
+def test_tiny_paint_by_example_loads_through_its_folder(model_cache):
+    from realfill.sample import Sampler
+
+    folder = resolve_model("tiny", example=True)
+    assert folder != resolve_model("tiny") and (folder / "image_encoder" / "model.safetensors").is_file()
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    sampler = Sampler(folder, device="cpu")
+    assert sampler.by_example and type(sampler.pipeline).__name__ == "PaintByExamplePipeline"
+    assert not Sampler(resolve_model("tiny"), device="cpu").by_example
 
 
 def test_device_and_precision_follow_the_hardware():

@@ -204,15 +204,15 @@ def test_the_sampler_pool_follows_the_gpu_work_waiting():
     assert samplers_wanted(on_cpu, Backlog(tune_s=0, sample_s=50)) == 1, "samplers without GPUs do not multiply"
 
 
-def test_variants_of_one_run_share_one_base_model(tmp_path):
+def test_variants_of_one_run_share_one_device(tmp_path):
     from pipeline.config import PipelineConfig, Variant
     from pipeline.driver import run_variants
     from realfill.config import FillConfig
 
     write_scene(tmp_path / "scenes" / "one")
-    variants = [Variant("a", str(tmp_path / "a"), FillConfig(base_model="tiny")),
-                Variant("b", str(tmp_path / "b"), FillConfig(base_model="other/model"))]
-    with pytest.raises(ValueError, match="one base model and device"):
+    variants = [Variant("a", str(tmp_path / "a"), FillConfig(base_model="tiny", device="cpu")),
+                Variant("b", str(tmp_path / "b"), FillConfig(base_model="tiny", device="cuda"))]
+    with pytest.raises(ValueError, match="one device"):
         run_variants(str(tmp_path / "scenes"), variants, PipelineConfig(), False, str(tmp_path / "adapters"),
                      str(tmp_path / "samples"))
 
@@ -336,3 +336,32 @@ def test_run_ranks_with_a_learned_matcher_in_its_workers(scenes_root, tmp_path):
     assert len(samples) == 3 and all(row["rank"] is not None for row in samples)
     scene = manifest.read_table(str(tmp_path / "out"), "scenes").to_pylist()[0]
     assert '"features": "xfeat"' in scene["config"] and scene["selection"] == "no evidence"
+
+
+def test_a_sweep_of_every_method_runs_in_one_pipeline(scenes_root, tmp_path):
+    """The bundled methods grid: each method through its own stages (stitch on CPUs, no tuning for the
+    baselines), realfill and realfill-from-stitch sharing one adapter, all in the same manifests."""
+    from pipeline.sweep import variant_out
+
+    root = tmp_path / "scenes"
+    root.mkdir()
+    (root / "oxford_graffiti").symlink_to(scenes_root / "oxford_graffiti", target_is_directory=True)
+    out = tmp_path / "sweep"
+    grid = Path(__file__).parents[1] / "jobs" / "methods_grid.yaml"
+    result = subprocess.run([sys.executable, "-m", "realfill.cli", "sweep", str(root), "--out", str(out), "--grid",
+                             str(grid), *RUN_FLAGS, "--example_model", "tiny"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "done: 5" in result.stdout and "stitch " in result.stdout.splitlines()[1], "stitch is a stage of its own"
+    assert len(list((out / "adapters").iterdir())) == 1, "only realfill tunes, once for both of its variants"
+    rows = {name: manifest.read_table(variant_out(str(out), name), "scenes").to_pylist()[0]
+            for name in ("realfill", "realfill-from-stitch", "stitch", "sd-inpaint", "paint-by-example")}
+    assert {name: row["num_samples"] for name, row in rows.items()} == {
+        "realfill": 3, "realfill-from-stitch": 3, "stitch": 1, "sd-inpaint": 3, "paint-by-example": 3}
+    assert rows["realfill"]["adapter_uri"] == rows["realfill-from-stitch"]["adapter_uri"] is not None
+    assert rows["sd-inpaint"]["adapter_uri"] is None and rows["paint-by-example"]["adapter_uri"] is None
+    assert rows["stitch"]["selection"] == "geometry" and rows["stitch"]["best_uri"].endswith("stitch.png")
+    assert len(list(out.glob("samples/*/stitch.png"))) == 1, "the stitch method and init stitch share one result"
+    table = pd.read_parquet(out / "sweep.parquet")
+    psnr = table[table["group"] == "all"].set_index("variant")["psnr"].to_dict()
+    assert psnr["stitch"] > psnr["realfill"] + 5, "geometry completes what a random model cannot"

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import write_scene
 from realfill.config import SampleConfig
-from realfill.sample import Sampler, composite_sample, sample_size
+from realfill.sample import Condition, Sampler, composite_sample, sample_size
 from realfill.scene import load_scene
 
 
@@ -23,9 +23,9 @@ def test_sample_size_keeps_aspect_in_multiples_of_eight():
 def test_a_seed_gives_the_same_image_alone_and_in_a_batch(tmp_path, sampler, scheduler):
     scene = load_scene(str(write_scene(tmp_path / "scene")))
     alone = dict(sampler.generate(scene, SampleConfig(resolution=64, steps=3, batch_size=1, scheduler=scheduler),
-                                  [7], "a photo of sks"))
+                                  [7], Condition("a photo of sks")))
     batched = dict(sampler.generate(scene, SampleConfig(resolution=64, steps=3, batch_size=4, scheduler=scheduler),
-                                    [5, 6, 7, 8], "a photo of sks"))
+                                    [5, 6, 7, 8], Condition("a photo of sks")))
     assert alone[7].shape == (40, 64, 3)  # 96x64 target, long side 64
     difference = np.abs(alone[7].astype(int) - batched[7].astype(int))
     assert difference.max() <= 1, "a seed's image must not depend on its batch (up to float rounding)"
@@ -37,7 +37,7 @@ def test_compositing_keeps_known_pixels_byte_identical(tmp_path, sampler, size):
     scene_dir = write_scene(tmp_path / "scene", size=size)
     scene = load_scene(str(scene_dir))
     config = SampleConfig(resolution=64, steps=2, batch_size=2)
-    for _, generated in sampler.generate(scene, config, [0, 1], "a photo of sks"):
+    for _, generated in sampler.generate(scene, config, [0, 1], Condition("a photo of sks")):
         out = composite_sample(scene, generated, config)
         assert out.shape == scene.target.shape and out.dtype == np.uint8
         from realfill.masks import composite_alpha

@@ -73,10 +73,31 @@ def test_loss_ignores_the_target_hole(tmp_path, lora_models):
 def test_unknown_latents_get_zero_weight():
     unknown = torch.zeros(1, 1, 64, 64)
     unknown[..., 16:24, 32:48] = 1
-    weight = unknown_latent_weight(unknown, (8, 8))
+    weight = unknown_latent_weight(unknown, (8, 8), torch.zeros(1))
     assert weight[0, 0, 2, 4:6].eq(0).all()  # the hole's own latents
     assert weight[0, 0, 1:4, 3:7].eq(0).all()  # and a one-latent margin
     assert weight[0, 0, 6:, :].eq(1).all() and weight.sum() == 64 - 3 * 4
+    viewed = unknown_latent_weight(unknown.repeat(2, 1, 1, 1), (8, 8), torch.tensor([0.0, 0.25]))
+    assert viewed[0].equal(weight[0]), "the target's hole weighs 0, draw by draw"
+    assert viewed[1, 0, 1:4, 3:7].eq(0.25).all() and viewed[1, 0, 6:, :].eq(1).all(), "a view's hole: its weight"
+
+
+def test_a_stitch_view_is_one_more_draw_with_its_own_hole_weight(tmp_path, tiny_model):
+    from realfill.tune import ExtraView
+
+    scene = load_scene(str(write_scene(tmp_path / "one", refs=1)))
+    config = TuneConfig(resolution=32, batch_size=32, prompt_dropout=0.0)
+    view = ExtraView(scene.gt, 0.5, "stitch-settings")
+    images = training_images(scene, config, view)
+    assert [image.hole_weight for image in images] == [0.0, 0.0, 0.5]
+    assert np.array_equal(images[2].unknown, images[1].unknown), "the view's hole is the target's"
+    batch = make_batch(images, config, np.random.default_rng(0))
+    assert set(batch.hole_weight.tolist()) == {0.0, 0.5}, "references, target and view are all drawn"
+    assert (batch.mask >= batch.unknown).all(), "the view's hole is in the conditioning mask, as the target's"
+    tiny = TuneConfig(resolution=32, batch_size=2, train_steps=1, checkpoint_every=0)
+    plain = tune(scene, tiny_model, tiny, str(tmp_path / "plain"), device="cpu", show_progress=False)
+    viewed = tune(scene, tiny_model, tiny, str(tmp_path / "viewed"), device="cpu", show_progress=False, view=view)
+    assert plain.key != viewed.key, "what made the view is part of the adapter's identity"
 
 
 def test_batch_has_n_independent_draws_with_one_reference(tmp_path):
