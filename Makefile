@@ -7,7 +7,7 @@ LOCK := constraints.txt
 # torch comes from the lock; on a GPU machine pass where to get it, e.g.
 #   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= $(shell grep -m1 '^torch==' $(LOCK))
-EXTRAS := dev,s3,gcs,matchers
+EXTRAS := dev,s3,gcs,matchers,heif
 comma := ,
 BIN := $(VENV)/bin
 RUNS ?= runs

@@ -99,18 +99,18 @@ def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: P
 
 
 def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineConfig, show_progress: bool,
-                 adapters: str, samples: str) -> RunSummary:
-    """Complete every scene under scenes_root under every variant, in one pipeline: adapters and images
-    are kept in the given stores and shared wherever the variants' settings agree. A unit already complete
-    with its variant's config is skipped unless pipeline.force. Each variant's output is leased for the
-    run (a second run on one stops at once with OutputBusy) and its manifest compacted at the end."""
+                 adapters: str, samples: str, scene_uris: list[str] | None = None) -> RunSummary:
+    """Complete every scene under scenes_root (or just scene_uris) under every variant, in one pipeline:
+    adapters and images are kept in the given stores and shared wherever the variants' settings agree. A unit
+    already complete with its variant's config is skipped unless pipeline.force. Each variant's output is leased
+    for the run (a second run on one stops at once with OutputBusy) and its manifest compacted at the end."""
     started = time.perf_counter()
     scenes_root = storage.normalize(scenes_root)
     devices = {variant.config.device for variant in variants}
     if len(devices) > 1:
         raise ValueError(f"every variant must use one device (samplers serve them all); got {sorted(devices)}")
     summary = RunSummary()
-    scene_uris = list_scenes(scenes_root)
+    scene_uris = scene_uris if scene_uris is not None else list_scenes(scenes_root)
     outputs = list(dict.fromkeys(variant.out_uri for variant in variants))
     with ExitStack() as leases:
         for out_uri in outputs:

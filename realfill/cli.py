@@ -22,6 +22,7 @@ from realfill.config import (
     SECTIONS,
     EvalConfig,
     FillConfig,
+    LibraryConfig,
     RankConfig,
     expand_grid,
     read_config_file,
@@ -131,6 +132,18 @@ def cmd_run(args: Namespace) -> int:
     print(summary.text())
     print("\n".join(manifest.where_tables(args.out)))
     return exit_code(summary)
+
+
+def cmd_library(args: Namespace) -> int:
+    """A photo library through the Ray pipeline (imported here, like `run`)."""
+    from pipeline.library import run_library
+
+    library = LibraryConfig(**{item.name: args[item.name] for item in fields(LibraryConfig)})
+    summary = run_library(args.library, args.out, fill_config(args), library, pipeline_config(args),
+                          requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
+                          show_progress=not args.quiet, adapters=args.adapters)
+    print(summary.text())
+    return exit_code(summary.run)
 
 
 def sweep_configs(args: Namespace, argv: list[str]) -> tuple[dict[str, FillConfig], dict[str, dict]]:
@@ -246,6 +259,18 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     add_config(run)
     commands["run"] = run, "complete every scene under a scenes root on a Ray cluster (or locally)"
 
+    library = run_parser("library", "photo library: a folder or URI of albums (LIBRARY/<album>/*.jpg)",
+                         "output folder or URI: scenes/, filled/<album>/, requests.parquet, manifest/")
+    library.add_argument("--requests", metavar="FILE", help="CSV or Parquet table of requests: target (required), "
+                         "scene_id, mask, box, outpaint, aspect, refs (';'-separated), album")
+    library.add_argument("--outpaint", metavar="RATIO", help="without --requests: uncrop every photo by this ratio")
+    library.add_argument("--aspect", metavar="W:H", help="without --requests: uncrop every photo to this aspect")
+    library.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
+    library.add_class_arguments(LibraryConfig, None, fail_untyped=True)
+    add_pipeline(library)
+    add_config(library)
+    commands["library"] = library, "fill a photo library: requests to scenes, references picked from the albums"
+
     sweep = run_parser("scenes", SCENES_HELP, "output folder or URI: shared adapters/ and samples/, variants/NAME/, "
                                               "sweep.parquet, leaderboard.md")
     sweep.add_argument("--grid", metavar="FILE", help="YAML/JSON: grid: (field: [values], every combination a "
@@ -296,8 +321,8 @@ def parse(argv: list[str]) -> tuple[str, Namespace]:
     return command, args[command]
 
 
-COMMANDS = {"fill": cmd_fill, "run": cmd_run, "rank": cmd_rank, "eval": cmd_eval, "tiny-model": cmd_tiny_model,
-            "example": cmd_example}
+COMMANDS = {"fill": cmd_fill, "run": cmd_run, "library": cmd_library, "rank": cmd_rank, "eval": cmd_eval,
+            "tiny-model": cmd_tiny_model, "example": cmd_example}
 
 
 class Terminated(BaseException):

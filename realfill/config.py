@@ -371,6 +371,34 @@ class EvalConfig:
         check_types(self)
 
 
+@dataclass
+class LibraryConfig:
+    """Photo libraries: which photos of an album become a request's references."""
+
+    max_refs: int = 5
+    """Most references picked per request."""
+    min_matches: int = 30
+    """Verified correspondences (RANSAC inliers of a fundamental matrix) with the target's known pixels that a
+    photo needs to be a reference."""
+    shortlist: int = 24
+    """Photos of the pool verified per request: those taken near in time or place first (EXIF), then the
+    nearest by a global colour descriptor, so an album of thousands costs as much as one of dozens."""
+    near_hours: float = 6.0
+    """Taken within this many hours of the target: near in time."""
+    near_km: float = 1.0
+    """Taken within this many kilometres of the target: near in place."""
+    duplicate_ncc: float = 0.97
+    """A photo that, aligned to the target through its matches, correlates at least this much with the target's
+    known pixels is a near-duplicate (a burst shot, an edited copy) and is not used."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check(self.max_refs >= 1 and self.min_matches >= 8, "need max_refs >= 1 and min_matches >= 8")
+        _check(self.shortlist >= self.max_refs, "shortlist must be >= max_refs")
+        _check(self.near_hours >= 0 and self.near_km >= 0, "near_hours and near_km must be >= 0")
+        _check(0 < self.duplicate_ncc <= 1, "duplicate_ncc must be in (0, 1]")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON file of config fields (JSON is YAML, so one parser reads both)."""
     try:

@@ -75,3 +75,47 @@ def write_examples(root: str) -> list[str]:
     """A scenes root with two example scenes: one hole to fill, one border to outpaint."""
     return [write_example(storage.join(root, "wall"), seed=7),
             write_example(storage.join(root, "wall-outpaint"), seed=11, outpaint=True)]
+
+
+LIBRARY_ALBUMS = {
+    "city": ("opensfm_berlin_dom", "opensfm_lund_street", "yfcc_sacre_coeur"),
+    "art": ("oxford_graffiti", "lightglue_facade", "wxbs_kpi_autumn_winter", "realfill_flowerwoman"),
+    "home": ("middlebury_aloe", "middlebury_motorcycle", "realfill_pumpkinlady2"),
+}
+"""How library_from_scenes mixes the scenes into albums (each album holds other scenes' photos)."""
+
+
+def library_from_scenes(scenes_root: str, root: str, copies: int = 1) -> dict[str, set[str]]:
+    """A photo library made of a RealBench scenes root, to measure reference picking on: each scene's
+    references and its complete photo (gt.png, where it has one) become JPEGs of a shared album, beside the
+    other scenes of that album, and one edited copy (brighter, slightly cropped) of a target joins its album
+    as a near-duplicate. copies > 1 repeats every photo under new names (a larger album, same content).
+    Returns each target photo's URI and the URIs of its scene's references (what picking should find)."""
+    from realfill.scene import list_refs, read_image
+
+    def save(uri: str, image: np.ndarray) -> None:
+        storage.write_bytes(uri, cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                              [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+
+    truth: dict[str, set[str]] = {}
+    for album, scene_ids in LIBRARY_ALBUMS.items():
+        for scene_id in scene_ids:
+            scene = storage.join(scenes_root, scene_id)
+            refs = set()
+            for copy in range(copies):
+                suffix = f"-{copy}" if copy else ""
+                for index, ref in enumerate(list_refs(scene)):
+                    uri = storage.join(root, album, f"{scene_id}-ref{index}{suffix}.jpg")
+                    save(uri, read_image(ref))
+                    refs.add(uri)
+            gt = storage.join(scene, "target", "gt.png")
+            if storage.exists(gt):
+                target = storage.join(root, album, f"{scene_id}.jpg")
+                save(target, read_image(gt))
+                truth[target] = refs
+    edited = read_image(storage.join(root, "city", "opensfm_lund_street.jpg"))
+    height, width = edited.shape[:2]
+    edited = cv2.resize(edited[8 : height - 8, 8 : width - 8], (width, height), interpolation=cv2.INTER_AREA)
+    save(storage.join(root, "city", "opensfm_lund_street-edited.jpg"),
+         np.clip(edited.astype(np.float32) * 1.15 + 5, 0, 255).astype(np.uint8))
+    return truth

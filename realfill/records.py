@@ -254,5 +254,31 @@ class SceneRow:
         return self.status == "ok"
 
 
+@dataclass(kw_only=True)
+class RequestRow:
+    """One request of a photo-library run: a row of OUT/requests.parquet."""
+
+    scene_id: str
+    row: int = field(metadata=INT32)
+    """The request's row in its table (1-based)."""
+    target: str
+    album: str
+    """The pool references were picked from."""
+    kind: str
+    """mask, box, outpaint or aspect."""
+    request: str
+    """The row as the table gave it, as JSON."""
+    refs: str
+    """The references, as JSON: [{"uri", "matches"}], matches being the verified correspondences with the
+    known pixels that picked it (null for references the table gave)."""
+    status: str
+    """ok (its scene completed), or failed (error says why: bad input, no usable reference, a failed stage)."""
+    error: str | None = None
+    scene_uri: str | None = None
+    filled_uri: str | None = None
+    """The finished photo; none when the run found no evidence to select a completion."""
+    pick_s: float | None = None
+
+
 ROWS = {"samples": SampleRow, "scenes": SceneRow}
 """Each manifest table and the row type it holds."""

@@ -35,6 +35,11 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def is_dir(uri: str) -> bool:
+    fs, path = url_to_fs(str(uri))
+    return fs.isdir(path)
+
+
 def remove(uri: str) -> None:
     """Delete a file or folder (recursively); nothing to do when it is missing."""
     fs, path = url_to_fs(str(uri))

@@ -47,7 +47,7 @@ def assert_is_gpu_run(words: list[str]) -> None:
     """A job command that an autoscaling cluster with no GPU node yet can run: valid flags, GPU needs given."""
     assert words[:2] == ["python", "-m"] and words[2] in ("jobs.fill_library", "jobs.realbench_sweep"), words
     assert (REPO / (words[2].replace(".", "/") + ".py")).is_file()
-    args = parse(["run", *words[3:]])[1]
+    args = parse([{"jobs.fill_library": "library", "jobs.realbench_sweep": "sweep"}[words[2]], *words[3:]])[1]
     assert args.gpus_per_tune == 1 and args.gpus_per_sampler == 1, words
     assert args.out.startswith("s3://")
 

@@ -2,7 +2,16 @@ import re
 
 import pytest
 
-from realfill.config import EvalConfig, FillConfig, RankConfig, SampleConfig, StitchConfig, TuneConfig, with_fields
+from realfill.config import (
+    EvalConfig,
+    FillConfig,
+    LibraryConfig,
+    RankConfig,
+    SampleConfig,
+    StitchConfig,
+    TuneConfig,
+    with_fields,
+)
 from realfill.records import adapter_key, image_key, run_key, sampling_key, seeds, stitch_key, training_key
 
 
@@ -32,6 +41,9 @@ def test_defaults_are_the_paper_recipe():
         lambda: FillConfig(tune=TuneConfig(stitch_view_weight=0.5)),
         lambda: StitchConfig(features="loftr"),
         lambda: StitchConfig(softness=-1.0),
+        lambda: LibraryConfig(max_refs=0),
+        lambda: LibraryConfig(max_refs=5, shortlist=3),
+        lambda: LibraryConfig(duplicate_ncc=1.5),
     ],
 )
 def test_invalid_values_are_rejected(make):
@@ -89,7 +101,8 @@ def test_every_field_is_documented():
 
     from pipeline.config import PipelineConfig
 
-    for cls in (TuneConfig, SampleConfig, RankConfig, StitchConfig, FillConfig, EvalConfig, PipelineConfig):
+    for cls in (TuneConfig, SampleConfig, RankConfig, StitchConfig, FillConfig, EvalConfig, LibraryConfig,
+                PipelineConfig):
         documented = {param.arg_name for param in docstring_parser.parse_from_object(cls).params if param.description}
         assert documented == set(cls.__dataclass_fields__), cls
 

@@ -44,20 +44,35 @@ def one_scene(scenes_root, tmp_path) -> Path:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_fill_library_job_with_ray_job_submit(head, one_scene, tmp_path):
-    """Submitted as the README says, shipping the working tree with cluster/runtime_env.yaml."""
+def test_fill_library_job_with_ray_job_submit(head, scenes_root, tmp_path):
+    """Submitted as the README says, shipping the working tree with cluster/runtime_env.yaml: an album of
+    graffiti's photo and reference, a box to fill, the tiny model."""
+    album = tmp_path / "library" / "walls"
+    album.mkdir(parents=True)
+    from realfill.scene import read_image
+
+    for name, source in (("graffiti.png", "target/gt.png"), ("other-view.jpg", "ref/00.jpg")):
+        (album / name).write_bytes((scenes_root / "oxford_graffiti" / source).read_bytes())
+    assert read_image(str(album / "graffiti.png")).shape == (512, 512, 3)
+    requests = tmp_path / "requests.csv"
+    requests.write_text('target,box\nwalls/graffiti.png,"165,140,350,333"\n')
     out = tmp_path / "filled"
     result = subprocess.run(
         [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", ADDRESS,
          "--runtime-env", "cluster/runtime_env.yaml", "--",
-         sys.executable, "-m", "jobs.fill_library", str(one_scene), "--out", str(out), *TINY.split()],
+         sys.executable, "-m", "jobs.fill_library", str(album.parent), "--out", str(out), "--requests", str(requests),
+         *TINY.split()],
         env=head, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert "succeeded" in result.stdout + result.stderr, result.stdout + result.stderr
-    assert "done: 1" in result.stdout
+    assert "done: 1" in result.stdout and "requests: 1" in result.stdout
     rows = manifest.read_table(str(out), "samples").to_pylist()
     assert len(rows) == 4 and all(Path(row["uri"]).is_file() for row in rows)
     scene = manifest.read_table(str(out), "scenes").to_pylist()[0]
     assert '"scheduler": "dpm"' in scene["config"], "the library job samples with the fast preset"
+    (request,) = pd.read_parquet(out / "requests.parquet").to_dict("records")
+    assert request["status"] == "ok"
+    assert request["refs"].count("other-view.jpg") == 1, "the album's other view is the reference"
+    assert pd.isna(request["filled_uri"]), "a random model's noise is no evidence: nothing is delivered"
 
 
 def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene, tmp_path, tiny_backbones):

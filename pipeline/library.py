@@ -1,0 +1,127 @@
+"""`realfill library`: a photo library's requests made into scenes by Ray CPU tasks (references picked in
+parallel over targets), the scenes completed by the pipeline, and the finished photos delivered.
+
+Every problem of the requests table is reported before Ray starts. A request whose photo cannot be read or
+that has no usable reference is recorded as a failed scene with the reason; every other request completes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import ray
+
+from pipeline.config import PipelineConfig, Variant
+from pipeline.driver import RunSummary, connect, run_variants
+from realfill import manifest, storage
+from realfill.config import FillConfig, LibraryConfig
+from realfill.environment import check_environment
+from realfill.fill import default_adapters, default_samples, scene_row
+from realfill.library import Photo, Prepared, list_library, photo_descriptor, prepare_scene, read_requests, save_filled
+from realfill.records import RequestRow, SceneRow, arrow_schema, run_key
+from realfill.scene import storage_name
+
+DESCRIBE_CHUNK = 64
+"""Photos per descriptor task."""
+REQUESTS = arrow_schema(RequestRow, "requests")
+
+
+@ray.remote
+def describe_task(uris: list[str]) -> list:
+    """Global descriptors of a chunk of photos (None for one that cannot be read)."""
+    check_environment()
+    return [photo_descriptor(uri) for uri in uris]
+
+
+@ray.remote
+def prepare_task(request, scenes_root: str, photos: dict[str, Photo], descriptors: dict, config: LibraryConfig,
+                 fill: FillConfig) -> Prepared:
+    """Pick one request's references and write its scene (CPU)."""
+    check_environment()
+    return prepare_scene(request, scenes_root, photos, descriptors, config, fill.rank)
+
+
+@dataclass
+class LibrarySummary:
+    run: RunSummary
+    rows: list[RequestRow]
+    out_uri: str
+
+    def text(self) -> str:
+        filled = [row for row in self.rows if row.filled_uri]
+        lines = [self.run.text(),
+                 f"requests: {len(self.rows)}, filled: {len(filled)}, failed: "
+                 f"{sum(row.status == 'failed' for row in self.rows)}, no evidence (nothing filled): "
+                 f"{sum(row.status == 'ok' and not row.filled_uri for row in self.rows)}",
+                 f"requests table (one row per request, with its references): "
+                 f"{storage.join(self.out_uri, 'requests.parquet')}",
+                 f"finished photos: {storage.join(self.out_uri, 'filled')}"]
+        return "\n".join(lines)
+
+
+def describe_pool(uris: list[str]) -> dict:
+    chunks = [uris[start : start + DESCRIBE_CHUNK] for start in range(0, len(uris), DESCRIBE_CHUNK)]
+    found = ray.get([describe_task.remote(chunk) for chunk in chunks])
+    return {uri: value for chunk, values in zip(chunks, found) for uri, value in zip(chunk, values)}
+
+
+def run_library(library: str, out_uri: str, config: FillConfig, library_config: LibraryConfig,
+                pipeline: PipelineConfig, requests: str | None = None, outpaint: str | None = None,
+                aspect: str | None = None, show_progress: bool = True, adapters: str | None = None) -> LibrarySummary:
+    """Fill a photo library (`realfill library`): check every request, pick references and write scenes under
+    OUT/scenes (Ray CPU tasks), complete them with the pipeline, and deliver OUT/filled and OUT/requests.parquet."""
+    out_uri = storage.normalize(out_uri)
+    photos = list_library(library)
+    checked = read_requests(library, photos, requests, outpaint, aspect)  # every problem, before any work
+    scenes_root = storage.join(out_uri, "scenes")
+    started_ray = connect(pipeline.address)
+    try:
+        wanted = sorted({uri for request in checked if not request.refs for uri in (*request.pool, request.target)})
+        descriptors = ray.put(describe_pool(wanted))
+        by_uri = ray.put({photo.uri: photo for photo in photos})
+        prepared: list[Prepared] = ray.get([
+            prepare_task.options(max_retries=pipeline.retries).remote(
+                request, scenes_root, by_uri, descriptors, library_config, config) for request in checked])
+        scene_uris = [item.scene_uri for item in prepared if item.scene_uri]
+        summary = RunSummary()
+        if scene_uris:
+            summary = run_variants(scenes_root, [Variant("", out_uri, config)], pipeline, show_progress,
+                                   adapters=storage.normalize(adapters) if adapters else default_adapters(out_uri),
+                                   samples=default_samples(out_uri), scene_uris=scene_uris)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    for item in prepared:
+        if item.error:
+            summary.failed[item.request.scene_id] = item.error
+            manifest.write_scene(out_uri, [], scene_row(item.request.scene_id, storage.join(
+                scenes_root, storage_name(item.request.scene_id)), config, error=item.error))
+    manifest.compact(out_uri)
+    rows = deliver(out_uri, prepared, config)
+    manifest.write_arrow(storage.join(out_uri, "requests.parquet"),
+                         pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
+    return LibrarySummary(summary, rows, out_uri)
+
+
+def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[RequestRow]:
+    """Each request's best completion to OUT/filled/<album>/<name>.<ext>, and its row."""
+    key = run_key(config)
+    scenes = {row.scene_id: row for row in manifest.rows_of(manifest.read_table(out_uri, "scenes"), SceneRow)
+              if row.run_key == key}
+    rows = []
+    for item in prepared:
+        request, scene = item.request, scenes.get(item.request.scene_id)
+        error = item.error or ("not completed: the run was stopped; the same command resumes" if scene is None
+                               else scene.error)
+        filled = None
+        if not error and scene is not None and scene.best_uri:
+            filled = storage.join(out_uri, "filled", request.filled)
+            save_filled(scene.best_uri, request.target, filled)
+        rows.append(RequestRow(
+            scene_id=request.scene_id, row=request.row, target=request.target, album=request.album,
+            kind=request.kind, request=json.dumps(request.given, sort_keys=True),
+            refs=json.dumps([asdict(pick) for pick in item.picks]), status="failed" if error else "ok",
+            error=error, scene_uri=item.scene_uri, filled_uri=filled, pick_s=round(item.seconds, 3)))
+    return rows

@@ -1,0 +1,191 @@
+"""Photo libraries: requests checked before anything runs, references picked from albums by verified
+correspondences, requests made into scenes, finished photos delivered with their EXIF."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from realfill import manifest
+from realfill.cli import main
+from realfill.config import LibraryConfig, RankConfig
+from realfill.example import library_from_scenes
+from realfill.library import RequestsError, list_library, photo_descriptor, prepare_scene, read_requests
+
+FLAGS = ["--method", "stitch", "--quiet"]
+TAKEN = "2024:06:01 12:30:00"
+
+
+def mask_of(scenes_root: Path, photo: str) -> str:
+    """The mask of the scene a library photo came from."""
+    return str(scenes_root / Path(photo).stem / "target" / "mask.png")
+
+
+def write_table(path: Path, rows: list[dict]) -> Path:
+    columns = sorted({key for row in rows for key in row})
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def library(scenes_root, tmp_path_factory):
+    """The scenes' photos mixed into shared albums (with a near-duplicate of lund_street's photo), an album
+    of two unrelated photos, and graffiti's photo again with EXIF (camera, time, place)."""
+    root = tmp_path_factory.mktemp("library")
+    truth = library_from_scenes(str(scenes_root), str(root))
+    (root / "misc").mkdir()
+    for name, source in (("pumpkin.jpg", "home/realfill_pumpkinlady2-ref0.jpg"),
+                         ("flower.jpg", "art/realfill_flowerwoman-ref0.jpg")):
+        (root / "misc" / name).write_bytes((root / source).read_bytes())
+    photo = Image.open(root / "art" / "oxford_graffiti.jpg")
+    exif = Image.Exif()
+    exif[0x010F] = "Realfill Camera"
+    exif.get_ifd(0x8769)[36867] = TAKEN
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.0), 3: "E", 4: (2.0, 21.0, 0.0)})
+    photo.save(root / "art" / "graffiti-camera.jpg", quality=95, exif=exif.tobytes())
+    return root, truth
+
+
+def test_exif_time_and_place_are_read(library):
+    root, _ = library
+    photo = {p.name: p for p in list_library(str(root))}["graffiti-camera.jpg"]
+    assert photo.album == "art" and photo.taken.isoformat() == "2024-06-01T12:30:00"
+    assert photo.gps == pytest.approx((48.858333, 2.35), abs=1e-5)
+
+
+def test_picked_references_are_all_of_the_right_place(library, scenes_root):
+    """Precision and recall of picking on every photo with a ground truth, its scene's mask as the request."""
+    root, truth = library
+    photos = list_library(str(root))
+    table = write_table(root.parent / "picking.csv", [{"target": target, "mask": mask_of(scenes_root, target)}
+                                                         for target in truth])
+    requests = read_requests(str(root), photos, str(table))
+    descriptors = {photo.uri: photo_descriptor(photo.uri) for photo in photos}
+    right = missed = 0
+    for request in requests:
+        prepared = prepare_scene(request, str(root.parent / "scenes"), {p.uri: p for p in photos}, descriptors,
+                                 LibraryConfig(), RankConfig())
+        picked = {pick.uri for pick in prepared.picks}
+        assert not picked - truth[request.target], f"{request.scene_id} picked another place's photos"
+        assert "opensfm_lund_street-edited.jpg" not in {Path(uri).name for uri in picked}, "a near-duplicate"
+        right, missed = right + len(picked), missed + len(truth[request.target] - picked)
+    assert right / (right + missed) >= 0.85  # measured: 14 of 16
+
+
+def test_bad_tables_report_every_problem_with_its_row_and_run_nothing(library, tmp_path, capsys):
+    root, _ = library
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small-mask.png")
+    rows = [
+        {"target": "city/missing.jpg", "box": "1,1,5,5"},
+        {"target": "art/oxford_graffiti.jpg", "outpaint": "0.8"},
+        {"target": "art/oxford_graffiti.jpg", "aspect": "wide", "scene_id": "b"},
+        {"target": "art/oxford_graffiti.jpg", "mask": str(tmp_path / "small-mask.png"), "scene_id": "c"},
+        {"target": "art/oxford_graffiti.jpg", "box": "400,400,600,600", "scene_id": "d"},
+        {"target": "art/oxford_graffiti.jpg", "box": "1,1,5,5", "outpaint": "1.5", "scene_id": "e"},
+        {"target": "home/middlebury_aloe.jpg", "box": "1,1,50,50", "scene_id": "f", "album": "nowhere"},
+        {"target": "home/middlebury_aloe.jpg", "box": "1,1,50,50", "scene_id": "g"},
+        {"target": "home/middlebury_aloe.jpg", "box": "2,2,50,50", "scene_id": "g"},
+    ]
+    table = write_table(tmp_path / "bad.csv", rows)
+    out = tmp_path / "out"
+    assert main(["library", str(root), "--out", str(out), "--requests", str(table), *FLAGS]) == 2
+    message = capsys.readouterr().err
+    expected = ["row 1: target city/missing.jpg: file not found", "row 2: outpaint ratio must be > 1 (got 0.8)",
+                "row 3: could not convert", "row 4: mask", "is 10x10, the photo is 512x512",
+                "row 5: box 400,400,600,600 is not inside the 512x512 photo",
+                "row 6: give exactly one of mask, box, outpaint, aspect (got box, outpaint)",
+                "row 7: album 'nowhere' is not in the library", "row 9: scene_id 'g' is also row 8's"]
+    for words in expected:
+        assert words in message, message
+    assert "8 problems, nothing was run" in message and "row 8:" not in message
+    assert not out.exists(), "no scene is made, no pipeline started"
+    with pytest.raises(RequestsError) as raised:
+        read_requests(str(root), list_library(str(root)), str(table))
+    assert len(raised.value.problems) == 8
+
+
+def test_uncrop_every_photo_without_a_table(library):
+    root, _ = library
+    photos = list_library(str(root))
+    requests = read_requests(str(root), photos, outpaint="1.25")
+    assert len(requests) == len(photos) and {request.kind for request in requests} == {"outpaint"}
+    assert all(request.target not in request.pool for request in requests), "a photo is not its own reference"
+    with pytest.raises(ValueError, match="one of --outpaint RATIO and --aspect W:H"):
+        read_requests(str(root), photos)
+
+
+def test_a_library_end_to_end(library, tmp_path, scenes_root):
+    """A table with a mask, a box, an outpaint and an aspect row, a photo with EXIF, and a row whose album has
+    no photo of its place: finished photos in OUT/filled, every request in requests.parquet, the failed one
+    with its reason; the same command again reuses every scene and its picks."""
+    root, _ = library
+    table = write_table(tmp_path / "requests.csv", [
+        {"target": "city/opensfm_lund_street.jpg", "mask": mask_of(scenes_root, "opensfm_lund_street.jpg")},
+        {"target": "art/graffiti-camera.jpg", "box": "165,140,350,333"},
+        {"target": "city/opensfm_berlin_dom.jpg", "outpaint": "1.25"},
+        {"target": "home/middlebury_motorcycle.jpg", "aspect": "16:9"},
+        {"target": "misc/pumpkin.jpg", "box": "100,100,200,200"},
+    ])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "realfill.cli", "library", str(root), "--out", str(out), "--requests",
+               str(table), *FLAGS]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr  # one request failed
+    assert "requests: 5, filled: 4, failed: 1" in result.stdout
+    sizes = {path.relative_to(out / "filled").as_posix(): Image.open(path).size
+             for path in (out / "filled").rglob("*.jpg")}
+    assert sizes == {"city/opensfm_lund_street.jpg": (512, 512), "art/graffiti-camera.jpg": (512, 512),
+                     "city/opensfm_berlin_dom.jpg": (640, 640), "home/middlebury_motorcycle.jpg": (910, 512)}
+    filled = Image.open(out / "filled" / "art" / "graffiti-camera.jpg")
+    exif = filled.getexif()
+    assert exif[0x010F] == "Realfill Camera" and exif.get_ifd(0x8769)[36867] == TAKEN
+    original = np.asarray(Image.open(root / "city" / "opensfm_berlin_dom.jpg")).astype(int)
+    uncropped = np.asarray(Image.open(out / "filled" / "city" / "opensfm_berlin_dom.jpg")).astype(int)
+    assert np.abs(uncropped[64:576, 64:576] - original).mean() < 3, "the photo sits unchanged in its canvas"
+    rows = {row["scene_id"]: row for row in pd.read_parquet(out / "requests.parquet").to_dict("records")}
+    assert rows["misc-pumpkin"]["status"] == "failed" and pd.isna(rows["misc-pumpkin"]["filled_uri"])
+    assert "no usable reference in album 'misc'" in rows["misc-pumpkin"]["error"]
+    assert "failed misc-pumpkin: no usable reference" in result.stdout
+    for scene_id in ("city-opensfm_lund_street", "art-graffiti-camera", "city-opensfm_berlin_dom",
+                     "home-middlebury_motorcycle"):
+        row = rows[scene_id]
+        assert row["status"] == "ok" and Path(row["filled_uri"]).is_file()
+        refs = json.loads(row["refs"])
+        place = scene_id.split("-", 1)[1].replace("graffiti-camera", "oxford_graffiti")
+        assert refs and all(Path(ref["uri"]).name.startswith(place) and ref["matches"] >= 30 for ref in refs)
+        assert "oxford_graffiti.jpg" not in {Path(ref["uri"]).name for ref in refs}, "its twin is a near-duplicate"
+        assert json.loads(row["request"])["target"] in str(row["target"])
+    scenes = {row["scene_id"]: row for row in manifest.read_table(str(out), "scenes").to_pylist()}
+    assert scenes["misc-pumpkin"]["status"] == "failed" and len(scenes) == 5
+    assert sorted(path.name for path in (out / "scenes" / "city-opensfm_lund_street" / "ref").iterdir()) == \
+        ["00.jpg", "01.jpg", "02.jpg"]
+    records = {path: path.stat().st_mtime_ns for path in (out / "scenes").rglob("request.json")}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert "already complete (skipped): 4" in again.stdout, again.stdout + again.stderr
+    assert {path: path.stat().st_mtime_ns for path in (out / "scenes").rglob("request.json")} == records, \
+        "the scenes and their picks are reused"
+
+
+def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path, monkeypatch):
+    from realfill.library import open_photo, read_photo
+    from realfill.scene import SceneError
+
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is not installed")
+    album = tmp_path / "library" / "phone"
+    album.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    pillow_heif.from_bytes(mode="RGB", size=(64, 48), data=pixels.tobytes()).save(str(album / "IMG_0001.HEIC"))
+    (photo,) = list_library(str(tmp_path / "library"))
+    assert photo.name == "IMG_0001.HEIC" and read_photo(photo.uri).shape == (48, 64, 3)
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if the extra were not installed
+    with pytest.raises(SceneError, match=r"IMG_0001.HEIC: HEIC photos need the heif extra \(pip install"):
+        open_photo(photo.uri)
