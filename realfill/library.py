@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import posixpath
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -209,6 +210,8 @@ def outpaint_margins(width: int, height: int, text: str) -> tuple[int, int, int,
     """A ratio >= 1 around the photo (the canvas is ratio times each side, the photo centred), or four
     per-side margins in pixels: left,top,right,bottom."""
     parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch(r"\d+(\.\d*)?", part) for part in parts):
+        raise ValueError(f"outpaint must be a ratio or left,top,right,bottom margins in pixels (got {text!r})")
     if len(parts) == 1:
         ratio = float(parts[0])
         if not ratio > 1:
@@ -217,7 +220,7 @@ def outpaint_margins(width: int, height: int, text: str) -> tuple[int, int, int,
         return extra_w // 2, extra_h // 2, extra_w - extra_w // 2, extra_h - extra_h // 2
     if len(parts) != 4:
         raise ValueError(f"outpaint must be a ratio or left,top,right,bottom margins (got {text!r})")
-    margins = tuple(int(part) for part in parts)
+    margins = tuple(round(float(part)) for part in parts)
     if min(margins) < 0 or not sum(margins):
         raise ValueError(f"outpaint margins must be >= 0 and not all 0 (got {text})")
     return margins
@@ -225,10 +228,10 @@ def outpaint_margins(width: int, height: int, text: str) -> tuple[int, int, int,
 
 def aspect_margins(width: int, height: int, text: str) -> tuple[int, int, int, int]:
     """Margins that uncrop the photo to the aspect W:H, centred (wider: left and right; taller: top and bottom)."""
-    wide, _, tall = text.partition(":")
-    aspect_w, aspect_h = float(wide), float(tall)
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*", text)
+    aspect_w, aspect_h = (float(found[1]), float(found[2])) if found else (0.0, 0.0)
     if not (aspect_w > 0 and aspect_h > 0):
-        raise ValueError(f"aspect must be W:H with positive numbers (got {text!r})")
+        raise ValueError(f"aspect must be W:H with positive numbers, e.g. 16:9 (got {text!r})")
     goal = aspect_w / aspect_h
     if abs(width / height - goal) < 1e-3:
         raise ValueError(f"the photo is already {text} ({width}x{height})")
@@ -240,9 +243,10 @@ def aspect_margins(width: int, height: int, text: str) -> tuple[int, int, int, i
 
 
 def parse_box(width: int, height: int, text: str) -> tuple[int, int, int, int]:
-    values = tuple(int(round(float(part))) for part in text.split(","))
-    if len(values) != 4:
-        raise ValueError(f"box must be x0,y0,x1,y1 (got {text!r})")
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 4 or not all(re.fullmatch(r"-?\d+(\.\d*)?", part) for part in parts):
+        raise ValueError(f"box must be x0,y0,x1,y1 in pixels (got {text!r})")
+    values = tuple(int(round(float(part))) for part in parts)
     x0, y0, x1, y1 = values
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise ValueError(f"box {text} is not inside the {width}x{height} photo (need 0 <= x0 < x1 <= {width}, "
@@ -602,6 +606,8 @@ def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
         write_scene(scene_uri, target, mask, [pick.uri for pick in picks],
                     {"key": key, "row": request.row, "request": request.given,
                      "picks": [asdict(pick) for pick in picks]})
-    except SceneError as exc:
-        return Prepared(request, None, [], error=str(exc), seconds=time.perf_counter() - started)
+    except Exception as exc:  # recorded for this request alone, so one bad photo never stops the others
+        from realfill.fill import describe
+
+        return Prepared(request, None, [], error=describe(exc), seconds=time.perf_counter() - started)
     return Prepared(request, scene_uri, picks, seconds=time.perf_counter() - started)

@@ -100,7 +100,8 @@ def test_bad_tables_report_every_problem_with_its_row_and_run_nothing(library, t
     assert main(["library", str(root), "--out", str(out), "--requests", str(table), *FLAGS]) == 2
     message = capsys.readouterr().err
     expected = ["row 1: target city/missing.jpg: file not found", "row 2: outpaint ratio must be > 1 (got 0.8)",
-                "row 3: could not convert", "row 4: mask", "is 10x10, the photo is 512x512",
+                "row 3: aspect must be W:H with positive numbers, e.g. 16:9 (got 'wide')",
+                "row 4: mask", "is 10x10, the photo is 512x512",
                 "row 5: box 400,400,600,600 is not inside the 512x512 photo",
                 "row 6: give exactly one of mask, box, outpaint, aspect (got box, outpaint)",
                 "row 7: album 'nowhere' is not in the library", "row 9: scene_id 'g' is also row 8's"]
@@ -189,3 +190,18 @@ def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path,
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if the extra were not installed
     with pytest.raises(SceneError, match=r"IMG_0001.HEIC: HEIC photos need the heif extra \(pip install"):
         open_photo(photo.uri)
+
+
+def test_a_photo_that_cannot_be_decoded_fails_its_request_alone(library, tmp_path):
+    root, _ = library
+    album = tmp_path / "library" / "trip"
+    album.mkdir(parents=True)
+    whole = (root / "art" / "oxford_graffiti.jpg").read_bytes()
+    (album / "broken.jpg").write_bytes(whole[: len(whole) // 3])  # the header reads, the pixels do not
+    (album / "other.jpg").write_bytes((root / "art" / "oxford_graffiti-ref0.jpg").read_bytes())
+    photos = list_library(str(tmp_path / "library"))
+    (request,) = read_requests(str(tmp_path / "library"), photos,
+                               str(write_table(tmp_path / "r.csv", [{"target": "trip/broken.jpg", "box": "1,1,9,9"}])))
+    prepared = prepare_scene(request, str(tmp_path / "scenes"), {p.uri: p for p in photos}, {}, LibraryConfig(),
+                             RankConfig())
+    assert prepared.scene_uri is None and "broken.jpg" in prepared.error and "\n" not in prepared.error
