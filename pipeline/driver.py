@@ -99,11 +99,13 @@ def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: P
 
 
 def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineConfig, show_progress: bool,
-                 adapters: str, samples: str, scene_uris: list[str] | None = None) -> RunSummary:
+                 adapters: str, samples: str, scene_uris: list[str] | None = None,
+                 leased: bool = False) -> RunSummary:
     """Complete every scene under scenes_root (or just scene_uris) under every variant, in one pipeline:
     adapters and images are kept in the given stores and shared wherever the variants' settings agree. A unit
     already complete with its variant's config is skipped unless pipeline.force. Each variant's output is leased
-    for the run (a second run on one stops at once with OutputBusy) and its manifest compacted at the end."""
+    for the run (a second run on one stops at once with OutputBusy; leased: the caller holds the leases) and its
+    manifest compacted at the end."""
     started = time.perf_counter()
     scenes_root = storage.normalize(scenes_root)
     devices = {variant.config.device for variant in variants}
@@ -113,7 +115,7 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
     scene_uris = scene_uris if scene_uris is not None else list_scenes(scenes_root)
     outputs = list(dict.fromkeys(variant.out_uri for variant in variants))
     with ExitStack() as leases:
-        for out_uri in outputs:
+        for out_uri in [] if leased else outputs:
             leases.enter_context(OutputLease(out_uri))
         todo: list[list[Unit]] = [[] for _ in scene_uris]
         for variant in variants:

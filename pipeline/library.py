@@ -19,7 +19,17 @@ from realfill import manifest, storage
 from realfill.config import FillConfig, LibraryConfig
 from realfill.environment import check_environment
 from realfill.fill import default_adapters, default_samples, scene_row
-from realfill.library import Photo, Prepared, list_library, photo_descriptor, prepare_scene, read_requests, save_filled
+from realfill.lease import OutputLease
+from realfill.library import (
+    Photo,
+    Prepared,
+    Request,
+    list_library,
+    photo_descriptor,
+    prepare_scene,
+    read_requests,
+    save_filled,
+)
 from realfill.records import RequestRow, SceneRow, arrow_schema, run_key
 from realfill.scene import storage_name
 
@@ -75,6 +85,20 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
     out_uri = storage.normalize(out_uri)
     photos = list_library(library)
     checked = read_requests(library, photos, requests, outpaint, aspect)  # every problem, before any work
+    with OutputLease(out_uri):
+        summary, prepared = complete(checked, photos, out_uri, config, library_config, pipeline, show_progress,
+                                     adapters)
+        rows = deliver(out_uri, prepared, config)
+        manifest.write_arrow(storage.join(out_uri, "requests.parquet"),
+                             pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
+    return LibrarySummary(summary, rows, out_uri)
+
+
+def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: FillConfig,
+             library_config: LibraryConfig, pipeline: PipelineConfig, show_progress: bool,
+             adapters: str | None) -> tuple[RunSummary, list[Prepared]]:
+    """Pick references and write scenes (Ray CPU tasks), complete the scenes, record the requests that
+    could not become one as failed scenes."""
     scenes_root = storage.join(out_uri, "scenes")
     started_ray = connect(pipeline.address)
     try:
@@ -89,7 +113,7 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
         if scene_uris:
             summary = run_variants(scenes_root, [Variant("", out_uri, config)], pipeline, show_progress,
                                    adapters=storage.normalize(adapters) if adapters else default_adapters(out_uri),
-                                   samples=default_samples(out_uri), scene_uris=scene_uris)
+                                   samples=default_samples(out_uri), scene_uris=scene_uris, leased=True)
     finally:
         if started_ray:
             ray.shutdown()
@@ -99,10 +123,7 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
             manifest.write_scene(out_uri, [], scene_row(item.request.scene_id, storage.join(
                 scenes_root, storage_name(item.request.scene_id)), config, error=item.error))
     manifest.compact(out_uri)
-    rows = deliver(out_uri, prepared, config)
-    manifest.write_arrow(storage.join(out_uri, "requests.parquet"),
-                         pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
-    return LibrarySummary(summary, rows, out_uri)
+    return summary, prepared
 
 
 def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[RequestRow]:
