@@ -74,16 +74,21 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
         "the run compacts its manifest into one file per table"
 
 
-def test_manifest_reads_as_one_table_with_ray_data(first_run):
-    import ray
+def python(code: str, *args: str) -> str:
+    """Run code in a Python process of its own (Ray started inside pytest's own process can crash it at
+    exit, after every test has passed); returns its stdout."""
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
+
+def test_manifest_reads_as_one_table_with_ray_data(first_run):
     out, _ = first_run
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        assert ray.data.read_parquet(str(out / "manifest" / "samples")).count() == 9
-        assert ray.data.read_parquet(str(out / "manifest" / "scenes")).count() == 4
-    finally:
-        ray.shutdown()
+    counts = python("import sys, ray\n"
+                    "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+                    "print(*(ray.data.read_parquet(folder).count() for folder in sys.argv[1:]))",
+                    str(out / "manifest" / "samples"), str(out / "manifest" / "scenes"))
+    assert counts.split()[-2:] == ["9", "4"]
 
 
 def test_same_command_again_resumes_without_recomputing(scenes, first_run):
@@ -252,29 +257,42 @@ def test_run_reads_and_writes_s3(s3, scenes_root):
     assert not [path for path in s3.find("realfill-test/out") if ".tmp-" in path]
 
 
-def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_alone(tmp_path, monkeypatch):
+REFUSING_RUN = """
+import json, sys
+from pipeline.config import PipelineConfig
+from pipeline.driver import run_pipeline
+from realfill import manifest
+from realfill.cli import fill_config, parse
+
+real_write = manifest.write_scene
+
+
+def refusing(out, samples, scene):
+    if scene.scene_id == "refused":
+        raise OSError(36, "File name too long")
+    return real_write(out, samples, scene)
+
+
+manifest.write_scene = refusing
+root, out, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
+summary = run_pipeline(root, out, fill_config(parse(["run", root, "--out", out, *flags])[1]), PipelineConfig(),
+                       show_progress=False)
+print(json.dumps({"done": summary.done, "failed": summary.failed}))
+"""
+
+
+def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_alone(tmp_path):
     """A 200-character id and a hidden folder are recorded and visible; a scene whose record the store
     refuses is failed with the reason, and every other scene completes."""
-    from pipeline.config import PipelineConfig
-    from pipeline.driver import run_pipeline
-    from realfill.cli import fill_config, parse
+    import json
 
     root = tmp_path / "scenes"
     ids = ["a" * 200, ".hidden", "refused"]
     for index, scene_id in enumerate(ids):
         write_scene(root / scene_id, seed=index)
-    real_write = manifest.write_scene
-
-    def refusing(out, samples, scene):
-        if scene.scene_id == "refused":
-            raise OSError(36, "File name too long")
-        return real_write(out, samples, scene)
-
-    monkeypatch.setattr(manifest, "write_scene", refusing)
-    config = fill_config(parse(["run", str(root), "--out", "o", *RUN_FLAGS])[1])
-    summary = run_pipeline(str(root), str(tmp_path / "out"), config, PipelineConfig(), show_progress=False)
-    assert sorted(summary.done) == sorted(ids[:2])
-    assert list(summary.failed) == ["refused"] and "could not record" in summary.failed["refused"]
+    summary = json.loads(python(REFUSING_RUN, str(root), str(tmp_path / "out"), *RUN_FLAGS).splitlines()[-1])
+    assert sorted(summary["done"]) == sorted(ids[:2])
+    assert list(summary["failed"]) == ["refused"] and "could not record" in summary["failed"]["refused"]
     visible = ds.dataset(tmp_path / "out" / "manifest" / "scenes", format="parquet").to_table()
     assert sorted(visible.column("scene_id").to_pylist()) == sorted(ids[:2])
 
