@@ -46,7 +46,7 @@ def describe_task(uris: list[str]) -> list:
 
 
 @ray.remote
-def prepare_task(request, scenes_root: str, photos: dict[str, Photo], descriptors: dict, config: LibraryConfig,
+def prepare_task(request: Request, scenes_root: str, photos: dict[str, Photo], descriptors: dict, config: LibraryConfig,
                  fill: FillConfig) -> Prepared:
     """Pick one request's references and write its scene (CPU)."""
     check_environment()

@@ -85,10 +85,15 @@ def fill_config(args: Namespace) -> FillConfig:
                          for name, value in values.items()})
 
 
+def flat_config(config_type: type, args: Namespace):
+    """A config dataclass whose fields are top-level flags of the command (PipelineConfig, LibraryConfig)."""
+    return config_type(**{item.name: args[item.name] for item in fields(config_type)})
+
+
 def pipeline_config(args: Namespace):
     from pipeline.config import PipelineConfig
 
-    return PipelineConfig(**{item.name: args[item.name] for item in fields(PipelineConfig)})
+    return flat_config(PipelineConfig, args)
 
 
 def eval_config(args: Namespace) -> EvalConfig:
@@ -138,7 +143,7 @@ def cmd_library(args: Namespace) -> int:
     """A photo library through the Ray pipeline (imported here, like `run`)."""
     from pipeline.library import run_library
 
-    library = LibraryConfig(**{item.name: args[item.name] for item in fields(LibraryConfig)})
+    library = flat_config(LibraryConfig, args)
     summary = run_library(args.library, args.out, fill_config(args), library, pipeline_config(args),
                           requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
                           show_progress=not args.quiet, adapters=args.adapters)

@@ -28,7 +28,7 @@ from realfill.config import LibraryConfig, RankConfig
 from realfill.matchers import matcher
 from realfill.rank import fundamental_inliers, known_region
 from realfill.records import digest
-from realfill.scene import IMAGE_SUFFIXES, SceneError, read_image, storage_name
+from realfill.scene import IMAGE_SUFFIXES, SceneError, read_image, read_mask, storage_name
 
 HEIC_SUFFIXES = (".heic", ".heif")
 PHOTO_SUFFIXES = IMAGE_SUFFIXES + HEIC_SUFFIXES
@@ -68,24 +68,17 @@ class Photo:
         return posixpath.basename(self.uri)
 
 
-def register_heif() -> None:
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError:
-        return
-    register_heif_opener()
-
-
-def open_photo(uri: str) -> Image.Image:
-    """A photo's image, lazily decoded; HEIC needs the heif extra, and the error says so."""
+def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
+    """A photo's image (from data, when its bytes are already read), lazily decoded; HEIC needs the heif
+    extra, and the error says so."""
     if uri.lower().endswith(HEIC_SUFFIXES):
-        register_heif()
         try:
-            import pillow_heif  # noqa: F401
+            from pillow_heif import register_heif_opener
         except ImportError:
             raise SceneError(f"{uri}: HEIC photos need the heif extra (pip install 'realfill[heif]')") from None
+        register_heif_opener()
     try:
-        return Image.open(io.BytesIO(storage.read_bytes(uri)))
+        return Image.open(io.BytesIO(storage.read_bytes(uri) if data is None else data))
     except FileNotFoundError:
         raise SceneError(f"{uri}: file not found") from None
     except (UnidentifiedImageError, OSError) as exc:
@@ -143,12 +136,12 @@ def list_library(root: str) -> list[Photo]:
     return photos
 
 
-def read_photo(uri: str, max_side: int | None = None) -> np.ndarray:
+def read_photo(uri: str, max_side: int | None = None, data: bytes | None = None) -> np.ndarray:
     """RGB uint8 with EXIF orientation applied; with max_side, decoded at about that size (JPEG's draft mode
     decodes at 1/2, 1/4 or 1/8 scale without reading the full image)."""
-    if max_side is None and uri.lower().endswith(IMAGE_SUFFIXES):
+    if max_side is None and data is None and uri.lower().endswith(IMAGE_SUFFIXES):
         return read_image(uri)
-    image = open_photo(uri)
+    image = open_photo(uri, data)
     if max_side is not None:
         image.draft("RGB", (max_side, max_side))
     image = ImageOps.exif_transpose(image).convert("RGB")
@@ -369,7 +362,7 @@ def request_target(request: Request) -> tuple[np.ndarray, np.ndarray]:
     photo = read_photo(request.target)
     height, width = photo.shape[:2]
     if request.kind == "mask":
-        mask = read_image(request.mask, mode="L") > 127
+        mask = read_mask(request.mask)
         if not mask.any():
             raise SceneError(f"{request.mask}: mask is empty (no white pixels), so there is nothing to fill")
         return photo, mask
@@ -489,25 +482,36 @@ def near_duplicate(target: np.ndarray, known: np.ndarray, photo: np.ndarray, tar
     return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-9)) >= config.duplicate_ncc
 
 
+def picking_matcher(rank: RankConfig) -> RankConfig:
+    """The matcher settings picking uses: the run's features (and LoFTR weights), the rest at their defaults,
+    so that these two fields are all of the rank section that a request's key needs."""
+    return RankConfig(features=rank.features, weights=rank.weights)
+
+
 def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str], config: LibraryConfig,
                     rank: RankConfig) -> Picking:
     """Up to max_refs candidates that really show the target's place: most verified correspondences with its
     known pixels (at least min_matches), near-duplicates skipped."""
-    features = matcher(RankConfig(features=rank.features, weights=rank.weights))
+    settings = picking_matcher(rank)
+    features = matcher(settings)
     known = known_region(mask)
     target_features = features.detect(target, known)
     found, duplicates, rejected, contents = [], [], 0, set()
     for uri in candidates:
         try:
-            content = hashlib.sha256(storage.read_bytes(uri)).hexdigest()
-            photo = read_photo(uri, MATCH_PX)
-        except (SceneError, OSError):
+            data = storage.read_bytes(uri)
+        except OSError:
             continue
+        content = hashlib.sha256(data).hexdigest()
         if content in contents:
             continue  # the same file again, under another name
         contents.add(content)
+        try:
+            photo = read_photo(uri, MATCH_PX, data)
+        except SceneError:
+            continue
         target_points, photo_points = features.match(target_features, features.detect(photo, None))
-        _, inliers = fundamental_inliers(target_points, photo_points, rank.ransac_px)
+        _, inliers = fundamental_inliers(target_points, photo_points, settings.ransac_px)
         count = int(inliers.sum())
         if count < config.min_matches:
             rejected = max(rejected, count)
@@ -524,14 +528,14 @@ def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str],
 
 
 def request_key(request: Request, config: LibraryConfig, rank: RankConfig) -> str:
-    """What a request's scene is made from: the target's and mask's bytes, the fill, the pool (names and
-    sizes) and the picking settings. A re-run with the same key reuses the scene and its picks."""
+    """What a request's scene is made from: the target's and mask's bytes, the fill, the explicit references,
+    the pool (by name) and the picking settings. A re-run with the same key reuses the scene and its picks."""
     def content(uri: str | None) -> str | None:
         return None if uri is None else hashlib.sha256(storage.read_bytes(uri)).hexdigest()
 
     return digest({"target": content(request.target), "mask": content(request.mask), "box": request.box,
                    "margins": request.margins, "refs": request.refs, "pool": list(request.pool),
-                   "library": asdict(config), "features": rank.features})
+                   "library": asdict(config), "matcher": asdict(picking_matcher(rank))})
 
 
 def write_scene(scene_uri: str, target: np.ndarray, mask: np.ndarray, refs: list[str], record: dict) -> None:
@@ -570,8 +574,6 @@ class Prepared:
     scene_uri: str | None
     picks: list[Pick]
     error: str | None = None
-    reused: bool = False
-    """The scene of an earlier run with the same key was reused, picks and all."""
     seconds: float = 0.0
 
 
@@ -588,7 +590,7 @@ def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
             record = json.loads(storage.read_bytes(record_uri))
             if record.get("key") == key:
                 picks = [Pick(**pick) for pick in record["picks"]]
-                return Prepared(request, scene_uri, picks, reused=True, seconds=time.perf_counter() - started)
+                return Prepared(request, scene_uri, picks, seconds=time.perf_counter() - started)
         target, mask = request_target(request)
         if request.refs:
             picks = [Pick(uri, None) for uri in request.refs]

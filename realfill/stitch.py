@@ -64,11 +64,10 @@ def band(hole: np.ndarray, width: int) -> np.ndarray:
 def spread(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
     """Normalised convolution: a weighted Gaussian average of values, defined wherever weights reach."""
     weights = weights.astype(np.float32)
-    if values.ndim == 3:
-        numerator = cv2.GaussianBlur(values * weights[..., None], (0, 0), sigma)
-        return numerator / np.maximum(cv2.GaussianBlur(weights, (0, 0), sigma), 1e-6)[..., None]
-    numerator = cv2.GaussianBlur(values * weights, (0, 0), sigma)
-    return numerator / np.maximum(cv2.GaussianBlur(weights, (0, 0), sigma), 1e-6)
+    reach = np.maximum(cv2.GaussianBlur(weights, (0, 0), sigma), 1e-6)
+    if values.ndim == 3:  # one weight per pixel, for every channel
+        weights, reach = weights[..., None], reach[..., None]
+    return cv2.GaussianBlur(values * weights, (0, 0), sigma) / reach
 
 
 def planes(target_points: np.ndarray, ref_points: np.ndarray, config: StitchConfig) -> list[tuple[np.ndarray, int]]:
