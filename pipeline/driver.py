@@ -27,14 +27,14 @@ from realfill import manifest, records, storage
 from realfill.config import FillConfig
 from realfill.fill import default_adapters, default_samples, describe, scene_row
 from realfill.lease import OutputLease
-from realfill.rank import NO_EVIDENCE_TEXT
+from realfill.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 from realfill.records import run_key
 from realfill.scene import list_scenes
 
 WAIT_S = 0.5
 """How often the driver looks up from ray.wait, so that a stop signal is acted on promptly."""
 BEST_SHOWN = 50
-"""Scenes whose best image the summary names; the scenes table has all of them."""
+"""Scenes whose best image (or lack of evidence) the summary names; the scenes table has all of them."""
 
 
 @dataclass
@@ -71,7 +71,12 @@ class RunSummary:
         lines += [f"best {label}: {uri}" for label, uri in best[:BEST_SHOWN]]
         if len(best) > BEST_SHOWN:
             lines.append(f"best of {len(best) - BEST_SHOWN} more scenes: the scenes table's best_uri")
-        lines += [f"no evidence {label}: {NO_EVIDENCE_TEXT}" for label, uri in sorted(self.best.items()) if uri is None]
+        lacking = sorted(label for label, uri in self.best.items() if uri is None)
+        if lacking and len(lacking) == len(self.best):
+            lines.append(NO_EVIDENCE_ANYWHERE)
+        lines += [f"no evidence {label}: {NO_EVIDENCE_TEXT}" for label in lacking[:BEST_SHOWN]]
+        if len(lacking) > BEST_SHOWN:
+            lines.append(f"no evidence in {len(lacking) - BEST_SHOWN} more scenes: the scenes table's selection")
         return "\n".join(lines)
 
 

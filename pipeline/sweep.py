@@ -17,13 +17,9 @@ from pipeline.driver import RunSummary, run_variants
 from realfill import manifest, storage
 from realfill.config import EvalConfig, FillConfig
 from realfill.evaluate import LEADERBOARD_SCHEMA, evaluate_run, leaderboard, leaderboard_rows
+from realfill.fill import variant_out
 from realfill.metrics import Evaluator
 from realfill.records import SceneRow, run_key
-from realfill.scene import storage_name
-
-
-def variant_out(out_uri: str, name: str) -> str:
-    return storage.join(out_uri, "variants", storage_name(name))
 
 
 def outcome_counts(variant: Variant) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from realfill.config import (
     FillConfig,
     LibraryConfig,
     RankConfig,
+    ReportConfig,
     expand_grid,
     read_config_file,
     with_fields,
@@ -108,18 +109,34 @@ def cmd_fill(args: Namespace) -> int:
     config = fill_config(args)
     with OutputLease(args.out):
         row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
+        if row.ok:
+            tuned = f"{row.tune_s:.1f}s tune + " if row.tune_s is not None else ""
+            print(f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}"
+                  f"{row.sample_s:.1f}s making images + {row.rank_s:.1f}s rank")
+            print("\n".join(manifest.where_tables(args.out)))
+            print(f"{row.selection}: {NO_EVIDENCE_TEXT}" if row.best_uri is None
+                  else f"best: {row.best_uri} (selection by {row.selection})")
+        report_after(args)
     if not row.ok:
         print(f"realfill: {row.scene_id} failed: {row.error}", file=sys.stderr)
         return 1
-    tuned = f"{row.tune_s:.1f}s tune + " if row.tune_s is not None else ""
-    print(f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}{row.sample_s:.1f}s making "
-          f"images + {row.rank_s:.1f}s rank")
-    print("\n".join(manifest.where_tables(args.out)))
-    if row.best_uri is None:
-        print(f"{row.selection}: {NO_EVIDENCE_TEXT}")
-    else:
-        print(f"best: {row.best_uri} (selection by {row.selection})")
     return 0
+
+
+def report_after(args: Namespace) -> None:
+    """The report a run ends with (unless --no_report). One that cannot be written is said in one line, and the
+    run's outcome stands: everything it made is recorded either way."""
+    if args.no_report:
+        return
+    from realfill.report import write_report
+
+    try:
+        report = write_report(args.out)
+    except Exception as exc:  # the run's results are on storage; `realfill report OUT` can try again
+        print(f"realfill: the report was not written ({type(exc).__name__}: {exc}); `realfill report "
+              f"{args.out}` writes it", file=sys.stderr)
+        return
+    print(f"report: {report.uri}")
 
 
 def exit_code(summary) -> int:
@@ -136,6 +153,7 @@ def cmd_run(args: Namespace) -> int:
                            show_progress=not args.quiet, adapters=args.adapters)
     print(summary.text())
     print("\n".join(manifest.where_tables(args.out)))
+    report_after(args)
     return exit_code(summary)
 
 
@@ -148,6 +166,7 @@ def cmd_library(args: Namespace) -> int:
                           requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
                           show_progress=not args.quiet, adapters=args.adapters)
     print(summary.text())
+    report_after(args)
     return exit_code(summary.run)
 
 
@@ -183,6 +202,7 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
     print(board)
     out = storage.normalize(args.out)
     print(f"sweep table: {storage.join(out, 'sweep.parquet')}\nleaderboard: {storage.join(out, 'leaderboard.md')}")
+    report_after(args)
     return exit_code(summary)
 
 
@@ -218,6 +238,16 @@ def cmd_eval(args: Namespace) -> int:
         print(f"no gt.png, not evaluated: {', '.join(without_gt)}", file=sys.stderr)
     print(markdown_summary(table, unavailable))
     print(f"\nper-sample metrics: {storage.join(args.out, 'metrics.parquet')}")
+    report_after(args)
+    return 0
+
+
+def cmd_report(args: Namespace) -> int:
+    from realfill.report import write_report
+
+    report = write_report(args.out, flat_config(ReportConfig, args))
+    print(f"report: {report.uri} ({report.scenes} scenes, {report.pages} index pages; thumbnails: "
+          f"{report.thumbnails_made} made, {report.thumbnails_reused} reused)")
     return 0
 
 
@@ -244,6 +274,7 @@ def run_parser(source: str, source_help: str, out_help: str) -> ArgumentParser:
     parser.add_argument(source, help=source_help)
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no_report", action="store_true", help="do not write OUT/report.html at the end")
     return parser
 
 
@@ -297,8 +328,14 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     evaluate = new_parser()
     evaluate.add_argument("out", help="the run's output folder or URI (holds manifest/)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("--no_report", action="store_true", help="do not rewrite OUT/report.html with the metrics")
     evaluate.add_class_arguments(EvalConfig, "eval", fail_untyped=True)
     commands["eval"] = evaluate, "metrics of a run's samples against the scenes' gt.png"
+
+    report = new_parser()
+    report.add_argument("out", help="the output folder or URI of a fill, run, library or sweep")
+    report.add_class_arguments(ReportConfig, None, fail_untyped=True)
+    commands["report"] = report, "write OUT/report.html: scenes, completions, scores, metrics and plots"
 
     tiny = new_parser()
     tiny.add_argument("dir")
@@ -327,7 +364,7 @@ def parse(argv: list[str]) -> tuple[str, Namespace]:
 
 
 COMMANDS = {"fill": cmd_fill, "run": cmd_run, "library": cmd_library, "rank": cmd_rank, "eval": cmd_eval,
-            "tiny-model": cmd_tiny_model, "example": cmd_example}
+            "report": cmd_report, "tiny-model": cmd_tiny_model, "example": cmd_example}
 
 
 class Terminated(BaseException):

@@ -399,6 +399,25 @@ class LibraryConfig:
         _check(0 < self.duplicate_ncc <= 1, "duplicate_ncc must be in (0, 1]")
 
 
+@dataclass
+class ReportConfig:
+    """The run report (OUT/report.html): what it shows, and how large it grows."""
+
+    top: int = 8
+    """Completions shown per scene, best first (every sample is still listed with its score)."""
+    thumb_px: int = 320
+    """Longest side of the thumbnails, in pixels."""
+    per_page: int = 50
+    """Scenes per index page: a report of 1,000 scenes opens as fast as one of 50."""
+    workers: int = 8
+    """Threads that read images and write thumbnails (storage and image decoding wait, the GIL does not)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check(self.top >= 1 and self.per_page >= 1 and self.workers >= 1, "top, per_page and workers must be >= 1")
+        _check(32 <= self.thumb_px <= 2048, "thumb_px must be in [32, 2048]")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON file of config fields (JSON is YAML, so one parser reads both)."""
     try:

@@ -64,7 +64,11 @@ GROUPS = ("all", "selected")
 def means(table: pa.Table) -> dict[str, dict[str, float | None]]:
     """Mean of each metric over all samples and over the selected ones: {group: {metric: mean}}, plus the
     count of samples of each group under 'samples'."""
-    rows = table.to_pylist()
+    return means_of(table.to_pylist())
+
+
+def means_of(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """means() of metric rows as dicts (each with `selected` and the metrics' values)."""
     groups = {"all": rows, "selected": [row for row in rows if row["selected"]]}
     return {group: {"samples": len(members), **{name: _mean([row[name] for row in members]) for name in METRICS}}
             for group, members in groups.items()}

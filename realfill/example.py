@@ -119,3 +119,43 @@ def library_from_scenes(scenes_root: str, root: str, copies: int = 1) -> dict[st
     save(storage.join(root, "city", "opensfm_lund_street-edited.jpg"),
          np.clip(edited.astype(np.float32) * 1.15 + 5, 0, 255).astype(np.uint8))
     return truth
+
+
+def synthetic_run(out_uri: str, scenes: int, samples: int = 4, size: tuple[int, int] = (96, 64)) -> None:
+    """The output folder of a run that never ran a model: `scenes` small scenes (under OUT/inputs/), `samples`
+    images of each and their manifest rows, every 40th scene failed and every 20th without evidence. It is what
+    reads a run (the report) measured and tested at scale in seconds."""
+    from realfill import manifest
+    from realfill.config import FillConfig
+    from realfill.fill import scene_row
+    from realfill.records import SampleRow, run_key
+
+    config, rng = FillConfig(method="stitch"), np.random.default_rng(0)
+    width, height = size
+    world = draw_world(rng)
+    for index in range(scenes):
+        top, left = (int(rng.integers(0, limit - 2 * extent)) for limit, extent in zip(world.shape, (height, width)))
+        scene_id, picture = f"scene-{index:04d}", world[top : top + 2 * height, left : left + 2 * width]
+        scene_uri = storage.join(out_uri, "inputs", scene_id)
+        mask = np.zeros((height, width), np.uint8)
+        mask[height // 4 : height // 2, width // 3 : 2 * width // 3] = 255
+        for name, image in (("target/target.png", picture[:height, :width]), ("target/mask.png", mask),
+                            ("ref/00.jpg", picture[height:, :width]), ("ref/01.jpg", picture[:height, width:])):
+            data = cv2.imencode(".jpg" if name.endswith(".jpg") else ".png", image[..., ::-1] if image.ndim == 3
+                                else image)[1].tobytes()
+            storage.write_bytes(storage.join(scene_uri, *name.split("/")), data)
+        if index % 40 == 39:
+            manifest.write_scene(out_uri, [], scene_row(scene_id, scene_uri, config, error=f"{scene_uri}/target/"
+                                                        "mask.png: mask is empty (no white pixels)"))
+            continue
+        lacking, rows = index % 20 == 19, []
+        for seed in range(samples):
+            uri = storage.join(out_uri, "samples", scene_id, f"seed-{seed:05d}.png")
+            storage.write_png(uri, np.ascontiguousarray(picture[seed : seed + height, seed : seed + width]))
+            score = 0.0 if lacking else float(100 - 10 * seed + index % 7)
+            rows.append(SampleRow(scene_id=scene_id, seed=seed, uri=uri, status="ok", run_key=run_key(config),
+                                  width=width, height=height, matches=0 if lacking else 50 - seed, score=score,
+                                  rank=1 if lacking else seed + 1, selected=not lacking and seed < samples // 2))
+        manifest.write_scene(out_uri, rows, scene_row(scene_id, scene_uri, config, samples=rows, sample_s=0.5,
+                                                      rank_s=0.1))
+    manifest.compact(out_uri)

@@ -37,6 +37,11 @@ def default_samples(out_uri: str) -> str:
     return storage.join(out_uri, "samples")
 
 
+def variant_out(out_uri: str, name: str) -> str:
+    """Where a sweep keeps one variant's manifests, metrics and report."""
+    return storage.join(out_uri, "variants", storage_name(name))
+
+
 def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:
     """Adapters are stored by what they were made from (scene content, tune config, seed, base model, the
     extra view's settings), so any run that changes only sampling or ranking finds and reuses them."""

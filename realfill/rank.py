@@ -53,6 +53,9 @@ misalignment at an edge is not a colour miss."""
 GEOMETRY, NO_EVIDENCE = "geometry", "no evidence"
 """What a scene's selection rests on (the scene row's `selection`)."""
 NO_EVIDENCE_TEXT = "no sample matched the references, so none is selected and there is no best"
+NO_EVIDENCE_ANYWHERE = ("no scene has evidence: every sample's score is 0 (a random model, or references of "
+                        "another place), so nothing is selected and no best is named")
+"""What a run whose every scene lacks evidence says, in its last lines and at the top of its report."""
 
 
 @dataclass

@@ -68,9 +68,11 @@ def _to_uint8(image: Image.Image) -> Image.Image:
     return image
 
 
-def read_image(uri: str, mode: str = "RGB", max_megapixels: float | None = None) -> np.ndarray:
+def read_image(uri: str, mode: str = "RGB", max_megapixels: float | None = None,
+               draft: tuple[int, int] | None = None) -> np.ndarray:
     """Decode an image file with its EXIF orientation applied, as uint8 RGB (or L). Images above
-    max_megapixels are refused from their header, before any pixel is decoded."""
+    max_megapixels are refused from their header, before any pixel is decoded. draft: the size wanted, at
+    least (a JPEG is then decoded at the smallest scale that still covers it: what thumbnails need)."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
@@ -90,6 +92,8 @@ def read_image(uri: str, mode: str = "RGB", max_megapixels: float | None = None)
             if max_megapixels is not None and width * height > max_megapixels * 1e6:
                 raise SceneError(f"{uri}: {width}x{height} is {width * height / 1e6:.3g} megapixels, above the "
                                  f"limit of {max_megapixels:g} (--max_megapixels)")
+            if draft is not None:
+                image.draft(mode, draft)
             image.load()
             image = _to_uint8(ImageOps.exif_transpose(image))
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

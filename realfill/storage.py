@@ -21,6 +21,12 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def split(uri: str) -> tuple[str, str]:
+    """A URI's folder and file name (the inverse of join)."""
+    uri = str(uri)
+    return posixpath.split(uri) if "://" in uri else os.path.split(uri)
+
+
 def normalize(uri: str) -> str:
     """A local path made absolute and normalized (file:// dropped), a remote URI without a trailing slash:
     what manifests record, so that they stay valid from any working directory."""

@@ -119,3 +119,52 @@ def png_header(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+CHROMIUM = next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
+                None)
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH: install it (Debian: apt-get install "
+                                   "chromium) to run the report's browser tests")
+LOAD_EVERY_IMAGE = ("Promise.all([...document.images].map(image => { image.loading = 'eager'; "
+                    "return image.decode().catch(() => null); }))")
+
+
+def browse_report(out: Path) -> dict[str, dict]:
+    """Every page of OUT's report that links lead to from OUT/report.html, as headless Chromium shows it: by
+    page (relative to OUT), its console errors and failed requests, the images that did not load, how many
+    images it has, its text and a screenshot (PNG bytes)."""
+    from playwright.sync_api import sync_playwright
+
+    root, pages = out.resolve().as_uri() + "/", {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        problems: list[str] = []
+        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
+        todo = [root + "report.html"]
+        while todo:
+            url = todo.pop()
+            name = url.removeprefix(root)
+            if name in pages:
+                continue
+            problems.clear()
+            page.goto(url)
+            page.evaluate(LOAD_EVERY_IMAGE)
+            links = page.evaluate("[...document.querySelectorAll('a[href]')].map(link => link.href)")
+            todo += [link.split("#")[0] for link in links if link.startswith(root) and link.endswith(".html")]
+            pages[name] = {
+                "problems": list(problems), "text": page.inner_text("body"), "screenshot": page.screenshot(),
+                "broken": page.evaluate("[...document.images].filter(image => !image.naturalWidth).map(i => i.src)"),
+                "images": page.evaluate("document.images.length")}
+        browser.close()
+    return pages
+
+
+def blank(screenshot: bytes) -> bool:
+    """A screenshot with next to nothing drawn on it."""
+    import io
+
+    pixels = np.asarray(Image.open(io.BytesIO(screenshot)).convert("L"), np.float32)
+    return pixels.std() < 10 or (pixels < 230).mean() < 0.02

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from conftest import write_scene
-from realfill import manifest
+from realfill import manifest, storage
 from realfill.cli import fill_config, main, parse
 from realfill.masks import composite_alpha
-from realfill.rank import NO_EVIDENCE_TEXT
+from realfill.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 from realfill.scene import load_scene
 
 TINY_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
@@ -97,9 +97,10 @@ def test_config_file_then_flags(tmp_path):
 
 def test_fill_writes_to_a_memory_uri(tmp_path):
     scene = write_scene(tmp_path / "scene", refs=1)
-    assert main(["fill", str(scene), "--out", "memory://runs/one", *TINY_FLAGS]) == 0
+    assert main(["fill", str(scene), "--out", "memory://runs/one", *TINY_FLAGS, "--no_report"]) == 0
     samples = manifest.read_table("memory://runs/one", "samples")
     assert samples.num_rows == 3 and all(uri.startswith("memory://") for uri in samples.column("uri").to_pylist())
+    assert not storage.exists("memory://runs/one/report.html"), "--no_report"
 
 
 def test_the_readme_demo_runs(tmp_path):
@@ -109,9 +110,11 @@ def test_the_readme_demo_runs(tmp_path):
                              f"RUNS={tmp_path}"], cwd=repo, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "done: 2" in result.stdout and "| psnr ↑ |" in result.stdout
+    assert f"report: {tmp_path / 'example-stitch' / 'report.html'}" in result.stdout
     samples = manifest.read_table(str(tmp_path / "example"), "samples").to_pylist()
     assert len(samples) == 16 and sum(row["selected"] for row in samples) == 0
     assert result.stdout.count("no evidence ") == 2, "a random model's noise matches nothing, and the run says so"
+    assert NO_EVIDENCE_ANYWHERE in result.stdout
     assert (tmp_path / "example" / "metrics.parquet").exists()
 
 
@@ -148,8 +151,9 @@ def test_relative_paths_are_recorded_absolute_and_the_last_lines_say_where(tmp_p
     write_scene(tmp_path / "work" / "scenes" / "rel")
     monkeypatch.chdir(tmp_path / "work")
     assert main(["fill", "scenes/rel", "--out", "out", *TINY_FLAGS]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-3:]
+    last = capsys.readouterr().out.strip().splitlines()[-4:]
     out = tmp_path / "work" / "out"
+    assert last[3] == f"report: {out / 'report.html'}" and (out / "report.html").is_file()
     assert last[0] == f"samples table (one row per sample): {out / 'manifest' / 'samples'}"
     assert last[1] == f"scenes table (one row per scene):   {out / 'manifest' / 'scenes'}"
     scene = manifest.read_table(str(out), "scenes").to_pylist()[0]

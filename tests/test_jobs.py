@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.sweep import variant_out
 from realfill import manifest
+from realfill.fill import variant_out
 
 ADDRESS = "http://127.0.0.1:8299"
 TINY = ("--base_model tiny --device cpu --tune.resolution 64 --sample.resolution 64 --tune.train_steps 2 "

@@ -167,6 +167,11 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
         assert json.loads(row["request"])["target"] in str(row["target"])
     scenes = {row["scene_id"]: row for row in manifest.read_table(str(out), "scenes").to_pylist()}
     assert scenes["misc-pumpkin"]["status"] == "failed" and len(scenes) == 5
+    assert result.stdout.strip().endswith(f"report: {out}/report.html")
+    page = (out / "report" / "scenes" / "city-opensfm_lund_street.html").read_text()
+    assert "References picked" in page and page.count(" verified matches</figcaption>") == 3
+    assert "before: " in page and f"after: {out}/filled/city/opensfm_lund_street.jpg" in page
+    assert "no usable reference in album" in (out / "report" / "scenes" / "misc-pumpkin.html").read_text()
     assert sorted(path.name for path in (out / "scenes" / "city-opensfm_lund_street" / "ref").iterdir()) == \
         ["00.jpg", "01.jpg", "02.jpg"]
     records = {path: path.stat().st_mtime_ns for path in (out / "scenes").rglob("request.json")}

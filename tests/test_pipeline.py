@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,8 +47,10 @@ def first_run(scenes, tmp_path_factory):
     return out, result
 
 
-def snapshot(out: Path) -> dict[str, int]:
-    return {str(path): path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+def snapshot(out: Path, report: bool = False) -> dict[str, int]:
+    """Each file of a run's output and its modification time; the report (rewritten by every run) only if asked."""
+    return {str(path): path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()
+            and (report or not (path.name == "report.html" and path.parent == out or (out / "report") in path.parents))}
 
 
 def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
@@ -66,7 +69,7 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
         # a random-weight model paints noise: no best, and the last lines say why
         assert scenes[name]["selection"] == "no evidence" and pd.isna(scenes[name]["best_uri"])
         assert f"no evidence {name}: {NO_EVIDENCE_TEXT}" in result.stdout
-    assert result.stdout.strip().splitlines()[-2:] == manifest.where_tables(str(out))
+    assert result.stdout.strip().splitlines()[-3:] == [*manifest.where_tables(str(out)), f"report: {out}/report.html"]
     for row in samples:
         assert Path(row["uri"]).is_file() and row["rank"] >= 1 and row["score"] is not None
     assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"3"
@@ -93,12 +96,14 @@ def test_manifest_reads_as_one_table_with_ray_data(first_run):
 
 def test_same_command_again_resumes_without_recomputing(scenes, first_run):
     out, _ = first_run
-    before, rows_before = snapshot(out), manifest.read_table(str(out), "samples")
+    before, rows_before = snapshot(out, report=True), manifest.read_table(str(out), "samples")
     again = realfill_run(scenes, out)
     assert "already complete (skipped): 3" in again.stdout and "failed: 1" in again.stdout
-    after = snapshot(out)
-    unchanged = {path for path in before if "broken" not in path and "/manifest/" not in path}
+    after = snapshot(out, report=True)
+    unchanged = {path for path in before if "broken" not in path and "/manifest/" not in path
+                 and not path.endswith(".html")}
     assert all(after[path] == before[path] for path in unchanged), "nothing of a finished scene is rewritten"
+    assert any("/report/thumbs/" in path for path in unchanged), "the report's thumbnails are reused too"
     assert manifest.read_table(str(out), "samples").equals(rows_before), "its rows are kept as they were"
     assert len(ds.dataset(out / "manifest" / "samples", format="parquet").to_table()) == 9
 
@@ -359,7 +364,7 @@ def test_run_ranks_with_a_learned_matcher_in_its_workers(scenes_root, tmp_path):
 def test_a_sweep_of_every_method_runs_in_one_pipeline(scenes_root, tmp_path):
     """The bundled methods grid: each method through its own stages (stitch on CPUs, no tuning for the
     baselines), realfill and realfill-from-stitch sharing one adapter, all in the same manifests."""
-    from pipeline.sweep import variant_out
+    from realfill.fill import variant_out
 
     root = tmp_path / "scenes"
     root.mkdir()
@@ -383,3 +388,10 @@ def test_a_sweep_of_every_method_runs_in_one_pipeline(scenes_root, tmp_path):
     table = pd.read_parquet(out / "sweep.parquet")
     psnr = table[table["group"] == "all"].set_index("variant")["psnr"].to_dict()
     assert psnr["stitch"] > psnr["realfill"] + 5, "geometry completes what a random model cannot"
+    sweep_page = (out / "report.html").read_text()
+    for name in rows:
+        assert f'href="variants/{name}/report.html"' in sweep_page
+        assert (out / "variants" / name / "report.html").is_file(), "every variant has its own report"
+    for page in (out / "report.html", *out.glob("variants/*/report/scenes/*.html")):
+        sources = re.findall(r'<img src="([^"]+)"', page.read_text())
+        assert sources and all((page.parent / source).is_file() for source in sources), page

@@ -1,0 +1,667 @@
+"""`realfill report OUT`: a run's static HTML report, written at the end of every fill, run, library and sweep.
+
+Everything it links is relative, so the folder works from a laptop, a static site or a notebook:
+
+    OUT/report.html                  summary, plots and the first page of scenes
+    OUT/report/index-N.html          the further pages of scenes (per_page each)
+    OUT/report/failures.html         every failure with its message
+    OUT/report/scenes/NAME.html      one page per scene
+    OUT/report/thumbs/KEY.jpg        thumbnails, named by what they show: made once, reused by later reports
+    OUT/report/sheets/NAME-KEY.png   a contact sheet per scene: refs | target + mask | best fills
+    OUT/report/plots/NAME-KEY.png    matplotlib plots
+
+A report reads only the manifests (and metrics.parquet, requests.parquet, sweep.parquet when there are
+some) and the images they name; whatever is gone since is shown as such, never a broken image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import posixpath
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from realfill import manifest, storage
+from realfill.config import ReportConfig
+from realfill.evaluate import means_of
+from realfill.fill import variant_out
+from realfill.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL
+from realfill.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
+from realfill.records import RequestRow, SampleRow, SceneRow, digest
+from realfill.scene import SceneError, list_refs, read_image, storage_name
+
+REPORT_PAGE = "report.html"
+REPORT_DIR = "report"
+FOLDERS = ("thumbs", "sheets", "plots", "scenes")
+"""The report's folders under OUT/report/: what is in them and not part of the newest report is removed."""
+FAILURES_SHOWN = 20
+"""Failures listed on the first page; every one is on failures.html."""
+STAGES = {"tune": "tuning", "sample": "making images", "rank": "ranking"}
+"""The scene rows' seconds (tune_s, sample_s, rank_s), as the report names them."""
+SHEET_FILLS = 4
+"""Best fills on a contact sheet."""
+SHEET_HEIGHT = 240
+"""Height of a contact sheet's pictures, in pixels (at most: small images are not enlarged)."""
+TINT = np.array([255, 40, 40], np.float32)
+"""Colour of the mask drawn over a target."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A thumbnail: one image, or a target with its mask drawn over it (two sources). Its key names what it
+    shows (each source's URI, size and modification time, and the thumbnail size), so a later report whose
+    images have not changed reuses it."""
+
+    sources: tuple[str, ...]
+    key: str
+
+    @property
+    def path(self) -> str:
+        """Where it is, relative to OUT."""
+        return f"{REPORT_DIR}/thumbs/{self.key}.jpg"
+
+    @property
+    def overlay(self) -> bool:
+        return len(self.sources) == 2
+
+
+class Stamps:
+    """Size and modification time of files, from one listing per folder: a report costs a few storage calls
+    per scene, not one per image."""
+
+    def __init__(self):
+        self.folders: dict[str, dict[str, str]] = {}
+
+    def __call__(self, uri: str) -> str | None:
+        """The file's stamp, or None when it is not there."""
+        parent, name = storage.split(uri)
+        if parent not in self.folders:
+            fs, path = url_to_fs(parent)
+            try:
+                entries = fs.ls(path, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                entries = []
+            self.folders[parent] = {posixpath.basename(entry["name"].rstrip("/")): _stamp(entry) for entry in entries}
+        return self.folders[parent].get(name)
+
+
+def _stamp(entry: dict) -> str:
+    changed = next((entry[name] for name in ("mtime", "LastModified", "updated", "created", "ETag") if entry.get(name)),
+                   "")
+    return f"{entry.get('size')}:{changed}"
+
+
+@dataclass
+class Pictures:
+    """Every thumbnail a report shows, by key, and why some could not be made."""
+
+    stamps: Stamps
+    thumb_px: int
+    wanted: dict[str, Picture] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    """Pictures whose sources are not on storage (no thumbnail to make), with the reason."""
+
+    def of(self, *sources: str) -> Picture:
+        stamps = [self.stamps(uri) for uri in sources]
+        picture = Picture(tuple(sources), digest({"sources": list(zip(sources, stamps)), "px": self.thumb_px}))
+        self.wanted.setdefault(picture.key, picture)
+        gone = [uri for uri, stamp in zip(sources, stamps) if stamp is None]
+        if gone:
+            self.missing[picture.key] = f"{gone[0]}: file not found"
+        return picture
+
+    def problem(self, picture: Picture | None) -> str | None:
+        """Why the picture cannot be shown (None: it can)."""
+        if picture is None:
+            return "no image"
+        return self.missing.get(picture.key) or self.errors.get(picture.key)
+
+
+def make_thumbnail(picture: Picture, px: int) -> bytes:
+    """A JPEG whose longest side is at most px; a target is shown with its mask tinted and outlined."""
+    image = Image.fromarray(read_image(picture.sources[0], draft=(px, px)))
+    image.thumbnail((px, px), Image.Resampling.LANCZOS)
+    if picture.overlay:
+        mask = Image.fromarray(read_image(picture.sources[1], mode="L", draft=(px, px))).resize(image.size)
+        inside = np.asarray(mask) > 127
+        edge = inside & ~(np.asarray(mask.filter(ImageFilter.MinFilter(3))) > 127)
+        pixels = np.asarray(image, np.float32)
+        pixels[inside] = 0.55 * pixels[inside] + 0.45 * TINT
+        pixels[edge] = TINT
+        image = Image.fromarray(pixels.round().astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def one_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@dataclass
+class SceneView:
+    """One scene as the report shows it: its row, its samples best first, and the pictures of its pages."""
+
+    row: SceneRow
+    samples: list[SampleRow]
+    """Its good samples, best rank first."""
+    metrics: dict[str, dict[str, float | None]]
+    """Each evaluated sample's metrics, by image URI."""
+    request: RequestRow | None
+    refs: list[Picture] = field(default_factory=list)
+    target: Picture | None = None
+    """The target with its mask drawn over it."""
+    gt: Picture | None = None
+    fills: list[Picture] = field(default_factory=list)
+    """The shown samples' pictures, in the order of `shown`."""
+    before: Picture | None = None
+    after: Picture | None = None
+    picked: list[tuple[Picture, int | None]] = field(default_factory=list)
+    """A library request's references as picked from the album, with their verified matches."""
+    inputs_error: str | None = None
+    sheet: str | None = None
+    """Its contact sheet, relative to OUT."""
+    page_number: int = 1
+
+    @property
+    def scene_id(self) -> str:
+        return self.row.scene_id
+
+    @property
+    def page(self) -> str:
+        return f"{REPORT_DIR}/scenes/{storage_name(self.scene_id)}.html"
+
+    @property
+    def no_evidence(self) -> bool:
+        return self.row.ok and self.row.selection == NO_EVIDENCE
+
+    @property
+    def best(self) -> SampleRow | None:
+        return next((sample for sample in self.samples if sample.uri == self.row.best_uri), None)
+
+    @property
+    def status(self) -> str:
+        return "failed" if not self.row.ok else NO_EVIDENCE if self.no_evidence else "ok"
+
+    def plotted(self) -> tuple:
+        """What the plots show of this scene (a plot is redrawn only when it changes)."""
+        samples = [(sample.rank, sample.score, sample.selected, sample.uri == self.row.best_uri,
+                    self.metrics.get(sample.uri)) for sample in self.samples]
+        return self.scene_id, self.status, samples
+
+    def shown(self, top: int) -> list[SampleRow]:
+        return self.samples[:top]
+
+    @cached_property
+    def top_score(self) -> float:
+        return max((sample.score or 0.0 for sample in self.samples), default=0.0)
+
+    def metric_means(self) -> dict[str, dict[str, float | None]]:
+        rows = [{"selected": sample.selected, **self.metrics[sample.uri]} for sample in self.samples
+                if sample.uri in self.metrics]
+        if not rows:
+            return {}
+        return means_of(rows)
+
+
+def picture_sources(view: SceneView, pictures: Pictures, top: int) -> None:
+    """The pictures of a scene: references, target with mask, ground truth, best fills, a request's before/after."""
+    scene_uri = view.row.scene_uri
+    try:
+        view.refs = [pictures.of(uri) for uri in list_refs(scene_uri)]
+    except SceneError as exc:
+        view.inputs_error = str(exc)
+    target, mask, gt = (storage.join(scene_uri, "target", name) for name in ("target.png", "mask.png", "gt.png"))
+    view.target = pictures.of(target, mask)
+    view.gt = pictures.of(gt) if pictures.stamps(gt) else None
+    view.fills = [pictures.of(sample.uri) for sample in view.shown(top)]
+    if view.request is not None:
+        view.before = pictures.of(view.request.target)
+        view.after = pictures.of(view.request.filled_uri) if view.request.filled_uri else None
+        view.picked = [(pictures.of(ref["uri"]), ref.get("matches")) for ref in json.loads(view.request.refs)]
+
+
+def read_views(out_uri: str) -> list[SceneView]:
+    """Every scene of the run (its current row), with its samples, metrics and library request."""
+    sample_table, scene_table = manifest.read_tables(out_uri)
+    samples: dict[str, list[SampleRow]] = {}
+    for sample in manifest.rows_of(sample_table, SampleRow):
+        if sample.ok:
+            samples.setdefault(sample.scene_id, []).append(sample)
+    metrics_uri, requests_uri = storage.join(out_uri, "metrics.parquet"), storage.join(out_uri, "requests.parquet")
+    metrics: dict[str, dict[str, float | None]] = {}
+    if storage.exists(metrics_uri):
+        for row in pq.read_table(io.BytesIO(storage.read_bytes(metrics_uri))).to_pylist():
+            metrics[row["uri"]] = {name: row.get(name) for name in METRICS}
+    requests: dict[str, RequestRow] = {}
+    if storage.exists(requests_uri):
+        table = pq.read_table(io.BytesIO(storage.read_bytes(requests_uri)))
+        requests = {row.scene_id: row for row in manifest.rows_of(table, RequestRow)}
+    views = []
+    for row in sorted(manifest.rows_of(scene_table, SceneRow), key=lambda row: row.scene_id):
+        own = sorted(samples.get(row.scene_id, []) if row.ok else [],
+                     key=lambda sample: (sample.rank is None, sample.rank or 0, sample.seed))
+        views.append(SceneView(row, own, {sample.uri: metrics[sample.uri] for sample in own if sample.uri in metrics},
+                               requests.get(row.scene_id)))
+    return views
+
+
+def relative(out_uri: str, page: str, uri: str) -> str | None:
+    """A link from a page (relative to OUT) to a file outside the report: relative when both are on one
+    filesystem (a local disk, or one bucket), else none (a browser cannot follow s3://)."""
+    if "://" not in out_uri and "://" not in uri:
+        start = os.path.dirname(os.path.join(out_uri, page))
+        return quote(os.path.relpath(uri, start).replace(os.sep, "/"))
+    head, _, path = out_uri.partition("://")
+    other_head, _, other_path = uri.partition("://")
+    bucket, other_bucket = path.split("/")[0], other_path.split("/")[0]
+    if head != other_head or bucket != other_bucket or "://" not in uri:
+        return None
+    return quote(posixpath.relpath(other_path, posixpath.dirname(posixpath.join(path, page))))
+
+
+# Plots: matplotlib's object API on the Agg canvas (no pyplot state, no display needed).
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def score_plot(views: list[SceneView]) -> bytes:
+    """Each scene's sample scores as a row of dots: grey all, blue selected, a red star the best."""
+    figure = _figure(8, 1.2 + 0.3 * len(views))
+    axes = figure.add_subplot()
+    points = [(sample.score or 0.0, y, bool(sample.selected), sample.uri == view.row.best_uri)
+              for y, view in enumerate(views) for sample in view.samples]
+    for keep, size, colour, marker in ((lambda kept, best: not kept, 14, "#9aa5b1", "o"),
+                                       (lambda kept, best: kept, 18, "#1f6fd1", "o"),
+                                       (lambda kept, best: best, 110, "#d62728", "*")):
+        chosen = [(score, y) for score, y, kept, best in points if keep(kept, best)]
+        if chosen:
+            axes.scatter(*zip(*chosen), s=size, color=colour, marker=marker, zorder=2 + size / 100)
+    for y, view in enumerate(views):
+        if view.status != "ok":
+            axes.annotate(view.status, (1, y), xycoords=("axes fraction", "data"), xytext=(-4, 0),
+                          textcoords="offset points", ha="right", va="center", fontsize=8, color="#b00020")
+    axes.set_yticks(range(len(views)), labels=[view.scene_id for view in views], fontsize=8)
+    axes.set_ylim(len(views) - 0.5, -0.5)
+    axes.set_xlabel("score (matches landing where the known pixels say; higher is better)")
+    axes.set_title("Sample scores per scene: grey all, blue selected, red star the best", fontsize=10)
+    top = max((view.top_score for view in views), default=0.0)
+    if top <= 0:
+        axes.set_xlim(-0.5, 1.0)
+    elif top > 20:
+        axes.set_xscale("symlog", linthresh=1.0)  # scores span from a fraction to hundreds of matches
+        axes.set_xlim(-0.3, top * 1.6)
+    axes.grid(axis="x", alpha=0.3)
+    return _png(figure)
+
+
+def present_metrics(rows: list[dict]) -> list[str]:
+    return [name for name in METRICS if any(row.get(name) is not None and not math.isnan(row[name]) for row in rows)]
+
+
+def rank_plot(views: list[SceneView]) -> bytes | None:
+    """Each metric against rank (1 = the best-scored sample): a scene a faint line, the mean over scenes bold.
+    Falling (or, for lower-is-better metrics, rising) with rank says selection picks the better samples."""
+    ranked = [[(sample.rank, view.metrics[sample.uri]) for sample in view.samples
+               if sample.rank is not None and sample.uri in view.metrics] for view in views]
+    ranked = [points for points in ranked if len(points) > 1]
+    names = present_metrics([values for points in ranked for _, values in points])
+    if not names:
+        return None
+    figure = _figure(3.2 * len(names), 3.0)
+    for index, name in enumerate(names):
+        axes = figure.add_subplot(1, len(names), index + 1)
+        by_rank: dict[int, list[float]] = {}
+        for points in ranked:
+            line = [(rank, values[name]) for rank, values in points if values[name] is not None]
+            axes.plot([rank for rank, _ in line], [value for _, value in line], color="#9aa5b1", alpha=0.35, lw=0.8)
+            for rank, value in line:
+                by_rank.setdefault(rank, []).append(value)
+        ranks = sorted(by_rank)
+        axes.plot(ranks, [np.mean(by_rank[rank]) for rank in ranks], color="#1f6fd1", lw=2.2, marker="o", ms=3)
+        axes.set_title(f"{name} {'↓' if name in LOWER_IS_BETTER else '↑'}", fontsize=10)
+        axes.set_xlabel("rank by score")
+        axes.grid(alpha=0.3)
+    figure.suptitle("Metric versus rank: does selection pick the better samples?", fontsize=10)
+    return _png(figure)
+
+
+def leaderboard_plot(rows: list[dict]) -> bytes | None:
+    """A sweep's variants side by side per metric: all seeds and the selected ones."""
+    names = present_metrics(rows)
+    if not names:
+        return None
+    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    figure = _figure(max(3.2 * len(names), 6), 0.9 + 0.35 * len(variants) * 2)
+    for index, name in enumerate(names):
+        axes = figure.add_subplot(1, len(names), index + 1)
+        for offset, group, colour in ((-0.2, "all", "#9aa5b1"), (0.2, "selected", "#1f6fd1")):
+            values = [next((row[name] for row in rows if row["variant"] == variant and row["group"] == group
+                            and row[name] is not None), np.nan) for variant in variants]
+            axes.barh(np.arange(len(variants)) + offset, values, height=0.4, color=colour, label=group)
+        axes.axvline(PAPER_REALFILL[name], color="#d62728", lw=1, ls="--", label="paper RealFill")
+        axes.set_yticks(range(len(variants)), labels=variants if index == 0 else [""] * len(variants), fontsize=8)
+        axes.invert_yaxis()
+        axes.set_title(f"{name} {'↓' if name in LOWER_IS_BETTER else '↑'}", fontsize=10)
+        axes.grid(axis="x", alpha=0.3)
+    figure.legend(*figure.axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8)
+    figure.suptitle("Leaderboard: each variant's mean over all seeds and over the selected ones", fontsize=10)
+    return _png(figure)
+
+
+# Contact sheets: the scene's thumbnails side by side, with a caption under each.
+
+def contact_sheet(title: str, tiles: list[tuple[bytes | None, str]]) -> bytes:
+    """One PNG: the title over the tiles (thumbnail JPEG bytes, or None for a text tile) left to right."""
+    font = ImageFont.load_default(size=14)
+    photos = {index: Image.open(io.BytesIO(data)).convert("RGB") for index, (data, _) in enumerate(tiles) if data}
+    height = min(SHEET_HEIGHT, max((photo.height for photo in photos.values()), default=SHEET_HEIGHT))
+    images = []
+    for index, (_, caption) in enumerate(tiles):
+        if index in photos:
+            photo = photos[index]
+            image = photo.resize((max(1, round(photo.width * height / photo.height)), height), Image.Resampling.LANCZOS)
+        else:
+            image = Image.new("RGB", (max(height, 160), height), (236, 238, 241))
+            ImageDraw.Draw(image).multiline_text((8, height // 2 - 18), caption.replace(": ", ":\n", 1),
+                                                 fill=(90, 90, 90), font=font)
+        images.append((image, caption))
+    gap, band = 8, 26
+    sheet = Image.new("RGB", (sum(image.width for image, _ in images) + gap * (len(images) + 1),
+                              band + height + band + 2 * gap), "white")
+    draw, x = ImageDraw.Draw(sheet), gap
+    draw.text((gap, gap), title, fill=(0, 0, 0), font=ImageFont.load_default(size=16))
+    for image, caption in images:
+        sheet.paste(image, (x, gap + band))
+        draw.text((x + 2, gap + band + height + 5), caption[: max(8, image.width // 8)], fill=(30, 30, 30), font=font)
+        x += image.width + gap
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def sheet_title(view: SceneView) -> str:
+    method = json.loads(view.row.config).get("method", "realfill") if view.row.config else None
+    return " · ".join(part for part in (view.scene_id, method, view.status) if part)
+
+
+def sheet_tiles(view: SceneView, pictures: Pictures) -> list[tuple[Picture | None, str]]:
+    """What a scene's contact sheet shows: refs | target + mask | best fills (or why there are none)."""
+    tiles: list[tuple[Picture | None, str]] = [(ref, f"ref {index + 1}") for index, ref in enumerate(view.refs)]
+    tiles.append((view.target, "target + mask"))
+    kept = [(picture, sample) for picture, sample in zip(view.fills, view.shown(SHEET_FILLS)) if sample.selected]
+    tiles += [(picture, f"#{sample.rank} score {sample.score:.1f}") for picture, sample in kept]
+    if not view.row.ok:
+        tiles.append((None, f"failed: {view.row.error}"))
+    elif not kept:
+        tiles.append((None, "no evidence: nothing selected"))
+    return [(picture, caption) for picture, caption in tiles if picture is None or not pictures.problem(picture)]
+
+
+# Pages.
+
+def _environment() -> Environment:
+    environment = Environment(loader=PackageLoader("realfill", "templates"), autoescape=True,
+                              undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["seconds"] = lambda value: "–" if value is None else f"{value:.1f}s"
+    environment.filters["evaluated"] = lambda groups: [name for name in METRICS if groups["all"][name] is not None]
+    environment.filters["plural"] = lambda count, word: f"{count} {word}{'' if count == 1 else 's'}"
+    environment.filters["metric"] = lambda value, name: ("–" if value is None or math.isnan(value)
+                                                         else f"{value:.{2 if name == 'psnr' else 3}f}")
+    return environment
+
+
+@dataclass
+class Summary:
+    """A run at a glance: outcomes, seconds per stage, configs."""
+
+    scenes: int
+    ok: int
+    failed: list[SceneView]
+    no_evidence: list[SceneView]
+    samples: int
+    selected: int
+    stage_seconds: dict[str, float]
+    """Seconds per stage, summed over the scenes' rows (a call shared by several scenes counts in each)."""
+    configs: list[tuple[str, int]]
+    """Each distinct config (pretty JSON) and how many scenes ran with it."""
+    methods: list[str]
+    metrics: dict[str, dict[str, float | None]]
+    """Means over all / selected samples, when the run was evaluated."""
+
+
+def summarize(views: list[SceneView]) -> Summary:
+    ok = [view for view in views if view.row.ok]
+    seconds = {label: sum(getattr(view.row, f"{stage}_s") or 0.0 for view in ok) for stage, label in STAGES.items()}
+    configs = Counter(view.row.config for view in views if view.row.config)
+    parsed = {text: json.loads(text) for text in configs}
+    metric_rows = [{"selected": sample.selected, **view.metrics[sample.uri]} for view in views
+                   for sample in view.samples if sample.uri in view.metrics]
+    return Summary(
+        scenes=len(views), ok=len(ok), failed=[view for view in views if not view.row.ok],
+        no_evidence=[view for view in views if view.no_evidence], samples=sum(len(view.samples) for view in views),
+        selected=sum(bool(sample.selected) for view in views for sample in view.samples),
+        stage_seconds={stage: value for stage, value in seconds.items() if value > 0},
+        configs=[(json.dumps(parsed[text], indent=2, sort_keys=True), count) for text, count in configs.most_common()],
+        methods=sorted({parsed[text].get("method", "realfill") for text in configs}),
+        metrics=means_of(metric_rows) if metric_rows else {})
+
+
+@dataclass
+class RunReport:
+    """What a report wrote: where, and how much of it was made now versus reused."""
+
+    uri: str
+    scenes: int
+    pages: int
+    thumbnails_made: int
+    thumbnails_reused: int
+    views: list[SceneView] = field(repr=False, default_factory=list)
+    pictures: Pictures | None = field(repr=False, default=None)
+
+
+class Writer:
+    """One report's writing: the files it makes, so that those of older reports can be removed after it."""
+
+    def __init__(self, out_uri: str, config: ReportConfig):
+        self.out_uri, self.config = out_uri, config
+        self.environment = _environment()
+        self.written: set[str] = set()
+        """Files of the report, relative to OUT."""
+        self.existing = {folder: self._listing(folder) for folder in FOLDERS}
+
+    def _listing(self, folder: str) -> set[str]:
+        try:
+            return set(storage.list_dir(storage.join(self.out_uri, REPORT_DIR, folder)))
+        except FileNotFoundError:
+            return set()
+
+    def have(self, path: str) -> bool:
+        """Whether a content-named file (relative to OUT) is there from an earlier report."""
+        folder, name = path.split("/")[1:3]
+        return name in self.existing[folder]
+
+    def write(self, path: str, data: bytes) -> None:
+        storage.write_bytes(storage.join(self.out_uri, *path.split("/")), data)
+        self.written.add(path)
+
+    def keep(self, path: str) -> None:
+        self.written.add(path)
+
+    def page(self, path: str, template: str, **context) -> None:
+        """Render a page; `href` in it makes a link to a file of OUT relative to this page, and `outside` one
+        to a file anywhere (None when a browser could not follow it)."""
+        here = posixpath.dirname(path)
+
+        def href(target: str) -> str:
+            return quote(posixpath.relpath(target, here or "."))
+
+        def outside(uri: str | None) -> str | None:
+            return relative(self.out_uri, path, uri) if uri else None
+
+        html = self.environment.get_template(template).render(href=href, outside=outside, config=self.config,
+                                                              NO_EVIDENCE_TEXT=NO_EVIDENCE_TEXT, METRICS=METRICS,
+                                                              NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE,
+                                                              PAPER=PAPER_REALFILL, **context)
+        self.write(path, html.encode())
+
+    def plot(self, name: str, data: object, draw) -> str | None:
+        """A plot named by its data: drawn unless an earlier report drew the same; None when there is nothing
+        to draw."""
+        path = f"{REPORT_DIR}/plots/{name}-{digest(data)}.png"
+        if self.have(path):
+            self.keep(path)
+            return path
+        png = draw()
+        if png is None:
+            return None
+        self.write(path, png)
+        return path
+
+    def remove_stale(self) -> None:
+        """Files of earlier reports that this one does not use (a scene gone, an image changed)."""
+        for folder, names in self.existing.items():
+            for name in names:
+                if f"{REPORT_DIR}/{folder}/{name}" not in self.written:
+                    storage.remove(storage.join(self.out_uri, REPORT_DIR, folder, name))
+        for name in self._report_pages():
+            if f"{REPORT_DIR}/{name}" not in self.written:
+                storage.remove(storage.join(self.out_uri, REPORT_DIR, name))
+
+    def _report_pages(self) -> list[str]:
+        try:
+            return [name for name in storage.list_dir(storage.join(self.out_uri, REPORT_DIR)) if name.endswith(".html")]
+        except FileNotFoundError:
+            return []
+
+
+def make_pictures(writer: Writer, pictures: Pictures) -> tuple[int, int]:
+    """Make the thumbnails that no earlier report made (in threads); returns (made, reused)."""
+    todo = [picture for key, picture in pictures.wanted.items() if key not in pictures.missing]
+    fresh = [picture for picture in todo if not writer.have(picture.path)]
+    for picture in todo:
+        writer.keep(picture.path)
+
+    def make(picture: Picture) -> str | None:
+        try:
+            writer.write(picture.path, make_thumbnail(picture, pictures.thumb_px))
+        except Exception as exc:  # an unreadable image is shown as such; the report goes on
+            return one_line(exc)
+        return None
+
+    with ThreadPoolExecutor(writer.config.workers) as pool:
+        for picture, error in zip(fresh, pool.map(make, fresh)):
+            if error:
+                pictures.errors[picture.key] = error
+                writer.written.discard(picture.path)
+    return len(fresh) - sum(picture.key in pictures.errors for picture in fresh), len(todo) - len(fresh)
+
+
+def make_sheets(writer: Writer, views: list[SceneView], pictures: Pictures) -> None:
+    """Each scene's contact sheet, named by its tiles: made when they changed."""
+    def make(view: SceneView) -> None:
+        tiles = sheet_tiles(view, pictures)
+        name = storage_name(view.scene_id)
+        shows = [sheet_title(view), [(picture.key if picture else None, caption) for picture, caption in tiles]]
+        path = f"{REPORT_DIR}/sheets/{name}-{digest(shows)}.png"
+        if writer.have(path):
+            writer.keep(path)
+        else:
+            thumbs = [(storage.read_bytes(storage.join(writer.out_uri, *picture.path.split("/"))) if picture else None,
+                       caption) for picture, caption in tiles]
+            writer.write(path, contact_sheet(sheet_title(view), thumbs))
+        view.sheet = path
+
+    with ThreadPoolExecutor(writer.config.workers) as pool:
+        list(pool.map(make, views))
+
+
+def index_path(number: int) -> str:
+    return REPORT_PAGE if number == 1 else f"{REPORT_DIR}/index-{number}.html"
+
+
+def write_run_report(out_uri: str, config: ReportConfig, title: str | None = None) -> RunReport:
+    """The report of one run's output folder (a fill, run or library, or one variant of a sweep)."""
+    out_uri = storage.normalize(out_uri)
+    if not storage.exists(manifest.table_uri(out_uri, "scenes")):
+        raise ValueError(f"{out_uri}: no manifest/scenes here; is this the --out of a realfill fill, run or library?")
+    views = read_views(out_uri)
+    writer, pictures = Writer(out_uri, config), Pictures(Stamps(), config.thumb_px)
+    for view in views:
+        picture_sources(view, pictures, config.top)
+    made, reused = make_pictures(writer, pictures)
+    make_sheets(writer, views, pictures)
+    summary = summarize(views)
+    pages = [views[start : start + config.per_page] for start in range(0, len(views), config.per_page)] or [[]]
+    for number, members in enumerate(pages, 1):
+        for view in members:
+            view.page_number = number
+    rank_chart = writer.plot("metric-vs-rank", [view.plotted() for view in views], lambda: rank_plot(views))
+    for number, members in enumerate(pages, 1):
+        scores = writer.plot(f"scores-{number}", [view.plotted() for view in members],
+                             lambda: score_plot(members)) if members else None
+        writer.page(index_path(number), "index.html.j2", title=title or out_uri, summary=summary, views=members,
+                    number=number, pages=len(pages), index_path=index_path, pictures=pictures, scores=scores,
+                    rank_chart=rank_chart if number == 1 else None, failures_shown=FAILURES_SHOWN)
+    if len(summary.failed) > FAILURES_SHOWN:
+        writer.page(f"{REPORT_DIR}/failures.html", "failures.html.j2", title=title or out_uri, summary=summary,
+                    index_path=index_path)
+    padded = [None, *views, None]
+    for position, view in enumerate(views):
+        writer.page(view.page, "scene.html.j2", view=view, pictures=pictures,
+                    neighbours=(padded[position], padded[position + 2]), index=index_path(view.page_number),
+                    title=title or out_uri)
+    writer.remove_stale()
+    return RunReport(storage.join(out_uri, REPORT_PAGE), len(views), len(pages), made, reused, views, pictures)
+
+
+def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
+    """A sweep's report: every variant's own report, and a page comparing them (the leaderboard, its plot,
+    and each scene's best fill under each variant)."""
+    out_uri = storage.normalize(out_uri)
+    rows = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out_uri, "sweep.parquet")))).to_pylist()
+    names = list(dict.fromkeys(row["variant"] for row in rows))
+    reports = {name: write_run_report(variant_out(out_uri, name), config, title=f"{out_uri}: variant {name}")
+               for name in names}
+    writer = Writer(out_uri, config)
+    chart = writer.plot("leaderboard", rows, lambda: leaderboard_plot(rows))
+    scene_ids = sorted({view.scene_id for report in reports.values() for view in report.views})[: config.per_page]
+    grid = {name: {view.scene_id: view for view in report.views} for name, report in reports.items()}
+    variant_dirs = {name: posixpath.join("variants", storage_name(name)) for name in names}
+    writer.page(REPORT_PAGE, "sweep.html.j2", title=out_uri, rows=rows, names=names, reports=reports, chart=chart,
+                scene_ids=scene_ids, grid=grid, variant_dirs=variant_dirs, metric_names=present_metrics(rows),
+                total_scenes=len({view.scene_id for report in reports.values() for view in report.views}))
+    writer.remove_stale()
+    return RunReport(storage.join(out_uri, REPORT_PAGE), len(scene_ids), 1,
+                     sum(report.thumbnails_made for report in reports.values()),
+                     sum(report.thumbnails_reused for report in reports.values()))
+
+
+def write_report(out_uri: str, config: ReportConfig | None = None) -> RunReport:
+    """OUT/report.html for a run's output folder, or for a sweep's (it holds sweep.parquet)."""
+    config = config or ReportConfig()
+    if storage.exists(storage.join(storage.normalize(out_uri), "sweep.parquet")):
+        return write_sweep_report(out_uri, config)
+    return write_run_report(out_uri, config)
