@@ -14,11 +14,11 @@ import tempfile
 import time
 
 from realfill.config import TuneConfig
+from realfill.data.scene import load_scene
 from realfill.example import write_example
-from realfill.models import quiet_libraries, tiny_model_path
-from realfill.sample import Sampler
-from realfill.scene import load_scene
-from realfill.tune import tune
+from realfill.method.models import quiet_libraries, tiny_model_path
+from realfill.method.sample import Sampler
+from realfill.method.tune import tune
 
 
 def rss_mib() -> float:

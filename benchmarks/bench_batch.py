@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 from realfill.config import TuneConfig
-from realfill.scene import Scene
-from realfill.tune import TrainingImage, make_batch, training_images
+from realfill.data.scene import Scene
+from realfill.method.tune import TrainingImage, make_batch, training_images
 
 STEPS = 10
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 
 from realfill.config import LibraryConfig, RankConfig
+from realfill.data.library import list_library, photo_descriptor, prepare_scene, read_requests
 from realfill.example import library_from_scenes
-from realfill.library import list_library, photo_descriptor, prepare_scene, read_requests
 
 
 def original(uri: str) -> str:

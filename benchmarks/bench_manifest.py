@@ -23,9 +23,9 @@ import pyarrow.dataset as ds
 from fsspec.core import url_to_fs
 from fsspec.implementations.memory import MemoryFileSystem
 
-from realfill import manifest
-from realfill.records import KEY_LENGTH, SampleRow, SceneRow
-from realfill.scene import storage_name
+from realfill.data import manifest
+from realfill.data.records import KEY_LENGTH, SampleRow, SceneRow
+from realfill.data.scene import storage_name
 
 RUN_KEY = "0123456789abcdef"
 COUNTED = {"ls", "info", "exists", "open", "mv", "rm", "rm_file", "makedirs", "mkdir", "find", "cat_file",

@@ -17,9 +17,9 @@ import cv2
 import torch
 
 from realfill.config import RankConfig
-from realfill.decoys import SCALE_FREE, UNITS, Fake, battery, smallest_beaten
-from realfill.rank import index_scene, rank_key, score_candidate
-from realfill.scene import list_scenes, load_scene
+from realfill.data.scene import list_scenes, load_scene
+from realfill.selection.decoys import SCALE_FREE, UNITS, Fake, battery, smallest_beaten
+from realfill.selection.rank import index_scene, rank_key, score_candidate
 
 
 @dataclass

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from realfill.config import ReportConfig
+from realfill.evaluation.report import write_report
 from realfill.example import synthetic_run
-from realfill.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

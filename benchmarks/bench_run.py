@@ -36,7 +36,7 @@ def main() -> None:
         for name in names:
             (root / name).symlink_to(source / name, target_is_directory=True)
         # build the cached tiny model once, outside both timings
-        subprocess.run([sys.executable, "-c", "from realfill.models import tiny_model_path; tiny_model_path()"],
+        subprocess.run([sys.executable, "-c", "from realfill.method.models import tiny_model_path; tiny_model_path()"],
                        check=True)
         loop = timed(f"for scene in {root}/*; do realfill fill \"$scene\" --out {scratch}/loop {flags}; done")
         run = timed(f"realfill run {root} --out {scratch}/run {flags}")

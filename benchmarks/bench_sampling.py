@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from realfill.config import SampleConfig
+from realfill.data.scene import load_scene
 from realfill.example import write_example
-from realfill.models import quiet_libraries, tiny_model_path
-from realfill.sample import Condition, Sampler
-from realfill.scene import load_scene
+from realfill.method.models import quiet_libraries, tiny_model_path
+from realfill.method.sample import Condition, Sampler
 
 SEEDS = list(range(16))
 

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 
 from realfill.config import StitchConfig
-from realfill.metrics import psnr_in_region, ssim_in_region
-from realfill.scene import Scene, list_scenes, load_scene
-from realfill.stitch import band, inpaint, known_matches, planes, stitch
+from realfill.data.scene import Scene, list_scenes, load_scene
+from realfill.evaluation.metrics import psnr_in_region, ssim_in_region
+from realfill.method.stitch import band, inpaint, known_matches, planes, stitch
 
 
 def plain_stitch(scene: Scene, config: StitchConfig) -> np.ndarray:

@@ -23,7 +23,7 @@ from pipeline.config import PipelineConfig, Variant
 from pipeline.driver import run_pipeline, run_variants
 from realfill.config import FillConfig, RankConfig, SampleConfig, TuneConfig
 from realfill.example import write_example
-from realfill.models import tiny_model_path
+from realfill.method.models import tiny_model_path
 
 GPUS, CPUS = 4, 8
 

@@ -23,13 +23,13 @@ from tqdm.auto import tqdm
 
 from pipeline.config import Backlog, PipelineConfig, Variant, plan
 from pipeline.stages import RankStage, SampleStage, Stage, StitchStage, TuneStage, Unit
-from realfill import manifest, records, storage
 from realfill.config import FillConfig
+from realfill.data import manifest, records, storage
+from realfill.data.lease import OutputLease
+from realfill.data.records import run_key
+from realfill.data.scene import list_scenes
 from realfill.fill import default_adapters, default_samples, describe, scene_row
-from realfill.lease import OutputLease
-from realfill.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
-from realfill.records import run_key
-from realfill.scene import list_scenes
+from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
 WAIT_S = 0.5
 """How often the driver looks up from ray.wait, so that a stop signal is acted on promptly."""

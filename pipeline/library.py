@@ -15,12 +15,10 @@ import ray
 
 from pipeline.config import PipelineConfig, Variant
 from pipeline.driver import RunSummary, connect, run_variants
-from realfill import manifest, storage
 from realfill.config import FillConfig, LibraryConfig
-from realfill.environment import check_environment
-from realfill.fill import default_adapters, default_samples, scene_row
-from realfill.lease import OutputLease
-from realfill.library import (
+from realfill.data import manifest, storage
+from realfill.data.lease import OutputLease
+from realfill.data.library import (
     Photo,
     Prepared,
     Request,
@@ -30,8 +28,10 @@ from realfill.library import (
     read_requests,
     save_filled,
 )
-from realfill.records import RequestRow, SceneRow, arrow_schema, run_key
-from realfill.scene import storage_name
+from realfill.data.records import RequestRow, SceneRow, arrow_schema, run_key
+from realfill.data.scene import storage_name
+from realfill.environment import check_environment
+from realfill.fill import default_adapters, default_samples, scene_row
 
 DESCRIBE_CHUNK = 64
 """Photos per descriptor task."""

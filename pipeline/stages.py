@@ -16,14 +16,14 @@ from dataclasses import dataclass, field, replace
 import ray
 
 from pipeline.config import PipelineConfig, Plan, Variant, samplers_wanted
-from realfill import records
 from realfill.config import FillConfig
+from realfill.data import records
+from realfill.data.records import SampleRow
+from realfill.data.scene import load_scene, scene_id_of
 from realfill.environment import check_environment
 from realfill.fill import rank_samples, sample_scene, sampler_for, samples_folder, stitch_rows, stitch_scene, tune_scene
-from realfill.models import quiet_libraries
-from realfill.records import SampleRow
-from realfill.sample import Sampler
-from realfill.scene import load_scene, scene_id_of
+from realfill.method.models import quiet_libraries
+from realfill.method.sample import Sampler
 
 CRASH_ONCE = "REALFILL_TEST_CRASH_ONCE"
 """Test-only fault hook: 'STAGE:MARKER' makes the first STAGE call that finds no MARKER file create it

@@ -14,12 +14,12 @@ import pyarrow as pa
 
 from pipeline.config import PipelineConfig, Variant
 from pipeline.driver import RunSummary, run_variants
-from realfill import manifest, storage
 from realfill.config import EvalConfig, FillConfig
-from realfill.evaluate import LEADERBOARD_SCHEMA, evaluate_run, leaderboard, leaderboard_rows
+from realfill.data import manifest, storage
+from realfill.data.records import SceneRow, run_key
+from realfill.evaluation.evaluate import LEADERBOARD_SCHEMA, evaluate_run, leaderboard, leaderboard_rows
+from realfill.evaluation.metrics import Evaluator
 from realfill.fill import variant_out
-from realfill.metrics import Evaluator
-from realfill.records import SceneRow, run_key
 
 
 def outcome_counts(variant: Variant) -> tuple[int, int]:

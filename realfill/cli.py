@@ -16,7 +16,6 @@ from dataclasses import fields
 
 from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
 
-from realfill import manifest, storage
 from realfill.config import (
     FAST_SAMPLING,
     SECTIONS,
@@ -29,6 +28,7 @@ from realfill.config import (
     read_config_file,
     with_fields,
 )
+from realfill.data import manifest, storage
 from realfill.environment import check_environment, version
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -102,9 +102,9 @@ def eval_config(args: Namespace) -> EvalConfig:
 
 
 def cmd_fill(args: Namespace) -> int:
+    from realfill.data.lease import OutputLease
     from realfill.fill import fill_scene
-    from realfill.lease import OutputLease
-    from realfill.rank import NO_EVIDENCE_TEXT
+    from realfill.selection.rank import NO_EVIDENCE_TEXT
 
     config = fill_config(args)
     with OutputLease(args.out):
@@ -128,7 +128,7 @@ def report_after(args: Namespace) -> None:
     run's outcome stands: everything it made is recorded either way."""
     if args.no_report:
         return
-    from realfill.report import write_report
+    from realfill.evaluation.report import write_report
 
     try:
         report = write_report(args.out)
@@ -209,8 +209,8 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
 def cmd_rank(args: Namespace) -> int:
     import json
 
-    from realfill.rank import NO_EVIDENCE, NO_EVIDENCE_TEXT, rank_scores, score_images, selection
-    from realfill.scene import load_scene
+    from realfill.data.scene import load_scene
+    from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_TEXT, rank_scores, score_images, selection
 
     config = RankConfig(**args.rank.as_dict())
     scores = score_images(load_scene(args.scene, FillConfig().max_megapixels), args.images, config)
@@ -231,7 +231,7 @@ def cmd_rank(args: Namespace) -> int:
 
 
 def cmd_eval(args: Namespace) -> int:
-    from realfill.evaluate import evaluate_run, markdown_summary
+    from realfill.evaluation.evaluate import evaluate_run, markdown_summary
 
     table, unavailable, without_gt = evaluate_run(args.out, eval_config(args), show_progress=not args.quiet)
     if without_gt:
@@ -243,7 +243,7 @@ def cmd_eval(args: Namespace) -> int:
 
 
 def cmd_report(args: Namespace) -> int:
-    from realfill.report import write_report
+    from realfill.evaluation.report import write_report
 
     report = write_report(args.out, flat_config(ReportConfig, args))
     print(f"report: {report.uri} ({report.scenes} scenes, {report.pages} index pages; thumbnails: "
@@ -252,7 +252,7 @@ def cmd_report(args: Namespace) -> int:
 
 
 def cmd_tiny_model(args: Namespace) -> int:
-    from realfill.models import build_tiny_model
+    from realfill.method.models import build_tiny_model
 
     print(build_tiny_model(args.dir))
     return 0
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, args = parse(argv)
         check_environment()
-        from realfill.models import quiet_libraries
+        from realfill.method.models import quiet_libraries
 
         quiet_libraries()
         return cmd_sweep(args, argv) if command == "sweep" else COMMANDS[command](args)

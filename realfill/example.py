@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from realfill import storage
+from realfill.data import storage
 
 
 def draw_world(rng: np.random.Generator, height: int = 720, width: int = 960) -> np.ndarray:
@@ -91,7 +91,7 @@ def library_from_scenes(scenes_root: str, root: str, copies: int = 1) -> dict[st
     other scenes of that album, and one edited copy (brighter, slightly cropped) of a target joins its album
     as a near-duplicate. copies > 1 repeats every photo under new names (a larger album, same content).
     Returns each target photo's URI and the URIs of its scene's references (what picking should find)."""
-    from realfill.scene import list_refs, read_image
+    from realfill.data.scene import list_refs, read_image
 
     def save(uri: str, image: np.ndarray) -> None:
         storage.write_bytes(uri, cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
@@ -125,10 +125,10 @@ def synthetic_run(out_uri: str, scenes: int, samples: int = 4, size: tuple[int, 
     """The output folder of a run that never ran a model: `scenes` small scenes (under OUT/inputs/), `samples`
     images of each and their manifest rows, every 40th scene failed and every 20th without evidence. It is what
     reads a run (the report) measured and tested at scale in seconds."""
-    from realfill import manifest
     from realfill.config import FillConfig
+    from realfill.data import manifest
+    from realfill.data.records import SampleRow, run_key
     from realfill.fill import scene_row
-    from realfill.records import SampleRow, run_key
 
     config, rng = FillConfig(method="stitch"), np.random.default_rng(0)
     width, height = size

@@ -10,15 +10,15 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from realfill import manifest, records, storage
 from realfill.config import FillConfig
-from realfill.models import resolve_model
-from realfill.rank import GEOMETRY, NO_EVIDENCE, rank_scores, score_images, selection
-from realfill.records import AdapterInfo, SampleRow, SceneRow, adapter_key, image_key, run_key, stitch_key
-from realfill.sample import Condition, SampleFailure, Sampler, composite_sample
-from realfill.scene import Scene, SceneError, load_scene, read_image, scene_id_of, storage_name
-from realfill.stitch import exemplar, stitch
-from realfill.tune import ADAPTER_INFO, AdapterError, ExtraView, tune, verified_adapter
+from realfill.data import manifest, records, storage
+from realfill.data.records import AdapterInfo, SampleRow, SceneRow, adapter_key, image_key, run_key, stitch_key
+from realfill.data.scene import Scene, SceneError, load_scene, read_image, scene_id_of, storage_name
+from realfill.method.models import resolve_model
+from realfill.method.sample import Condition, SampleFailure, Sampler, composite_sample
+from realfill.method.stitch import exemplar, stitch
+from realfill.method.tune import ADAPTER_INFO, AdapterError, ExtraView, tune, verified_adapter
+from realfill.selection.rank import GEOMETRY, NO_EVIDENCE, rank_scores, score_images, selection
 
 STITCH_FILE = "stitch.png"
 
@@ -232,8 +232,8 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
 def describe(exc: BaseException) -> str:
     """One line: the message alone for our own input errors, the type too for anything else."""
     from realfill.environment import BrokenEnvironment
-    from realfill.matchers import MatcherError
-    from realfill.models import ModelError
+    from realfill.method.models import ModelError
+    from realfill.selection.matchers import MatcherError
 
     message = str(exc).splitlines()[0] if str(exc) else ""
     if isinstance(exc, (SceneError, ModelError, BrokenEnvironment, AdapterError, SampleError, MatcherError)):

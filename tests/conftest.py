@@ -32,7 +32,7 @@ def model_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(model_cache) -> Path:
-    from realfill.models import tiny_model_path
+    from realfill.method.models import tiny_model_path
 
     return tiny_model_path()
 

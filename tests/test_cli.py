@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from conftest import write_scene
-from realfill import manifest, storage
 from realfill.cli import fill_config, main, parse
-from realfill.masks import composite_alpha
-from realfill.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
-from realfill.scene import load_scene
+from realfill.data import manifest, storage
+from realfill.data.scene import load_scene
+from realfill.method.masks import composite_alpha
+from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
 TINY_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
               "--tune.train_steps", "2", "--tune.batch_size", "2", "--sample.num_samples", "3", "--sample.steps", "2",
@@ -121,8 +121,8 @@ def test_the_readme_demo_runs(tmp_path):
 def test_the_library_never_imports_ray():
     """realfill/ runs without Ray: only `realfill run` reaches for the pipeline package."""
     code = ("import pkgutil, importlib, sys, realfill\n"
-            "for module in pkgutil.iter_modules(realfill.__path__):\n"
-            "    importlib.import_module(f'realfill.{module.name}')\n"
+            "for module in pkgutil.walk_packages(realfill.__path__, 'realfill.'):\n"
+            "    importlib.import_module(module.name)\n"
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

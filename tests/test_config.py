@@ -12,7 +12,7 @@ from realfill.config import (
     TuneConfig,
     with_fields,
 )
-from realfill.records import adapter_key, image_key, run_key, sampling_key, seeds, stitch_key, training_key
+from realfill.data.records import adapter_key, image_key, run_key, sampling_key, seeds, stitch_key, training_key
 
 
 def test_defaults_are_the_paper_recipe():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from realfill import manifest
+from realfill.data import manifest
 from realfill.fill import variant_out
 
 ADDRESS = "http://127.0.0.1:8299"
@@ -49,7 +49,7 @@ def test_fill_library_job_with_ray_job_submit(head, scenes_root, tmp_path):
     graffiti's photo and reference, a box to fill, the tiny model."""
     album = tmp_path / "library" / "walls"
     album.mkdir(parents=True)
-    from realfill.scene import read_image
+    from realfill.data.scene import read_image
 
     for name, source in (("graffiti.png", "target/gt.png"), ("other-view.jpg", "ref/00.jpg")):
         (album / name).write_bytes((scenes_root / "oxford_graffiti" / source).read_bytes())
@@ -116,7 +116,7 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
 
 def test_the_bundled_grid_file_expands():
     from realfill.config import FillConfig, expand_grid, read_config_file, with_fields
-    from realfill.records import training_key
+    from realfill.data.records import training_key
 
     grid = REPO / "jobs" / "realbench_grid.yaml"
     variants = expand_grid(read_config_file(grid), str(grid))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from realfill.lease import LEASE, OutputBusy, OutputLease
+from realfill.data.lease import LEASE, OutputBusy, OutputLease
 
 
 @pytest.mark.parametrize("out", ["local", "memory://lease-test/out"])

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from realfill import manifest
 from realfill.cli import main
 from realfill.config import LibraryConfig, RankConfig
+from realfill.data import manifest
+from realfill.data.library import RequestsError, list_library, photo_descriptor, prepare_scene, read_requests
 from realfill.example import library_from_scenes
-from realfill.library import RequestsError, list_library, photo_descriptor, prepare_scene, read_requests
 
 FLAGS = ["--method", "stitch", "--quiet"]
 TAKEN = "2024:06:01 12:30:00"
@@ -182,8 +182,8 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
 
 
 def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path, monkeypatch):
-    from realfill.library import open_photo, read_photo
-    from realfill.scene import SceneError
+    from realfill.data.library import open_photo, read_photo
+    from realfill.data.scene import SceneError
 
     pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is not installed")
     album = tmp_path / "library" / "phone"

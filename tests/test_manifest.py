@@ -9,8 +9,8 @@ import pyarrow.dataset as ds
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from realfill import manifest
-from realfill.records import SampleRow, SceneRow
+from realfill.data import manifest
+from realfill.data.records import SampleRow, SceneRow
 
 KEY_A, KEY_B = "0123456789abcdef", "fedcba9876543210"
 

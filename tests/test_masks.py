@@ -1,7 +1,7 @@
 import numpy as np
 
 from realfill.config import TuneConfig
-from realfill.masks import composite, composite_alpha, draw_mask, render_mask
+from realfill.method.masks import composite, composite_alpha, draw_mask, render_mask
 
 
 def test_mask_recipe_statistics():

@@ -7,12 +7,13 @@ from PIL import Image
 from test_cli import TINY_FLAGS
 
 from conftest import write_scene
-from realfill import manifest, matchers
 from realfill.cli import fill_config, main, parse, pipeline_config
 from realfill.config import RankConfig
-from realfill.decoys import battery
-from realfill.rank import index_scene, rank_key, score_candidate, selection
-from realfill.scene import load_scene
+from realfill.data import manifest
+from realfill.data.scene import load_scene
+from realfill.selection import matchers
+from realfill.selection.decoys import battery
+from realfill.selection.rank import index_scene, rank_key, score_candidate, selection
 
 kornia = pytest.importorskip("kornia", reason="the matchers extra is not installed (make matchers)")
 LEARNED_WITH_WEIGHTS = [name for name in ("xfeat", "aliked", "disk")

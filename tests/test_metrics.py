@@ -3,7 +3,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from realfill.config import EvalConfig
-from realfill.metrics import EmbeddingSimilarity, Evaluator, psnr_in_region, ssim_in_region
+from realfill.evaluation.metrics import EmbeddingSimilarity, Evaluator, psnr_in_region, ssim_in_region
 
 
 def images(seed=0, shape=(64, 80, 3)):

@@ -2,7 +2,7 @@ import fsspec
 import pytest
 from safetensors.torch import load_file
 
-from realfill.models import ModelError, build_tiny_model, mixed_precision, pick_device, resolve_model
+from realfill.method.models import ModelError, build_tiny_model, mixed_precision, pick_device, resolve_model
 
 
 def test_tiny_model_is_deterministic_and_safetensors_only(tmp_path, tiny_model):
@@ -38,7 +38,7 @@ def test_missing_models_say_how_to_provide_them(tmp_path, monkeypatch):
 
 
 def test_tiny_paint_by_example_loads_through_its_folder(model_cache):
-    from realfill.sample import Sampler
+    from realfill.method.sample import Sampler
 
     folder = resolve_model("tiny", example=True)
     assert folder != resolve_model("tiny") and (folder / "image_encoder" / "model.safetensors").is_file()

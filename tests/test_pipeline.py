@@ -15,8 +15,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from conftest import write_scene
-from realfill import manifest
-from realfill.rank import NO_EVIDENCE_TEXT
+from realfill.data import manifest
+from realfill.selection.rank import NO_EVIDENCE_TEXT
 
 RUN_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
              "--tune.train_steps", "3", "--tune.batch_size", "2", "--sample.num_samples", "3", "--sample.steps", "2",
@@ -158,7 +158,7 @@ def test_a_killed_worker_is_retried_and_the_run_completes(scenes_root, tmp_path,
 
 
 def test_manifest_round_trips_through_a_non_local_filesystem():
-    from realfill.records import SampleRow, SceneRow
+    from realfill.data.records import SampleRow, SceneRow
 
     out = "memory://manifest-test/run"
 
@@ -266,7 +266,7 @@ REFUSING_RUN = """
 import json, sys
 from pipeline.config import PipelineConfig
 from pipeline.driver import run_pipeline
-from realfill import manifest
+from realfill.data import manifest
 from realfill.cli import fill_config, parse
 
 real_write = manifest.write_scene

@@ -7,9 +7,9 @@ from PIL import Image
 from conftest import png_header, write_scene
 from realfill.cli import main
 from realfill.config import RankConfig
-from realfill.decoys import UNITS, battery, smallest_beaten
-from realfill.rank import NO_EVIDENCE, Score, index_scene, rank_key, rank_scores, score_candidate, selection
-from realfill.scene import list_scenes, load_scene
+from realfill.data.scene import list_scenes, load_scene
+from realfill.selection.decoys import UNITS, battery, smallest_beaten
+from realfill.selection.rank import NO_EVIDENCE, Score, index_scene, rank_key, rank_scores, score_candidate, selection
 
 CONFIG = RankConfig()
 MEASURED = {"warp": 2, "exposure": 0.05, "blur": 1, "mirror": 0, "other scene": 0, "inpainting": 0}
@@ -164,8 +164,8 @@ def test_rank_samples_selects_only_on_evidence(gt_scenes, tmp_path):
     """Selection end to end on real images: the top keep of candidates with evidence are selected and
     the truth is the best; candidates with none are ranked but nothing is selected and there is no best."""
     from realfill.config import FillConfig
+    from realfill.data.records import SampleRow
     from realfill.fill import rank_samples, scene_row
-    from realfill.records import SampleRow
 
     scene = next(s for s in gt_scenes if s.scene_id == "oxford_graffiti")
     fakes = {fake.label: fake.image for fake in battery(scene, [])}

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from conftest import blank, browse_report, needs_browser, write_scene
-from realfill import storage
 from realfill.cli import main
 from realfill.config import ReportConfig
+from realfill.data import storage
+from realfill.evaluation.report import write_report
 from realfill.example import synthetic_run, write_examples
-from realfill.rank import NO_EVIDENCE_ANYWHERE
-from realfill.report import write_report
+from realfill.selection.rank import NO_EVIDENCE_ANYWHERE
 
 RUN_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
              "--tune.train_steps", "2", "--tune.batch_size", "2", "--sample.num_samples", "4", "--sample.steps", "2",

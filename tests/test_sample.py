@@ -3,8 +3,8 @@ import pytest
 
 from conftest import write_scene
 from realfill.config import SampleConfig
-from realfill.sample import Condition, Sampler, composite_sample, sample_size
-from realfill.scene import load_scene
+from realfill.data.scene import load_scene
+from realfill.method.sample import Condition, Sampler, composite_sample, sample_size
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_compositing_keeps_known_pixels_byte_identical(tmp_path, sampler, size):
     for _, generated in sampler.generate(scene, config, [0, 1], Condition("a photo of sks")):
         out = composite_sample(scene, generated, config)
         assert out.shape == scene.target.shape and out.dtype == np.uint8
-        from realfill.masks import composite_alpha
+        from realfill.method.masks import composite_alpha
 
         untouched = composite_alpha(scene.mask, config.dilate_px, config.feather_px) == 0
         assert untouched.mean() > 0.5
@@ -74,7 +74,7 @@ def test_a_broken_model_fails_its_samples_not_the_others(tmp_path, tiny_model):
 
     from conftest import tiny_config
     from realfill.fill import SampleError, rank_samples, sample_scene, tune_scene
-    from realfill.sample import SampleFailure
+    from realfill.method.sample import SampleFailure
 
     broken = Sampler(tiny_model, device="cpu")
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import png_header, write_scene
-from realfill.scene import SceneError, list_scenes, load_scene, read_image, scene_id_of, storage_name
+from realfill.data.scene import SceneError, list_scenes, load_scene, read_image, scene_id_of, storage_name
 
 
 def test_every_shared_scene_loads(scenes_root):

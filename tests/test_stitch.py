@@ -5,9 +5,9 @@ import pytest
 
 from conftest import write_scene
 from realfill.config import StitchConfig
-from realfill.metrics import psnr_in_region
-from realfill.scene import Scene, load_scene
-from realfill.stitch import Blend, exemplar, inpaint, stitch
+from realfill.data.scene import Scene, load_scene
+from realfill.evaluation.metrics import psnr_in_region
+from realfill.method.stitch import Blend, exemplar, inpaint, stitch
 
 GT_SCENES = ("lightglue_facade", "middlebury_aloe", "middlebury_motorcycle", "opensfm_berlin_dom",
              "opensfm_lund_street", "oxford_graffiti", "wxbs_kpi_autumn_winter", "yfcc_sacre_coeur")

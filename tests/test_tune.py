@@ -8,9 +8,9 @@ from PIL import Image
 
 from conftest import tiny_config, write_scene
 from realfill.config import TuneConfig
-from realfill.records import AdapterInfo
-from realfill.scene import load_scene
-from realfill.tune import (
+from realfill.data.records import AdapterInfo
+from realfill.data.scene import load_scene
+from realfill.method.tune import (
     add_lora,
     load_models,
     lora_parameters,
@@ -83,7 +83,7 @@ def test_unknown_latents_get_zero_weight():
 
 
 def test_a_stitch_view_is_one_more_draw_with_its_own_hole_weight(tmp_path, tiny_model):
-    from realfill.tune import ExtraView
+    from realfill.method.tune import ExtraView
 
     scene = load_scene(str(write_scene(tmp_path / "one", refs=1)))
     config = TuneConfig(resolution=32, batch_size=32, prompt_dropout=0.0)
@@ -152,7 +152,7 @@ def test_large_photos_are_downscaled_once_with_their_hole(tmp_path):
 
 
 def test_lora_save_load_round_trip_is_exact(tiny_model):
-    from realfill.sample import Sampler
+    from realfill.method.sample import Sampler
 
     trained = perturbed_adapter(tiny_model, "memory://adapters/round-trip", seed=0)
     sampler = Sampler(tiny_model, device="cpu")
@@ -169,7 +169,7 @@ def test_lora_save_load_round_trip_is_exact(tiny_model):
 
 
 def test_adapter_swap_in_place_equals_a_fresh_load(tiny_model):
-    from realfill.sample import Sampler
+    from realfill.method.sample import Sampler
 
     for seed in (1, 2):
         perturbed_adapter(tiny_model, f"memory://adapters/swap-{seed}", seed=seed)
@@ -247,7 +247,7 @@ def test_a_kill_at_any_write_resumes_to_the_same_adapter(tmp_path, tiny_model, m
     import fsspec.implementations.local as local
 
     from realfill.fill import tune_scene
-    from realfill.tune import CHECKPOINT
+    from realfill.method.tune import CHECKPOINT
 
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
     config = tiny_config(train_steps=3, checkpoint_every=1)
@@ -280,7 +280,7 @@ def test_a_kill_at_any_write_resumes_to_the_same_adapter(tmp_path, tiny_model, m
 
 def test_a_damaged_adapter_is_retrained_not_reused(tmp_path, tiny_model):
     from realfill.fill import tune_scene
-    from realfill.tune import AdapterError, verified_adapter
+    from realfill.method.tune import AdapterError, verified_adapter
 
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
     config = tiny_config(train_steps=1)
@@ -299,8 +299,8 @@ def test_a_damaged_adapter_is_retrained_not_reused(tmp_path, tiny_model):
 
 
 def test_pickled_adapter_weights_are_refused(tmp_path, tiny_model):
-    from realfill.sample import Sampler
-    from realfill.tune import AdapterError
+    from realfill.method.sample import Sampler
+    from realfill.method.tune import AdapterError
 
     uri = str(tmp_path / "adapter")
     perturbed_adapter(tiny_model, uri, seed=0)

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from realfill import manifest, storage
 from realfill.config import EvalConfig, FillConfig
-from realfill.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Evaluator
-from realfill.scene import load_scene, read_image
+from realfill.data import manifest, storage
+from realfill.data.scene import load_scene, read_image
+from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Evaluator
 
 METRICS_SCHEMA = pa.schema(
     [pa.field("scene_id", pa.string()), pa.field("seed", pa.int64()), pa.field("uri", pa.string()),

@@ -23,12 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
-from realfill import storage
 from realfill.config import TuneConfig
-from realfill.masks import draw_mask, render_mask
-from realfill.models import mixed_precision, pick_device, torch_dtype
-from realfill.records import AdapterInfo, WeightsRecord, adapter_key
-from realfill.scene import Scene
+from realfill.data import storage
+from realfill.data.records import AdapterInfo, WeightsRecord, adapter_key
+from realfill.data.scene import Scene
+from realfill.method.masks import draw_mask, render_mask
+from realfill.method.models import mixed_precision, pick_device, torch_dtype
 
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO = "realfill_adapter.json"

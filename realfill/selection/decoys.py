@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from realfill.scene import Scene
+from realfill.data.scene import Scene
 
 SHIFT_PX = (4, 8, 16, 32, 64)
 DIRECTIONS = ((1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1))

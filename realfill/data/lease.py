@@ -18,7 +18,7 @@ import uuid
 
 from fsspec.core import url_to_fs
 
-from realfill import storage
+from realfill.data import storage
 
 LEASE = ".realfill-lease.json"
 

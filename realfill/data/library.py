@@ -23,12 +23,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from realfill import storage
 from realfill.config import LibraryConfig, RankConfig
-from realfill.matchers import matcher
-from realfill.rank import fundamental_inliers, known_region
-from realfill.records import digest
-from realfill.scene import IMAGE_SUFFIXES, SceneError, read_image, read_mask, storage_name
+from realfill.data import storage
+from realfill.data.records import digest
+from realfill.data.scene import IMAGE_SUFFIXES, SceneError, read_image, read_mask, storage_name
+from realfill.selection.matchers import matcher
+from realfill.selection.rank import fundamental_inliers, known_region
 
 HEIC_SUFFIXES = (".heic", ".heif")
 PHOTO_SUFFIXES = IMAGE_SUFFIXES + HEIC_SUFFIXES

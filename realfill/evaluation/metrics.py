@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from realfill.config import EvalConfig
-from realfill.models import ModelError, hub_snapshot, pick_device
+from realfill.method.models import ModelError, hub_snapshot, pick_device
 
 TRANSFORMERS_FILES = ["*.json", "*.txt", "*.safetensors"]
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from realfill import storage
+from realfill.data import storage
 
 TINY = "tiny"
 TINY_VERSION = "tiny-sd-inpaint-v1"

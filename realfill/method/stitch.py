@@ -1,7 +1,7 @@
 """The stitch method: geometry only, no model, no GPU, seconds per scene on one core.
 
 Read top to bottom:
-1. match the target's known pixels to each reference (the matchers of `realfill.matchers`, `known_matches`);
+1. match the target's known pixels to each reference (the matchers of `realfill.selection.matchers`, `known_matches`);
 2. fit planes, one after another on the matches the previous planes left (sequential RANSAC), so a scene
    with depth is covered by several homographies, and warp the reference through each (`plane_warps`);
 3. compensate each warp's colour on the known pixels around the hole: one affine RGB map, then the
@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from realfill.config import RankConfig, StitchConfig
-from realfill.matchers import matcher
-from realfill.rank import known_region
-from realfill.scene import Scene
+from realfill.data.scene import Scene
+from realfill.selection.matchers import matcher
+from realfill.selection.rank import known_region
 
 MIN_JUDGES = 200
 """Known pixels a warp must cover near the hole to be judged at all."""

@@ -22,9 +22,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from realfill import storage
-from realfill.records import ROWS, SCHEMA_VERSION, SampleRow, SceneRow, arrow_schema
-from realfill.scene import storage_name
+from realfill.data import storage
+from realfill.data.records import ROWS, SCHEMA_VERSION, SampleRow, SceneRow, arrow_schema
+from realfill.data.scene import storage_name
 
 OLDEST_READABLE = 1
 """Schema version 1 has the columns of 2 (only the part names differ), so its runs are read as they are."""

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 from realfill.config import SampleConfig
-from realfill.masks import composite, composite_alpha
-from realfill.models import mixed_precision, pick_device, torch_dtype
-from realfill.records import AdapterInfo
-from realfill.scene import Scene
-from realfill.tune import ADAPTER_WEIGHTS, verified_adapter
+from realfill.data.records import AdapterInfo
+from realfill.data.scene import Scene
+from realfill.method.masks import composite, composite_alpha
+from realfill.method.models import mixed_precision, pick_device, torch_dtype
+from realfill.method.tune import ADAPTER_WEIGHTS, verified_adapter
 
 ADAPTER_NAME = "scene"
 

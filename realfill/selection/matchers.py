@@ -257,7 +257,7 @@ def load_loftr(weights: str):
     from kornia.feature import LoFTR
     from safetensors.torch import load as load_safetensors
 
-    from realfill import storage
+    from realfill.data import storage
 
     try:
         state = load_safetensors(storage.read_bytes(weights))

@@ -33,14 +33,14 @@ from fsspec.core import url_to_fs
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from realfill import manifest, storage
 from realfill.config import ReportConfig
-from realfill.evaluate import means_of
+from realfill.data import manifest, storage
+from realfill.data.records import RequestRow, SampleRow, SceneRow, digest
+from realfill.data.scene import SceneError, list_refs, read_image, storage_name
+from realfill.evaluation.evaluate import means_of
+from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL
 from realfill.fill import variant_out
-from realfill.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL
-from realfill.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
-from realfill.records import RequestRow, SampleRow, SceneRow, digest
-from realfill.scene import SceneError, list_refs, read_image, storage_name
+from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
 REPORT_PAGE = "report.html"
 REPORT_DIR = "report"
@@ -423,7 +423,7 @@ def sheet_tiles(view: SceneView, pictures: Pictures) -> list[tuple[Picture | Non
 # Pages.
 
 def _environment() -> Environment:
-    environment = Environment(loader=PackageLoader("realfill", "templates"), autoescape=True,
+    environment = Environment(loader=PackageLoader("realfill.evaluation", "templates"), autoescape=True,
                               undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     environment.filters["seconds"] = lambda value: "–" if value is None else f"{value:.1f}s"
     environment.filters["evaluated"] = lambda groups: [name for name in METRICS if groups["all"][name] is not None]

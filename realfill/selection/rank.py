@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from realfill.config import RankConfig
-from realfill.matchers import Features, Matcher, matcher
-from realfill.scene import Scene, SceneError, read_image
+from realfill.data.scene import Scene, SceneError, read_image
+from realfill.selection.matchers import Features, Matcher, matcher
 
 KNOWN_MARGIN_PX = 8
 """Known-region features keep this far from the hole, so no descriptor sees hole pixels."""

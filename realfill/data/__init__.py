@@ -1,0 +1,1 @@
+"""Data: scenes, photo libraries, storage, manifests, the records between stages, output leases."""

@@ -1,0 +1,1 @@
+"""Evaluation: RealBench metrics, `realfill eval`, and the HTML report."""

@@ -1,0 +1,1 @@
+"""The method: models, masks, fine-tuning, sampling, and the geometry-only stitch."""

@@ -1,0 +1,1 @@
+"""Selection: feature matchers, correspondence ranking, and the fakes that test it."""
