@@ -37,9 +37,14 @@ def default_samples(out_uri: str) -> str:
     return storage.join(out_uri, "samples")
 
 
+def variant_folder(name: str) -> str:
+    """A sweep variant's folder, relative to the sweep's output (what the sweep's report links to)."""
+    return f"variants/{storage_name(name)}"
+
+
 def variant_out(out_uri: str, name: str) -> str:
     """Where a sweep keeps one variant's manifests, metrics and report."""
-    return storage.join(out_uri, "variants", storage_name(name))
+    return storage.join(out_uri, *variant_folder(name).split("/"))
 
 
 def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:

@@ -59,6 +59,11 @@ def write_arrow(uri: str, arrow: pa.Table) -> None:
     storage.write_bytes(uri, buffer.getvalue())
 
 
+def read_arrow(uri: str) -> pa.Table:
+    """A Parquet file written by write_arrow (metrics, requests, a sweep's table)."""
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+
+
 def write_part(out_uri: str, table: str, rows: list, name: str) -> str:
     """Write rows (stamped with the time) as one Parquet part of a manifest table; returns its URI."""
     stamp = now()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from realfill.config import EvalConfig, FillConfig
@@ -46,9 +44,7 @@ def evaluate_run(
         rows.append({"scene_id": scene_id, "seed": sample["seed"], "uri": sample["uri"],
                      "selected": sample.get("selected"), **values})
     table = pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.write_bytes(storage.join(out_uri, "metrics.parquet"), buffer.getvalue())
+    manifest.write_arrow(storage.join(out_uri, "metrics.parquet"), table)
     return table, evaluator.unavailable, without_gt
 
 

@@ -28,7 +28,6 @@ from functools import cached_property
 from urllib.parse import quote
 
 import numpy as np
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -39,7 +38,7 @@ from realfill.data.records import RequestRow, SampleRow, SceneRow, digest
 from realfill.data.scene import SceneError, list_refs, read_image, storage_name
 from realfill.evaluation.evaluate import means_of
 from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL
-from realfill.fill import variant_out
+from realfill.fill import describe, variant_folder, variant_out
 from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
 REPORT_PAGE = "report.html"
@@ -123,10 +122,8 @@ class Pictures:
             self.missing[picture.key] = f"{gone[0]}: file not found"
         return picture
 
-    def problem(self, picture: Picture | None) -> str | None:
+    def problem(self, picture: Picture) -> str | None:
         """Why the picture cannot be shown (None: it can)."""
-        if picture is None:
-            return "no image"
         return self.missing.get(picture.key) or self.errors.get(picture.key)
 
 
@@ -145,10 +142,6 @@ def make_thumbnail(picture: Picture, px: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
-
-
-def one_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 @dataclass
@@ -174,7 +167,6 @@ class SceneView:
     inputs_error: str | None = None
     sheet: str | None = None
     """Its contact sheet, relative to OUT."""
-    page_number: int = 1
 
     @property
     def scene_id(self) -> str:
@@ -209,12 +201,14 @@ class SceneView:
     def top_score(self) -> float:
         return max((sample.score or 0.0 for sample in self.samples), default=0.0)
 
-    def metric_means(self) -> dict[str, dict[str, float | None]]:
-        rows = [{"selected": sample.selected, **self.metrics[sample.uri]} for sample in self.samples
+    def metric_rows(self) -> list[dict]:
+        """Each evaluated sample's metrics, with whether it was selected (what means_of averages)."""
+        return [{"selected": sample.selected, **self.metrics[sample.uri]} for sample in self.samples
                 if sample.uri in self.metrics]
-        if not rows:
-            return {}
-        return means_of(rows)
+
+    def metric_means(self) -> dict[str, dict[str, float | None]]:
+        rows = self.metric_rows()
+        return means_of(rows) if rows else {}
 
 
 def picture_sources(view: SceneView, pictures: Pictures, top: int) -> None:
@@ -244,12 +238,11 @@ def read_views(out_uri: str) -> list[SceneView]:
     metrics_uri, requests_uri = storage.join(out_uri, "metrics.parquet"), storage.join(out_uri, "requests.parquet")
     metrics: dict[str, dict[str, float | None]] = {}
     if storage.exists(metrics_uri):
-        for row in pq.read_table(io.BytesIO(storage.read_bytes(metrics_uri))).to_pylist():
+        for row in manifest.read_arrow(metrics_uri).to_pylist():
             metrics[row["uri"]] = {name: row.get(name) for name in METRICS}
     requests: dict[str, RequestRow] = {}
     if storage.exists(requests_uri):
-        table = pq.read_table(io.BytesIO(storage.read_bytes(requests_uri)))
-        requests = {row.scene_id: row for row in manifest.rows_of(table, RequestRow)}
+        requests = {row.scene_id: row for row in manifest.rows_of(manifest.read_arrow(requests_uri), RequestRow)}
     views = []
     for row in sorted(manifest.rows_of(scene_table, SceneRow), key=lambda row: row.scene_id):
         own = sorted(samples.get(row.scene_id, []) if row.ok else [],
@@ -268,7 +261,7 @@ def relative(out_uri: str, page: str, uri: str) -> str | None:
     head, _, path = out_uri.partition("://")
     other_head, _, other_path = uri.partition("://")
     bucket, other_bucket = path.split("/")[0], other_path.split("/")[0]
-    if head != other_head or bucket != other_bucket or "://" not in uri:
+    if head != other_head or bucket != other_bucket:
         return None
     return quote(posixpath.relpath(other_path, posixpath.dirname(posixpath.join(path, page))))
 
@@ -457,8 +450,7 @@ def summarize(views: list[SceneView]) -> Summary:
     seconds = {label: sum(getattr(view.row, f"{stage}_s") or 0.0 for view in ok) for stage, label in STAGES.items()}
     configs = Counter(view.row.config for view in views if view.row.config)
     parsed = {text: json.loads(text) for text in configs}
-    metric_rows = [{"selected": sample.selected, **view.metrics[sample.uri]} for view in views
-                   for sample in view.samples if sample.uri in view.metrics]
+    metric_rows = [row for view in views for row in view.metric_rows()]
     return Summary(
         scenes=len(views), ok=len(ok), failed=[view for view in views if not view.row.ok],
         no_evidence=[view for view in views if view.no_evidence], samples=sum(len(view.samples) for view in views),
@@ -490,11 +482,12 @@ class Writer:
         self.environment = _environment()
         self.written: set[str] = set()
         """Files of the report, relative to OUT."""
-        self.existing = {folder: self._listing(folder) for folder in FOLDERS}
+        self.existing = {folder: self._listing(REPORT_DIR, folder) for folder in FOLDERS}
 
-    def _listing(self, folder: str) -> set[str]:
+    def _listing(self, *folder: str) -> set[str]:
+        """Names in a folder of OUT (none when it is not there yet)."""
         try:
-            return set(storage.list_dir(storage.join(self.out_uri, REPORT_DIR, folder)))
+            return set(storage.list_dir(storage.join(self.out_uri, *folder)))
         except FileNotFoundError:
             return set()
 
@@ -546,15 +539,9 @@ class Writer:
             for name in names:
                 if f"{REPORT_DIR}/{folder}/{name}" not in self.written:
                     storage.remove(storage.join(self.out_uri, REPORT_DIR, folder, name))
-        for name in self._report_pages():
-            if f"{REPORT_DIR}/{name}" not in self.written:
+        for name in self._listing(REPORT_DIR):
+            if name.endswith(".html") and f"{REPORT_DIR}/{name}" not in self.written:
                 storage.remove(storage.join(self.out_uri, REPORT_DIR, name))
-
-    def _report_pages(self) -> list[str]:
-        try:
-            return [name for name in storage.list_dir(storage.join(self.out_uri, REPORT_DIR)) if name.endswith(".html")]
-        except FileNotFoundError:
-            return []
 
 
 def make_pictures(writer: Writer, pictures: Pictures) -> tuple[int, int]:
@@ -568,7 +555,7 @@ def make_pictures(writer: Writer, pictures: Pictures) -> tuple[int, int]:
         try:
             writer.write(picture.path, make_thumbnail(picture, pictures.thumb_px))
         except Exception as exc:  # an unreadable image is shown as such; the report goes on
-            return one_line(exc)
+            return describe(exc)
         return None
 
     with ThreadPoolExecutor(writer.config.workers) as pool:
@@ -582,16 +569,15 @@ def make_pictures(writer: Writer, pictures: Pictures) -> tuple[int, int]:
 def make_sheets(writer: Writer, views: list[SceneView], pictures: Pictures) -> None:
     """Each scene's contact sheet, named by its tiles: made when they changed."""
     def make(view: SceneView) -> None:
-        tiles = sheet_tiles(view, pictures)
-        name = storage_name(view.scene_id)
-        shows = [sheet_title(view), [(picture.key if picture else None, caption) for picture, caption in tiles]]
-        path = f"{REPORT_DIR}/sheets/{name}-{digest(shows)}.png"
+        title, tiles = sheet_title(view), sheet_tiles(view, pictures)
+        shows = [title, [(picture.key if picture else None, caption) for picture, caption in tiles]]
+        path = f"{REPORT_DIR}/sheets/{storage_name(view.scene_id)}-{digest(shows)}.png"
         if writer.have(path):
             writer.keep(path)
         else:
             thumbs = [(storage.read_bytes(storage.join(writer.out_uri, *picture.path.split("/"))) if picture else None,
                        caption) for picture, caption in tiles]
-            writer.write(path, contact_sheet(sheet_title(view), thumbs))
+            writer.write(path, contact_sheet(title, thumbs))
         view.sheet = path
 
     with ThreadPoolExecutor(writer.config.workers) as pool:
@@ -615,9 +601,6 @@ def write_run_report(out_uri: str, config: ReportConfig, title: str | None = Non
     make_sheets(writer, views, pictures)
     summary = summarize(views)
     pages = [views[start : start + config.per_page] for start in range(0, len(views), config.per_page)] or [[]]
-    for number, members in enumerate(pages, 1):
-        for view in members:
-            view.page_number = number
     rank_chart = writer.plot("metric-vs-rank", [view.plotted() for view in views], lambda: rank_plot(views))
     for number, members in enumerate(pages, 1):
         scores = writer.plot(f"scores-{number}", [view.plotted() for view in members],
@@ -631,8 +614,8 @@ def write_run_report(out_uri: str, config: ReportConfig, title: str | None = Non
     padded = [None, *views, None]
     for position, view in enumerate(views):
         writer.page(view.page, "scene.html.j2", view=view, pictures=pictures,
-                    neighbours=(padded[position], padded[position + 2]), index=index_path(view.page_number),
-                    title=title or out_uri)
+                    neighbours=(padded[position], padded[position + 2]),
+                    index=index_path(position // config.per_page + 1), title=title or out_uri)
     writer.remove_stale()
     return RunReport(storage.join(out_uri, REPORT_PAGE), len(views), len(pages), made, reused, views, pictures)
 
@@ -641,18 +624,19 @@ def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
     """A sweep's report: every variant's own report, and a page comparing them (the leaderboard, its plot,
     and each scene's best fill under each variant)."""
     out_uri = storage.normalize(out_uri)
-    rows = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out_uri, "sweep.parquet")))).to_pylist()
+    rows = manifest.read_arrow(storage.join(out_uri, "sweep.parquet")).to_pylist()
     names = list(dict.fromkeys(row["variant"] for row in rows))
     reports = {name: write_run_report(variant_out(out_uri, name), config, title=f"{out_uri}: variant {name}")
                for name in names}
     writer = Writer(out_uri, config)
     chart = writer.plot("leaderboard", rows, lambda: leaderboard_plot(rows))
-    scene_ids = sorted({view.scene_id for report in reports.values() for view in report.views})[: config.per_page]
+    every_scene = sorted({view.scene_id for report in reports.values() for view in report.views})
+    scene_ids = every_scene[: config.per_page]
     grid = {name: {view.scene_id: view for view in report.views} for name, report in reports.items()}
-    variant_dirs = {name: posixpath.join("variants", storage_name(name)) for name in names}
+    variant_dirs = {name: variant_folder(name) for name in names}
     writer.page(REPORT_PAGE, "sweep.html.j2", title=out_uri, rows=rows, names=names, reports=reports, chart=chart,
                 scene_ids=scene_ids, grid=grid, variant_dirs=variant_dirs, metric_names=present_metrics(rows),
-                total_scenes=len({view.scene_id for report in reports.values() for view in report.views}))
+                total_scenes=len(every_scene))
     writer.remove_stale()
     return RunReport(storage.join(out_uri, REPORT_PAGE), len(scene_ids), 1,
                      sum(report.thumbnails_made for report in reports.values()),
