@@ -1,25 +1,32 @@
-"""Recording scenes in a manifest: storage calls per recorded scene at 100 and 1,000 scenes, and the time
-to read the tables afterwards, for the previous way (schema 1: parts named by scene and config, both
-folders listed at every record to drop a scene's older parts) vs now (parts named by scene alone, no
-listing; compacted into one file per table at the end of the run).
+"""Recording scenes in a manifest.
+
+1. Storage calls per recorded scene at 100 and 1,000 scenes, schema 1 (parts named by scene and config,
+   both folders listed at every record) vs now (journal parts named by scene alone, no listing).
+2. 1,000 scenes on local disk, schema 3 (kept here to measure against: parts in the folder plain readers
+   read, written as a temporary file and a move, compacted into that folder at the end of a run) vs now
+   (journal parts, folded into one file per table as the run goes and at its end): the time to record
+   them all, to compact or fold at the end, and what a plain reader (pandas) sees when a second run that
+   redoes 100 of the scenes with another config was killed before its end.
 
 Stages do no model work here: each scene records 8 sample rows and its scene row. Calls are counted by a
-filesystem wrapper around an in-memory store (what an object store would be asked); read times are on
-local disk.
+filesystem wrapper around an in-memory store (what an object store would be asked).
 
     python benchmarks/bench_manifest.py
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 
 import fsspec
-import pyarrow.dataset as ds
+import pandas as pd
+import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -67,7 +74,7 @@ def record_with_listing(out: str, samples: list[SampleRow], scene: SceneRow) -> 
     manifest.write_part(out, "scenes", [scene], name)
     own = re.compile(rf"{re.escape(storage_name(scene.scene_id))}-[0-9a-f]{{{KEY_LENGTH}}}(\.failed)?\.parquet")
     for table in manifest.TABLES:
-        fs, path = url_to_fs(manifest.table_uri(out, table))
+        fs, path = url_to_fs(manifest.journal_uri(out, table))
         for entry in fs.ls(path, detail=False):
             if own.fullmatch(posixpath.basename(entry)) and posixpath.basename(entry) != name:
                 fs.rm(entry)
@@ -91,14 +98,70 @@ def calls_per_scene(record, scenes: int) -> tuple[int, int, int, int]:
     return filesystem_calls, last["keys listed"], last["LIST requests"], calls["LIST requests"]
 
 
-def read_seconds(out: str, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for table in manifest.TABLES:
-            ds.dataset(manifest.table_uri(out, table), format="parquet").to_table()
-        best = min(best, time.perf_counter() - started)
-    return best
+def record_schema3(out: str, samples: list[SampleRow], scene: SceneRow) -> None:
+    """The schema-3 way: the scene's parts in the folders plain readers read, each a temporary file then a move."""
+    for table, rows in (("samples", samples), ("scenes", [scene])):
+        stamp = manifest.now()
+        arrow = manifest.to_arrow(table, [replace(row, created_at=stamp) for row in rows])
+        folder = manifest.legacy_uri(out, table)
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".tmp-{scene.scene_id}")
+        pq.write_table(arrow, temporary)
+        os.replace(temporary, os.path.join(folder, manifest.part_name(scene.scene_id)))
+
+
+def compact_schema3(out: str) -> None:
+    """The schema-3 compaction: the current rows into one new file per folder, then the parts removed."""
+    samples, scenes = manifest.read_tables(out)
+    for table, arrow in (("samples", samples), ("scenes", scenes)):
+        folder = manifest.legacy_uri(out, table)
+        parts = os.listdir(folder)
+        pq.write_table(arrow, os.path.join(folder, f"compacted-{table}.parquet"))
+        for name in parts:
+            os.remove(os.path.join(folder, name))
+
+
+def plain_scene_rows(out: str, layout: str) -> int:
+    """Scene rows a plain reader (pandas) sees: the folder of schema 3, the table file now."""
+    path = manifest.legacy_uri(out, "scenes") if layout == "schema 3" else manifest.table_uri(out, "scenes")
+    return len(pd.read_parquet(path))
+
+
+def second_run_killed(out: str, record, redone: int = 100) -> None:
+    """A second run that redoes `redone` scenes with another config and is killed before its end."""
+    for index in range(redone):
+        samples, scene = rows(index)
+        key = "fedcba9876543210"
+        record(out, [replace(row, run_key=key) for row in samples], replace(scene, run_key=key))
+
+
+def local_disk(scenes: int = 1000) -> list[str]:
+    lines = ["| 1,000 scenes, local disk | record all | compact / fold at the end | plain reader's scene rows "
+             "after a second run redoing 100 scenes was killed | realfill's reader |", "|---|---|---|---|---|"]
+    for layout in ("schema 3", "now"):
+        with tempfile.TemporaryDirectory() as out:
+            folding = manifest.Folding(out)
+
+            def record(where, samples, scene):
+                if layout == "schema 3":
+                    record_schema3(where, samples, scene)
+                else:
+                    manifest.write_scene(where, samples, scene)
+                    folding.recorded()
+
+            started = time.perf_counter()
+            for index in range(scenes):
+                record(out, *rows(index))
+            recorded = time.perf_counter() - started
+            started = time.perf_counter()
+            compact_schema3(out) if layout == "schema 3" else folding.fold()
+            ended = time.perf_counter() - started
+            second_run_killed(out, record)
+            plain, own = plain_scene_rows(out, layout), manifest.read_table(out, "scenes").num_rows
+        label = "parts in the folder, compacted at the end (schema 3)" if layout == "schema 3" else \
+            "journal, folded as the run goes (now)"
+        lines.append(f"| {label} | {recorded:.2f} s | {ended * 1000:.0f} ms | {plain} | {own} |")
+    return lines
 
 
 def main() -> None:
@@ -108,26 +171,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for scenes in (100, 1000):
         for label, record in (("list both folders at each record (schema 1)", record_with_listing),
-                              ("parts named by scene, no listing (now)", record_now)):
+                              ("journal parts named by scene, no listing (now)", record_now)):
             print(f"| {scenes} | {label} | " + " | ".join(map(str, calls_per_scene(record, scenes))) + " |")
         MemoryFileSystem.store.clear()
-    with tempfile.TemporaryDirectory() as scratch:
-        for index in range(1000):
-            record_now(scratch, *rows(index))
-        files = sum(len(manifest.part_files(scratch, table)) for table in manifest.TABLES)
-        uncompacted = read_seconds(scratch)
-        started = time.perf_counter()
-        manifest.compact(scratch)
-        compact_s = time.perf_counter() - started
-        compacted = read_seconds(scratch)
-        after = sum(len(manifest.part_files(scratch, table)) for table in manifest.TABLES)
     print()
-    print("| 1,000 scenes on local disk | files | read both tables (pyarrow.dataset) |")
-    print("|---|---|---|")
-    print(f"| before compaction | {files} | {uncompacted * 1000:.0f} ms |")
-    print(f"| after compaction ({compact_s * 1000:.0f} ms, once at the end of a run) | {after} | "
-          f"{compacted * 1000:.0f} ms |")
-    print(f"| **read speed-up** | | **{uncompacted / compacted:.1f}x** |")
+    print("\n".join(local_disk()))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ so an interrupted run loses nothing that was done, and the same command resumes 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -19,20 +21,27 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import ray
-from tqdm.auto import tqdm
 
 from pipeline.config import Backlog, PipelineConfig, Variant, plan
+from pipeline.progress import Progress
 from pipeline.stages import RankStage, SampleStage, Stage, StitchStage, TuneStage, Unit
 from realfill.config import FillConfig
 from realfill.data import manifest, records, storage
 from realfill.data.lease import OutputLease
 from realfill.data.records import run_key
+from realfill.data.runlog import LOG
 from realfill.data.scene import list_scenes
-from realfill.fill import default_adapters, default_samples, describe, scene_row
+from realfill.fill import default_adapters, default_samples, describe, log_failure, scene_row
 from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
 WAIT_S = 0.5
 """How often the driver looks up from ray.wait, so that a stop signal is acted on promptly."""
+PLAN_S = 2.0
+"""How often the driver re-plans from the cluster's resources (GPU nodes join and leave)."""
+LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+        ray.exceptions.ObjectLostError, ray.exceptions.LocalRayletDiedError)
+"""Errors that say a call's worker, actor or node was lost, not that the stage failed: the call runs again
+(every stage is idempotent: what it writes is keyed by what made it, and written whole)."""
 BEST_SHOWN = 50
 """Scenes whose best image (or lack of evidence) the summary names; the scenes table has all of them."""
 
@@ -51,8 +60,16 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds of each stage's calls, summed (a call shared by several variants counts once)."""
     gpu_seconds: float = 0.0
-    """GPU-seconds that calls held while they ran: over wall time and GPUs, the cluster's utilisation."""
+    """GPU-seconds that calls held while they ran."""
+    gpu_capacity_s: float = 0.0
+    """GPU-seconds the cluster had while the run went (GPUs present, integrated over time as nodes came and
+    went): gpu_seconds over this is the run's GPU utilisation."""
     gpus: int = 0
+    """The most GPUs the cluster had at once during the run."""
+    peak_gpus: float = 0.0
+    """The most GPUs that the run's calls held at once."""
+    rerun: int = 0
+    """Calls started again by the driver after their worker, actor or node was lost past Ray's retries."""
     wall_s: float = 0.0
 
     def text(self) -> str:
@@ -60,8 +77,11 @@ class RunSummary:
                  f"failed: {len(self.failed)}; wall time {self.wall_s:.1f}s",
                  "time per stage (summed over calls): "
                  + ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.stage_seconds.items())]
-        if self.gpus and self.wall_s:
-            lines.append(f"GPU utilisation: {self.gpu_seconds / (self.wall_s * self.gpus):.0%} of {self.gpus} GPUs")
+        if self.gpus and self.gpu_capacity_s:
+            lines.append(f"GPUs: peak {self.peak_gpus:g} in use at once, up to {self.gpus} present; utilisation "
+                         f"{self.gpu_seconds / self.gpu_capacity_s:.0%} of the GPU-seconds present")
+        if self.rerun:
+            lines.append(f"calls run again after their worker or node was lost: {self.rerun} (see the run's log)")
         if self.stopped_by is not None:
             lines.append(f"stopped by {signal.Signals(self.stopped_by).name}: {len(self.unfinished)} scenes in "
                          f"progress were not recorded ({', '.join(sorted(self.unfinished)) or 'none'}); the same "
@@ -80,11 +100,17 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def connect(address: str | None) -> bool:
-    """Join the cluster at address (or $RAY_ADDRESS), else start a local Ray. True if we started it."""
+def connect(address: str | None, verbose: bool = False) -> bool:
+    """Join the cluster at address (or $RAY_ADDRESS; 'auto': the one running on this machine), else start a
+    private local Ray that never joins another on the machine. True if we started or joined it (and so shut it
+    down after). verbose: the workers' output is shown on the driver."""
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the workers' lines in a log: no colour escapes
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=verbose)
+    LOG.info("ray: %s (%s)", address, ray.cluster_resources())
     return True
 
 
@@ -92,6 +118,17 @@ def root_cause(exc: BaseException) -> BaseException:
     """The stage's own exception inside Ray's wrapper, when there is one."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def peak_concurrency(intervals: list[tuple[float, float, float]]) -> float:
+    """The most of (start, end, amount) intervals' amounts that overlap at any moment."""
+    events = sorted([(start, amount) for start, _, amount in intervals] + [(end, -amount) for _, end, amount in
+                                                                          intervals], key=lambda e: (e[0], e[1]))
+    peak = level = 0.0
+    for _, change in events:
+        level += change
+        peak = max(peak, level)
+    return peak
 
 
 def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: PipelineConfig,
@@ -135,7 +172,7 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
         todo = [group for group in todo if group]
         try:
             if todo:
-                started_ray = connect(pipeline.address)
+                started_ray = connect(pipeline.address, pipeline.verbose)
                 try:
                     driver = Driver(adapters, samples, pipeline, summary, show_progress, todo)
                     with stop_on_signals(driver):
@@ -195,7 +232,8 @@ class Driver:
     def __init__(self, adapters: str, samples: str, pipeline: PipelineConfig, summary: RunSummary,
                  show_progress: bool, groups: list[list[Unit]]):
         self.pipeline, self.summary = pipeline, summary
-        self.plan = plan(ray.cluster_resources(), pipeline)
+        self.start_plan = self.plan = plan(ray.cluster_resources(), pipeline)
+        self.planned_at = time.monotonic()
         summary.gpus = self.plan.gpus
         units = [unit for group in groups for unit in group]
         seeds_needed: dict[str, int] = {}
@@ -210,6 +248,10 @@ class Driver:
         ]
         self.summary.stage_seconds = {stage.name: 0.0 for stage in self.stages}
         self.calls_done: Counter[str] = Counter()
+        self.lost: Counter[tuple[str, str]] = Counter()
+        """Times each call (stage, key) was lost with its worker and started again."""
+        self.gpu_calls: list[tuple[float, float, float]] = []
+        """(start, end, GPUs) of every GPU call that ended, from its worker's clock."""
         self.sample_waiting: set[str] = set()
         """Sample keys that units ready for sampling need (taken as the driver starts calls)."""
         self.position: dict[Unit, int] = {}
@@ -222,8 +264,9 @@ class Driver:
         """Scenes not started yet, each with its units (one per variant)."""
         self.stop_signal: int | None = None
         """Set by stop_on_signals: schedule nothing more, record nothing unfinished."""
-        self.bars = {stage.name: tqdm(desc=f"{stage.name:>6}", position=position, unit="call",
-                                      disable=not show_progress) for position, stage in enumerate(self.stages)}
+        self.folding = {out: manifest.Folding(out) for out in dict.fromkeys(unit.variant.out_uri for unit in units)}
+        self.progress = Progress("progress", {stage.name: sum(stage.needed(unit) for unit in units)
+                                              for stage in self.stages}, show_progress)
 
     def mean_seconds(self, stage: str) -> float:
         """A stage's mean call so far (1 s until one has ended: the stages count as equal until measured)."""
@@ -236,24 +279,44 @@ class Driver:
         return Backlog(tune_s=in_flight["tune"] * self.mean_seconds("tune"),
                        sample_s=(in_flight["sample"] + len(self.sample_waiting)) * self.mean_seconds("sample"))
 
+    def replan(self, force: bool = False) -> None:
+        """Follow the cluster: its GPUs now set the capacities (the GPUs per call stay the start's), and the
+        GPU-seconds present are counted for the utilisation."""
+        now = time.monotonic()
+        if not force and now - self.planned_at < PLAN_S:
+            return
+        self.summary.gpu_capacity_s += self.plan.gpus * (now - self.planned_at)
+        self.planned_at = now
+        resources = ray.cluster_resources()
+        updated = plan(resources, self.pipeline, start=self.start_plan)
+        if (updated.gpus, updated.max_in_flight) != (self.plan.gpus, self.plan.max_in_flight):
+            LOG.info("cluster: %s; scenes in flight up to %d, samplers up to %d", resources, updated.max_in_flight,
+                     updated.max_samplers)
+        self.plan = updated
+        self.summary.gpus = max(self.summary.gpus, updated.gpus)
+        for stage in self.stages:
+            stage.plan = updated
+
     def run(self) -> None:
         try:
             while self.waiting or self.position:
                 if self.stop_signal is not None:
                     self.stop()
                     break
+                self.replan()
                 self.admit()
                 self.start_calls()
                 ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=WAIT_S)
                 if ready:
                     self.finish(ready[0])
         finally:
+            self.replan(force=True)
+            self.summary.peak_gpus = peak_concurrency(self.gpu_calls)
             self.summary.stage_seconds = {name: seconds for name, seconds in self.summary.stage_seconds.items()
                                           if self.calls_done[name]}  # the stages this run's methods used
             for stage in self.stages:
                 stage.close()
-            for bar in self.bars.values():
-                bar.close()
+            self.progress.close()
 
     def admit(self) -> None:
         """Start scenes (each with all its variants) while fewer than max_in_flight are in progress."""
@@ -283,7 +346,6 @@ class Driver:
                 blocked.append(unit)
                 continue
             self.calls[ref] = self.sharing[key] = Call(stage, key[1], [unit])
-            self.bars[stage.name].total = (self.bars[stage.name].total or 0) + 1
         self.ready = blocked
 
     def finish(self, ref: ray.ObjectRef) -> None:
@@ -294,14 +356,28 @@ class Driver:
         except Exception as exc:  # the stage raised, or its worker died past its retries
             result, error = None, exc
         call.stage.finished(ref, error)
-        self.bars[call.stage.name].update(1)
-        if error is not None:
-            for unit in call.units:
-                self.record(unit, error=describe(root_cause(error)))
+        if isinstance(error, LOST) and self.lost[(call.stage.name, call.key)] < self.pipeline.retries:
+            # past Ray's own retries (an actor stays unavailable while its node is being declared dead)
+            self.lost[(call.stage.name, call.key)] += 1
+            self.summary.rerun += 1
+            LOG.warning("%s of %s: its worker was lost (%s); running it again (%d of %d)", call.stage.name,
+                        ", ".join(unit.label for unit in call.units), describe(error),
+                        self.lost[(call.stage.name, call.key)], self.pipeline.retries)
+            self.ready.extend(call.units)
             return
+        if error is not None:
+            line = log_failure(f"{call.stage.name} of {', '.join(unit.label for unit in call.units)}", error,
+                               root_cause(error))
+            for unit in call.units:
+                self.progress.fail([stage.name for stage in self.stages[self.position[unit]:] if stage.needed(unit)])
+                self.record(unit, error=line)
+            return
+        self.progress.advance(call.stage.name, len(call.units))
         self.summary.stage_seconds[call.stage.name] += result.seconds
         self.calls_done[call.stage.name] += 1
         self.summary.gpu_seconds += result.seconds * call.stage.gpus
+        if call.stage.gpus:
+            self.gpu_calls.append((result.started, result.started + result.seconds, call.stage.gpus))
         for unit in call.units:
             call.stage.apply(unit, result)
             if call.stage is self.stages[-1]:
@@ -328,13 +404,15 @@ class Driver:
                         rank_s=unit.seconds.get("rank"))
         try:
             manifest.write_scene(unit.variant.out_uri, samples, row)
+            self.folding[unit.variant.out_uri].recorded()
         except Exception as exc:  # e.g. a name the store refuses, a full disk, a lost connection
-            error = f"{error + '; ' if error else ''}could not record its outcome: {describe(exc)}"
+            recording = log_failure(f"recording {unit.label}", exc)
+            if not error:
+                self.progress.failed += 1
+            error = f"{error + '; ' if error else ''}could not record its outcome: {recording}"
         del self.position[unit]
         if error:
             self.summary.failed[unit.label] = error
-            for bar in self.bars.values():
-                bar.set_postfix(failed=len(self.summary.failed))
         else:
             self.summary.done.append(unit.label)
             self.summary.best[unit.label] = row.best_uri

@@ -8,13 +8,17 @@ that has no usable reference is recorded as a failed scene with the reason; ever
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import ray
 
 from pipeline.config import PipelineConfig, Variant
-from pipeline.driver import RunSummary, connect, run_variants
+from pipeline.driver import RunSummary, connect, root_cause, run_variants
+from pipeline.progress import Progress
+from pipeline.stages import fault_hooks
 from realfill.config import FillConfig, LibraryConfig
 from realfill.data import manifest, storage
 from realfill.data.lease import OutputLease
@@ -31,7 +35,7 @@ from realfill.data.library import (
 from realfill.data.records import RequestRow, SceneRow, arrow_schema, run_key
 from realfill.data.scene import storage_name
 from realfill.environment import check_environment
-from realfill.fill import default_adapters, default_samples, scene_row
+from realfill.fill import default_adapters, default_samples, log_failure, scene_row
 
 DESCRIBE_CHUNK = 64
 """Photos per descriptor task."""
@@ -50,6 +54,7 @@ def prepare_task(request: Request, scenes_root: str, photos: dict[str, Photo], d
                  fill: FillConfig) -> Prepared:
     """Pick one request's references and write its scene (CPU)."""
     check_environment()
+    fault_hooks("pick")
     return prepare_scene(request, scenes_root, photos, descriptors, config, fill.rank)
 
 
@@ -77,13 +82,22 @@ def describe_pool(uris: list[str]) -> dict:
     return {uri: value for chunk, values in zip(chunks, found) for uri, value in zip(chunk, values)}
 
 
+def say(show: bool, text: str) -> None:
+    if show:
+        print(text, file=sys.stderr, flush=True)
+
+
 def run_library(library: str, out_uri: str, config: FillConfig, library_config: LibraryConfig,
                 pipeline: PipelineConfig, requests: str | None = None, outpaint: str | None = None,
                 aspect: str | None = None, show_progress: bool = True, adapters: str | None = None) -> LibrarySummary:
     """Fill a photo library (`realfill library`): check every request, pick references and write scenes under
     OUT/scenes (Ray CPU tasks), complete them with the pipeline, and deliver OUT/filled and OUT/requests.parquet."""
     out_uri = storage.normalize(out_uri)
+    say(show_progress, f"library: listing {library}")
+    started = time.perf_counter()
     photos = list_library(library)
+    say(show_progress, f"library: {len(photos)} photos in {len({photo.album for photo in photos})} albums "
+                       f"({time.perf_counter() - started:.1f}s)")
     checked = read_requests(library, photos, requests, outpaint, aspect)  # every problem, before any work
     with OutputLease(out_uri):
         summary, prepared = complete(checked, photos, out_uri, config, library_config, pipeline, show_progress,
@@ -94,20 +108,44 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
     return LibrarySummary(summary, rows, out_uri)
 
 
+def pick_all(checked: list[Request], photos: list[Photo], scenes_root: str, config: FillConfig,
+             library_config: LibraryConfig, pipeline: PipelineConfig, show_progress: bool) -> list[Prepared]:
+    """Every request's references picked and scene written, as Ray CPU tasks (each retried when its worker or
+    node is lost); a request whose task fails past its retries fails alone, with its reason."""
+    wanted = sorted({uri for request in checked if not request.refs for uri in (*request.pool, request.target)})
+    say(show_progress, f"library: describing {len(wanted)} photos, then picking references for "
+                       f"{len(checked)} requests")
+    descriptors = ray.put(describe_pool(wanted))
+    by_uri = ray.put({photo.uri: photo for photo in photos})
+    progress = Progress("library", {"pick": len(checked)}, show_progress)
+    calls = {prepare_task.options(max_retries=pipeline.retries).remote(
+        request, scenes_root, by_uri, descriptors, library_config, config): index
+        for index, request in enumerate(checked)}
+    prepared: dict[int, Prepared] = {}
+    while calls:
+        ready, _ = ray.wait(list(calls), num_returns=1)
+        index = calls.pop(ready[0])
+        try:
+            prepared[index] = ray.get(ready[0])
+        except Exception as exc:  # its worker or node was lost past its retries, or a bug
+            prepared[index] = Prepared(checked[index], None, [], error=log_failure(
+                f"picking references for {checked[index].scene_id}", exc, root_cause(exc)))
+        if prepared[index].error:
+            progress.fail([])
+        progress.advance("pick")
+    progress.close()
+    return [prepared[index] for index in range(len(checked))]
+
+
 def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: FillConfig,
              library_config: LibraryConfig, pipeline: PipelineConfig, show_progress: bool,
              adapters: str | None) -> tuple[RunSummary, list[Prepared]]:
     """Pick references and write scenes (Ray CPU tasks), complete the scenes, record the requests that
     could not become one as failed scenes."""
     scenes_root = storage.join(out_uri, "scenes")
-    started_ray = connect(pipeline.address)
+    started_ray = connect(pipeline.address, pipeline.verbose)
     try:
-        wanted = sorted({uri for request in checked if not request.refs for uri in (*request.pool, request.target)})
-        descriptors = ray.put(describe_pool(wanted))
-        by_uri = ray.put({photo.uri: photo for photo in photos})
-        prepared: list[Prepared] = ray.get([
-            prepare_task.options(max_retries=pipeline.retries).remote(
-                request, scenes_root, by_uri, descriptors, library_config, config) for request in checked])
+        prepared = pick_all(checked, photos, scenes_root, config, library_config, pipeline, show_progress)
         scene_uris = [item.scene_uri for item in prepared if item.scene_uri]
         summary = RunSummary()
         if scene_uris:

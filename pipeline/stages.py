@@ -28,14 +28,40 @@ from realfill.method.sample import Sampler
 CRASH_ONCE = "REALFILL_TEST_CRASH_ONCE"
 """Test-only fault hook: 'STAGE:MARKER' makes the first STAGE call that finds no MARKER file create it
 and kill its own worker process, as a preempted or OOM-killed worker would die."""
+HOLD_ONCE = "REALFILL_TEST_HOLD_ONCE"
+"""Test-only hook: 'STAGE:MARKER' makes the first STAGE call that finds no MARKER write its node's id there
+and wait (for its node to be taken away by the test); its retry finds the MARKER and goes on."""
+GATHER = "REALFILL_TEST_GATHER"
+"""Test-only hook: 'STAGE:FOLDER:N' makes every STAGE call wait until N calls of it have started (at most
+HOOK_WAIT_S): it can go on only if the run had N of them running at once."""
+HOOK_WAIT_S = 300.0
 
 
-def crash_point(stage: str) -> None:
-    spec = os.environ.get(CRASH_ONCE, "")
-    name, _, marker = spec.partition(":")
-    if name == stage and marker and not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)
+def hooks(name: str, stage: str) -> list[str]:
+    """The arguments of a test hook's specs (comma-separated 'STAGE:ARG[:ARG]') that name this stage."""
+    return [spec.split(":", 1)[1] for spec in os.environ.get(name, "").split(",")
+            if spec.partition(":")[0] == stage and ":" in spec]
+
+
+def fault_hooks(stage: str) -> None:
+    """Where a stage call meets the test hooks above (nothing happens unless one is set)."""
+    for marker in hooks(CRASH_ONCE, stage):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+    for marker in hooks(HOLD_ONCE, stage):
+        if not os.path.exists(marker):
+            with open(f"{marker}.tmp", "w") as handle:
+                handle.write(ray.get_runtime_context().get_node_id())
+            os.replace(f"{marker}.tmp", marker)
+            time.sleep(HOOK_WAIT_S)
+    for spec in hooks(GATHER, stage):
+        folder, _, count = spec.rpartition(":")
+        os.makedirs(folder, exist_ok=True)
+        open(os.path.join(folder, ray.get_runtime_context().get_task_id()), "w").close()  # once per call
+        deadline = time.monotonic() + HOOK_WAIT_S
+        while len(os.listdir(folder)) < int(count) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 @dataclass
@@ -44,6 +70,8 @@ class Stitched:
 
     uri: str
     seconds: float
+    started: float
+    """When the call started running (epoch seconds, on its worker): for the run's GPU concurrency."""
 
 
 @dataclass
@@ -53,6 +81,7 @@ class Tuned:
     adapter_uri: str
     adapter_key: str
     seconds: float
+    started: float
 
 
 @dataclass
@@ -61,27 +90,43 @@ class Rows:
 
     rows: list[SampleRow]
     seconds: float
+    started: float
 
 
 @ray.remote
 def stitch_task(scene_uri: str, samples: str, config: FillConfig, force: bool) -> Stitched:
     """Make (or reuse) one scene's stitch result: geometry on a CPU, no model."""
     check_environment()  # a node whose libraries differ from the driver's fails with one clear line
-    started = time.perf_counter()
+    started, wall = time.perf_counter(), time.time()
+    fault_hooks("stitch")
     uri = stitch_scene(load_scene(scene_uri, config.max_megapixels), samples, config, force)
-    return Stitched(uri, time.perf_counter() - started)
+    return Stitched(uri, time.perf_counter() - started, wall)
+
+
+def step_reporter(scene_uri: str, steps: int, verbose: bool):
+    """A tune task's after_step: the test hooks, and with verbose a line every tenth of the steps (on the
+    worker's stdout, which Ray forwards to the driver)."""
+    every = max(1, steps // 10)
+
+    def after_step(step: int, loss: float) -> None:
+        fault_hooks("tune")
+        if verbose and (step % every == 0 or step == steps):
+            print(f"tune {scene_id_of(scene_uri)}: step {step}/{steps}, loss {loss:.4f}", flush=True)
+
+    return after_step
 
 
 @ray.remote
-def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool, stitched: str | None) -> Tuned:
+def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool, stitched: str | None,
+              verbose: bool) -> Tuned:
     """Fine-tune (or reuse, or resume) one scene's adapter."""
     check_environment()
     quiet_libraries()
-    started = time.perf_counter()
+    started, wall = time.perf_counter(), time.time()
     scene = load_scene(scene_uri, config.max_megapixels)
-    uri, info = tune_scene(scene, adapters, config, show_progress=False, force=force,
-                           after_step=lambda step: crash_point("tune"), stitched=stitched)
-    return Tuned(uri, info.key, time.perf_counter() - started)
+    uri, info = tune_scene(scene, adapters, config, show_progress=False, force=force, stitched=stitched,
+                           after_step=step_reporter(scene_uri, config.tune.train_steps, verbose))
+    return Tuned(uri, info.key, time.perf_counter() - started, wall)
 
 
 @ray.remote
@@ -96,8 +141,8 @@ class SamplerActor:
 
     def sample(self, scene_uri: str, tuned: Tuned | None, samples: str, config: FillConfig, force: bool,
                stitched: str | None) -> Rows:
-        started = time.perf_counter()
-        crash_point("sample")
+        started, wall = time.perf_counter(), time.time()
+        fault_hooks("sample")
         model = (config.model, config.by_example)  # `tiny` names both tiny models
         if model not in self.samplers:
             self.samplers[model] = sampler_for(config)
@@ -105,17 +150,17 @@ class SamplerActor:
         folder = samples_folder(samples, scene, tuned.adapter_key if tuned else None, config)
         rows = sample_scene(self.samplers[model], scene, tuned.adapter_uri if tuned else None, folder,
                             config, show_progress=False, force=force, stitched=stitched)
-        return Rows(rows, time.perf_counter() - started)
+        return Rows(rows, time.perf_counter() - started, wall)
 
 
 @ray.remote
 def rank_task(scene_uri: str, rows: list[SampleRow], config: FillConfig) -> Rows:
     """Rank one scene's samples under one config (reference features computed once for all of them)."""
     check_environment()
-    started = time.perf_counter()
-    crash_point("rank")
+    started, wall = time.perf_counter(), time.time()
+    fault_hooks("rank")
     ranked = rank_samples(load_scene(scene_uri, config.max_megapixels), rows, config)
-    return Rows(ranked, time.perf_counter() - started)
+    return Rows(ranked, time.perf_counter() - started, wall)
 
 
 @dataclass(eq=False)
@@ -220,7 +265,7 @@ class TuneStage(Stage):
 
     def submit(self, unit: Unit) -> ray.ObjectRef:
         return tune_task.options(num_gpus=self.gpus, max_retries=self.pipeline.retries).remote(
-            unit.scene_uri, self.adapters, unit.config, self.pipeline.force, unit.stitched)
+            unit.scene_uri, self.adapters, unit.config, self.pipeline.force, unit.stitched, self.pipeline.verbose)
 
     def apply(self, unit: Unit, result: Tuned) -> None:
         unit.tuned, unit.seconds["tune"] = result, result.seconds

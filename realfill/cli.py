@@ -29,6 +29,7 @@ from realfill.config import (
     with_fields,
 )
 from realfill.data import manifest, storage
+from realfill.data.runlog import LOG, RunLog
 from realfill.environment import check_environment, version
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -58,9 +59,11 @@ def add_pipeline(parser: ArgumentParser) -> None:
 
     from pipeline.config import PipelineConfig
 
-    parser.add_class_arguments(PipelineConfig, None, fail_untyped=True, skip={"force"})
+    switches = {"force", "verbose"}  # plain switches, not `--force true`
+    parser.add_class_arguments(PipelineConfig, None, fail_untyped=True, skip=switches)
     docs = {param.arg_name: param.description for param in docstring_parser.parse_from_object(PipelineConfig).params}
-    parser.add_argument("--force", action="store_true", help=docs["force"])  # a plain switch, not `--force true`
+    for name in sorted(switches):
+        parser.add_argument(f"--{name}", action="store_true", help=docs[name])
 
 
 def base_config(args: Namespace) -> FillConfig:
@@ -108,7 +111,9 @@ def cmd_fill(args: Namespace) -> int:
 
     config = fill_config(args)
     with OutputLease(args.out):
-        row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
+        with RunLog(args.out, args.verbose) as log:
+            row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
+            LOG.info("%s: %s", row.scene_id, "ok" if row.ok else f"failed: {row.error}")
         if row.ok:
             tuned = f"{row.tune_s:.1f}s tune + " if row.tune_s is not None else ""
             print(f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}"
@@ -116,11 +121,18 @@ def cmd_fill(args: Namespace) -> int:
             print("\n".join(manifest.where_tables(args.out)))
             print(f"{row.selection}: {NO_EVIDENCE_TEXT}" if row.best_uri is None
                   else f"best: {row.best_uri} (selection by {row.selection})")
+        say_log(log)
         report_after(args)
     if not row.ok:
         print(f"realfill: {row.scene_id} failed: {row.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def say_log(log: RunLog) -> None:
+    """The last lines name the run's log, when anything was logged."""
+    if log.written:
+        print(f"run log: {log.uri}")
 
 
 def report_after(args: Namespace) -> None:
@@ -149,9 +161,11 @@ def cmd_run(args: Namespace) -> int:
     """The Ray pipeline (imported here, so that everything else in realfill runs without Ray)."""
     from pipeline.driver import run_pipeline
 
-    summary = run_pipeline(args.scenes, args.out, fill_config(args), pipeline_config(args),
-                           show_progress=not args.quiet, adapters=args.adapters)
+    with RunLog(args.out, args.verbose) as log:
+        summary = run_pipeline(args.scenes, args.out, fill_config(args), pipeline_config(args),
+                               show_progress=not args.quiet, adapters=args.adapters)
     print(summary.text())
+    say_log(log)
     print("\n".join(manifest.where_tables(args.out)))
     report_after(args)
     return exit_code(summary)
@@ -162,10 +176,12 @@ def cmd_library(args: Namespace) -> int:
     from pipeline.library import run_library
 
     library = flat_config(LibraryConfig, args)
-    summary = run_library(args.library, args.out, fill_config(args), library, pipeline_config(args),
-                          requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
-                          show_progress=not args.quiet, adapters=args.adapters)
+    with RunLog(args.out, args.verbose) as log:
+        summary = run_library(args.library, args.out, fill_config(args), library, pipeline_config(args),
+                              requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
+                              show_progress=not args.quiet, adapters=args.adapters)
     print(summary.text())
+    say_log(log)
     report_after(args)
     return exit_code(summary.run)
 
@@ -196,9 +212,11 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
     from pipeline.sweep import run_sweep
 
     configs, own = sweep_configs(args, argv)
-    summary, board = run_sweep(args.scenes, args.out, configs, own, pipeline_config(args), eval_config(args),
-                               show_progress=not args.quiet)
+    with RunLog(args.out, args.verbose) as log:
+        summary, board = run_sweep(args.scenes, args.out, configs, own, pipeline_config(args), eval_config(args),
+                                   show_progress=not args.quiet)
     print(summary.text())
+    say_log(log)
     print(board)
     out = storage.normalize(args.out)
     print(f"sweep table: {storage.join(out, 'sweep.parquet')}\nleaderboard: {storage.join(out, 'leaderboard.md')}")
@@ -286,6 +304,8 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
 
     fill = run_parser("scene", "scene folder or URI (RealBench layout)", "output folder or URI")
     fill.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
+    fill.add_argument("--verbose", action="store_true",
+                      help="full tracebacks on stderr too (they are always in the run's log, OUT/logs/)")
     add_config(fill)
     commands["fill"] = fill, "fine-tune on one scene, sample seeds, write images and manifest"
 

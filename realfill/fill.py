@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from realfill.config import FillConfig
 from realfill.data import manifest, records, storage
 from realfill.data.records import AdapterInfo, SampleRow, SceneRow, adapter_key, image_key, run_key, stitch_key
+from realfill.data.runlog import LOG
 from realfill.data.scene import Scene, SceneError, load_scene, read_image, scene_id_of, storage_name
 from realfill.method.models import resolve_model
 from realfill.method.sample import Condition, SampleFailure, Sampler, composite_sample
@@ -228,19 +229,37 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
                         sample_s=stitch_s + sampled - tuned, rank_s=time.perf_counter() - sampled)
     except Exception as exc:  # recorded per scene, so one bad scene never stops the others
         samples = []
-        row = scene_row(scene_id, scene_uri, config, error=describe(exc))
+        row = scene_row(scene_id, scene_uri, config, error=log_failure(scene_id, exc))
     manifest.write_scene(out_uri, samples, row)
     manifest.compact(out_uri)
     return row
 
 
-def describe(exc: BaseException) -> str:
-    """One line: the message alone for our own input errors, the type too for anything else."""
+def is_input_error(exc: BaseException) -> bool:
+    """One of realfill's own errors about its input or setup: its message says all there is to say."""
     from realfill.environment import BrokenEnvironment
     from realfill.method.models import ModelError
     from realfill.selection.matchers import MatcherError
 
+    return isinstance(exc, (SceneError, ModelError, BrokenEnvironment, AdapterError, SampleError, MatcherError))
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the message alone for our own input errors, the type too for anything else."""
     message = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, (SceneError, ModelError, BrokenEnvironment, AdapterError, SampleError, MatcherError)):
+    if is_input_error(exc):
         return message
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def log_failure(label: str, exc: BaseException, cause: BaseException | None = None) -> str:
+    """A failure's one line (returned, for the manifest and the summary), and in the run's log that line with,
+    unless it is one of our own input errors, exc's full traceback (a Ray error's includes the worker's).
+    cause is the error the line describes when exc wraps it (a stage's error inside Ray's)."""
+    cause = cause or exc
+    line = describe(cause)
+    if is_input_error(cause):
+        LOG.warning("%s failed: %s", label, line)
+    else:
+        LOG.error("%s failed: %s", label, line, exc_info=exc)
+    return line

@@ -7,10 +7,13 @@ import os
 import shutil
 import struct
 import zlib
+from collections import Counter
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
 from realfill.config import FillConfig, SampleConfig, TuneConfig
@@ -93,6 +96,28 @@ def tiny_backbones(tmp_path_factory):
     clip.save_pretrained(root / "clip")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
     return root
+
+
+class CountingFileSystem(MemoryFileSystem):
+    """An in-memory object store (`counting://`) that counts every call made of it."""
+
+    protocol = "counting"
+    calls: Counter = Counter()
+
+    def __getattribute__(self, name):
+        if name in {"ls", "info", "exists", "open", "mv", "rm", "rm_file", "makedirs", "mkdir", "find", "cat_file",
+                    "pipe_file", "copy", "cp_file", "isdir", "isfile"}:
+            CountingFileSystem.calls[name] += 1
+        return super().__getattribute__(name)
+
+
+@pytest.fixture
+def counting():
+    """The calls made of `counting://` during the test."""
+    fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
+    CountingFileSystem.calls.clear()
+    yield CountingFileSystem.calls
+    MemoryFileSystem.store.clear()
 
 
 def tiny_config(**tune_overrides) -> FillConfig:

@@ -168,7 +168,7 @@ def test_image_tags_and_ray_versions_agree_with_the_project():
 
 def test_dockerfile_installs_the_lock_as_its_user():
     text = (CLUSTER / "Dockerfile").read_text()
-    assert re.search(r'^ARG TORCH="torch==(\S+)"$', text, re.MULTILINE).group(1) == locked("torch")
+    assert re.search(r'^ARG TORCH="torch==([^\s"]+)[^"]*"$', text, re.MULTILINE).group(1) == locked("torch")
     installs = [line for line in text.splitlines() if "pip install" in line]
     assert installs and all("-c constraints.txt" in line for line in installs)
     assert text.rindex("USER ray") > text.index("USER root") and text.index("USER ray") < text.index("pip install")
@@ -185,6 +185,76 @@ def test_job_commands_in_the_cluster_files_are_valid_gpu_runs():
     assert len(commands) == 3
     for words in commands:
         assert_is_gpu_run(words)
+
+
+DRIVER_NEEDED = {"cu126": 560, "cu128": 570, "cu129": 575, "cu130": 580}
+"""The NVIDIA driver each CUDA build of torch needs (NVIDIA's CUDA release notes); PyPI's plain Linux wheel
+of the locked torch is the CUDA 13.0 build."""
+
+
+def image_cuda_build() -> str:
+    torch = re.search(r'^ARG TORCH="([^"]+)"$', (CLUSTER / "Dockerfile").read_text(), re.MULTILINE).group(1)
+    index = re.search(r"--index-url https://download.pytorch.org/whl/(cu\d+)$", torch)
+    return index.group(1) if index else "cu130"
+
+
+def test_the_gpu_ami_the_cuda_build_and_the_driver_agree():
+    """The image's torch needs a driver; the launcher's AMI is a GPU AMI whose driver the files state, and
+    every file that states a driver states the one the image's CUDA build needs."""
+    needed = DRIVER_NEEDED[image_cuda_build()]
+    launcher = load("aws.yaml")
+    for name in ("gpu_worker", "gpu_worker_spot", "head"):
+        image = launcher["available_node_types"][name]["node_config"]["ImageId"]
+        assert image.startswith("resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-"), \
+            f"{name}: a GPU AMI with the NVIDIA driver (Ray's default AMI has a driver too old for CUDA 12/13)"
+    for name in ("aws.yaml", "kuberay/raycluster.yaml", "Dockerfile"):
+        stated = {int(found) for found in re.findall(r"driver >= (\d+)", (CLUSTER / name).read_text())}
+        assert needed in stated, f"{name} states the driver {image_cuda_build()} needs ({needed}): {stated}"
+    header = (CLUSTER / "aws.yaml").read_text()
+    assert re.search(rf"NVIDIA driver is {needed} or newer", header), "the AMI's driver is the one needed"
+
+
+def test_stages_never_run_on_the_head_and_gpu_workers_can_be_spot():
+    launcher = load("aws.yaml")
+    assert launcher["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    for name in ("kuberay/raycluster.yaml", "kuberay/rayjob.yaml"):
+        spec = load(name)["spec"]
+        spec = spec.get("rayClusterSpec", spec)
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", name
+    spot = launcher["available_node_types"]["gpu_worker_spot"]
+    on_demand = launcher["available_node_types"]["gpu_worker"]
+    assert spot["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert {**spot["node_config"], "InstanceMarketOptions": None} == {**on_demand["node_config"],
+                                                                      "InstanceMarketOptions": None}
+
+
+def test_a_private_image_is_pulled_after_a_registry_login():
+    launcher = load("aws.yaml")
+    registry = IMAGE.split("/")[0]
+    assert any(f"docker login --username AWS --password-stdin {registry}" in command
+               for command in launcher["initialization_commands"])
+    policy = yaml.safe_load((CLUSTER / "aws-ecr-pull-policy.json").read_text())
+    actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+    assert {"ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"} <= actions
+    header = (CLUSTER / "aws.yaml").read_text()
+    for role in ("realfill-worker", "ray-autoscaler-v1"):
+        assert re.search(rf"--role-name {role} --policy-name realfill-ecr", header), role
+
+
+def test_kuberay_pods_share_one_model_cache_and_have_shm():
+    """One ReadWriteMany claim for every pod (each new GPU pod would otherwise download the models again),
+    and a memory-backed /dev/shm; the RayJob starts with no GPU pod, as its comment says, and no fixed pool."""
+    claim = load("kuberay/model-cache.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for pod in pod_templates("kuberay/raycluster.yaml") + pod_templates("kuberay/rayjob.yaml"):
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    job = load("kuberay/rayjob.yaml")
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == 0
+    assert "--samplers" not in job["spec"]["entrypoint"], "the sampler pool follows the GPUs"
 
 
 def test_runtime_env_ships_code_only():

@@ -1,14 +1,17 @@
 """`ray job submit` for real: a Ray head on loopback, jobs submitted through its job server."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import write_scene
 from realfill.data import manifest
 from realfill.fill import variant_out
 
@@ -17,20 +20,37 @@ TINY = ("--base_model tiny --device cpu --tune.resolution 64 --sample.resolution
         "--tune.batch_size 2 --sample.num_samples 4 --sample.steps 2 --quiet")
 
 
+def stop_processes_under(folder: str) -> None:
+    """Stop the Ray processes started with this temp folder (each names it in its command line), and no other
+    Ray on the machine: a bare `ray stop` would stop every Ray there, other people's too."""
+    import psutil
+
+    ours = [process for process in psutil.process_iter(["cmdline"])
+            if any(folder in part for part in process.info["cmdline"] or [])]
+    for process in ours:
+        process.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    for process in alive:
+        process.kill()
+
+
 @pytest.fixture(scope="module")
 def head():
-    """A local Ray head with its job server, started and stopped by this module."""
+    """A local Ray head with its job server, started and stopped by this module (and only it)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    temp = tempfile.mkdtemp(prefix="rf-head-", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
     subprocess.run([*ray, "start", "--head", "--port", "6390", "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                    "8299", "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats"],
+                    "8299", "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats",
+                    "--temp-dir", temp, "--resources", '{"realfill_test_head": 1}'],
                    check=True, env=env, capture_output=True)
     os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         yield env
     finally:
-        subprocess.run([*ray, "stop"], env=env, capture_output=True)
+        stop_processes_under(temp)
         os.environ.pop("RAY_AUTH_MODE", None)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -112,6 +132,26 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
     assert table[table["group"] == "all"]["dino"].notna().all(), "--eval.dino_model reached the evaluation"
     few = manifest.read_table(str(out / "variants" / "few"), "samples").to_pylist()
     assert sorted(row["seed"] for row in few) == [0, 1]
+
+
+def test_a_run_without_an_address_is_local_and_auto_joins_the_machines_cluster(head, tmp_path):
+    """With a Ray cluster running on the machine (the module's head): no --address and no RAY_ADDRESS starts a
+    private Ray that does not join it; --address auto joins it. The run's log says which cluster it ran on."""
+    write_scene(tmp_path / "scenes" / "one")
+    env = {name: value for name, value in head.items() if name != "RAY_ADDRESS"}
+    for address, joins in ((None, False), ("auto", True)):
+        out = tmp_path / f"out-{address}"
+        result = subprocess.run([sys.executable, "-m", "realfill.cli", "run", str(tmp_path / "scenes"), "--out",
+                                 str(out), "--method", "stitch", "--quiet", "--no_report",
+                                 *(["--address", address] if address else [])],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0 and "done: 1" in result.stdout, result.stdout + result.stderr
+        (log,) = (out / "logs").glob("run-*.log")
+        (line,) = [line for line in log.read_text().splitlines() if " ray: " in line]
+        assert ("realfill_test_head" in line) is joins, line
+    help_text = subprocess.run([sys.executable, "-m", "realfill.cli", "run", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    assert "'auto'" in " ".join(help_text.split()) and "never joins another" in " ".join(help_text.split())
 
 
 def test_the_bundled_grid_file_expands():

@@ -1,13 +1,13 @@
 """Manifests: one scene's record never costs another's, a failure never replaces good rows, recording costs
-the same number of storage calls at any size, and compaction folds a run into one file per table."""
+the same number of storage calls at any size, and folding keeps one file per table that plain readers read,
+with one current row per scene after a kill at any storage call."""
 
-from collections import Counter
 
-import fsspec
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
-from fsspec.implementations.memory import MemoryFileSystem
 
 from realfill.data import manifest
 from realfill.data.records import SampleRow, SceneRow
@@ -30,7 +30,7 @@ def test_schemas_are_derived_from_the_rows():
     assert manifest.SAMPLES.field("seed").type == pa.int64() and not manifest.SAMPLES.field("seed").nullable
     assert manifest.SAMPLES.field("rank").type == pa.int32() and manifest.SAMPLES.field("rank").nullable
     assert manifest.SCENES.field("created_at").type == pa.timestamp("ms", tz="UTC")
-    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"3", b"realfill.table": b"scenes"}
+    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"4", b"realfill.table": b"scenes"}
 
 
 def test_any_scene_id_gets_a_visible_bounded_part(tmp_path):
@@ -39,13 +39,13 @@ def test_any_scene_id_gets_a_visible_bounded_part(tmp_path):
     for scene_id in ids:
         manifest.write_scene(out, *rows(scene_id, KEY_A))
     for table in ("samples", "scenes"):
-        names = [path.name for path in (tmp_path / "manifest" / table).iterdir()]
+        names = [path.name for path in (tmp_path / "manifest" / "_journal" / table).iterdir()]
         assert len(names) == len(ids) and all(len(name) < 120 and name[0] not in "._" for name in names)
-    scenes = ds.dataset(tmp_path / "manifest" / "scenes", format="parquet").to_table().column("scene_id").to_pylist()
-    assert sorted(scenes) == sorted(ids), "every id is visible to pyarrow.dataset, none replaces another"
-    assert set(manifest.completed_scenes(out, KEY_A)) == set(ids)
+    assert set(manifest.completed_scenes(out, KEY_A)) == set(ids), "none replaces another"
     manifest.compact(out)
     assert set(manifest.completed_scenes(out, KEY_A)) == set(ids)
+    scenes = pq.read_table(tmp_path / "manifest" / "scenes.parquet").column("scene_id").to_pylist()
+    assert sorted(scenes) == sorted(ids), "every id is in the table a plain reader reads"
 
 
 @pytest.mark.parametrize("compact_between", [False, True])
@@ -69,29 +69,8 @@ def test_a_failure_never_replaces_good_rows(tmp_path, compact_between):
     samples = manifest.read_table(out, "samples")
     assert samples.num_rows == 3 and set(samples.column("run_key").to_pylist()) == {KEY_B}
     manifest.compact(out)
-    direct = ds.dataset(tmp_path / "manifest" / "samples", format="parquet").to_table()
-    assert direct.num_rows == 3, "after compaction a plain pyarrow reader sees exactly the current rows"
-
-
-class CountingFileSystem(MemoryFileSystem):
-    """An in-memory store that counts every call a manifest makes of it."""
-
-    protocol = "counting"
-    calls: Counter = Counter()
-
-    def __getattribute__(self, name):
-        if name in {"ls", "info", "exists", "open", "mv", "rm", "rm_file", "makedirs", "mkdir", "find", "cat_file",
-                    "pipe_file", "copy", "isdir", "isfile"}:
-            CountingFileSystem.calls[name] += 1
-        return super().__getattribute__(name)
-
-
-@pytest.fixture
-def counting():
-    fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
-    CountingFileSystem.calls.clear()
-    yield CountingFileSystem.calls
-    MemoryFileSystem.store.clear()
+    direct = pq.read_table(tmp_path / "manifest" / "samples.parquet")
+    assert direct.num_rows == 3, "after folding a plain pyarrow reader sees exactly the current rows"
 
 
 def test_recording_costs_the_same_storage_calls_at_any_size(counting):
@@ -104,7 +83,12 @@ def test_recording_costs_the_same_storage_calls_at_any_size(counting):
     assert costs[119] == costs[10] and "ls" not in counting and "find" not in counting, costs
 
 
-def test_compaction_leaves_one_file_per_table_and_keeps_rows_written_meanwhile(tmp_path, monkeypatch):
+def journal_names(root, table: str) -> list[str]:
+    folder = root / "manifest" / "_journal" / table
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def test_folding_leaves_one_file_per_table_and_keeps_rows_written_meanwhile(tmp_path, monkeypatch):
     out = str(tmp_path)
     for index in range(30):
         manifest.write_scene(out, *rows(f"s{index}", KEY_A))
@@ -114,20 +98,124 @@ def test_compaction_leaves_one_file_per_table_and_keeps_rows_written_meanwhile(t
 
     def a_scene_lands_meanwhile(samples, scenes):
         manifest.write_scene(out, *rows("late", KEY_A))
+        manifest.write_scene(out, *rows("s7", KEY_B, seeds=3))  # a part folded now is replaced meanwhile
         return real_current(samples, scenes)
 
     monkeypatch.setattr(manifest, "current_samples", a_scene_lands_meanwhile)
-    manifest.compact(out)
+    assert manifest.compact(out) == 61
     monkeypatch.undo()
-    files = {table: sorted(path.name for path in (tmp_path / "manifest" / table).iterdir()) for table in ("samples",
-                                                                                                           "scenes")}
-    assert [name for name in files["scenes"] if name.startswith("compacted-")] and "scene-late.parquet" in \
-        files["scenes"] and len(files["scenes"]) == 2 and len(files["samples"]) == 2, files
+    assert sorted(path.name for path in (tmp_path / "manifest").iterdir()) == ["_journal", "samples.parquet",
+                                                                               "scenes.parquet"]
+    assert journal_names(tmp_path, "scenes") == journal_names(tmp_path, "samples") == [
+        "scene-late.parquet", "scene-s7.parquet"], "what was written or replaced meanwhile stays"
     after = manifest.read_tables(out)
-    assert after[1].num_rows == before[1].num_rows + 1 and after[0].num_rows == before[0].num_rows + 2
+    assert after[1].num_rows == before[1].num_rows + 1 and after[0].num_rows == before[0].num_rows + 2 + 1
     manifest.compact(out)
-    assert all(len(list((tmp_path / "manifest" / table).iterdir())) == 1 for table in ("samples", "scenes"))
+    assert journal_names(tmp_path, "scenes") == journal_names(tmp_path, "samples") == []
     assert manifest.read_tables(out)[1].num_rows == 32  # 31 scenes' good rows and s3's newer failure
+    plain = pd.read_parquet(tmp_path / "manifest" / "scenes.parquet")
+    assert len(plain) == 32 and set(plain[plain.scene_id == "s7"].run_key) == {KEY_B}
+
+
+class Killed(BaseException):
+    """A process killed at a chosen storage call: nothing after it happens."""
+
+
+def killed_at(monkeypatch, call: int) -> list[int]:
+    """Make the call-th write or removal of storage raise Killed (counting from 0); returns the counter."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    count = [0]
+
+    def counted(real):
+        def wrapper(*args, **kwargs):
+            if count[0] == call:
+                raise Killed
+            count[0] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(manifest.storage, "write_bytes", counted(manifest.storage.write_bytes))
+    monkeypatch.setattr(LocalFileSystem, "rm", counted(LocalFileSystem.rm))
+    monkeypatch.setattr(LocalFileSystem, "rm_file", counted(LocalFileSystem.rm_file))
+    return count
+
+
+def later_run(out: str) -> None:
+    """A second run: s1 redone with another config, s4 new, s2 fails again, s0 fails where it was good, then
+    the fold at its end."""
+    manifest.write_scene(out, *rows("s1", KEY_B, seeds=3))
+    manifest.write_scene(out, *rows("s4", KEY_A))
+    manifest.write_scene(out, *rows("s2", KEY_A, status="failed"))
+    manifest.write_scene(out, *rows("s0", KEY_B, status="failed"))
+    manifest.compact(out)
+
+
+def test_a_kill_at_any_storage_call_leaves_one_current_row_per_scene_for_every_reader(tmp_path, monkeypatch):
+    """A first run (s0..s2, s2 failed) folded; then a later run killed at each of its storage calls in turn.
+    Whatever call the kill hit: a plain reader of the table files sees one row per scene (and per scene one
+    set of samples), realfill's reader sees each scene's newest record, and the next fold makes the plain
+    tables equal to realfill's, exactly as if nothing had been killed."""
+    def first_run(out: str) -> None:
+        for scene_id in ("s0", "s1"):
+            manifest.write_scene(out, *rows(scene_id, KEY_A))
+        manifest.write_scene(out, *rows("s2", KEY_A, status="failed"))
+        manifest.compact(out)
+
+    clean = tmp_path / "clean"
+    first_run(str(clean))
+    later_run(str(clean))
+    expected = [table.sort_by([("scene_id", "ascending"), ("status", "ascending")]).drop_columns(["created_at"])
+                for table in manifest.read_tables(str(clean))]
+    calls = killed_at(monkeypatch, -1)
+    first_run(str(tmp_path / "count"))
+    start = calls[0]
+    later_run(str(tmp_path / "count"))
+    total = calls[0] - start
+    monkeypatch.undo()
+    assert total >= 10
+    for call in range(total):
+        out = tmp_path / f"kill-{call}"
+        first_run(str(out))
+        killed_at(monkeypatch, call)
+        with pytest.raises(Killed):
+            later_run(str(out))
+        monkeypatch.undo()
+        plain_scenes = pd.read_parquet(out / "manifest" / "scenes.parquet")
+        assert not plain_scenes.duplicated(["scene_id", "status"]).any(), f"kill at call {call}"
+        plain_samples = pd.read_parquet(out / "manifest" / "samples.parquet")
+        assert plain_samples.groupby("scene_id").run_key.nunique().max() == 1, f"kill at call {call}"
+        assert not plain_samples.duplicated(["scene_id", "seed"]).any(), f"kill at call {call}"
+        samples, scenes = manifest.read_tables(str(out))
+        assert not scenes.to_pandas().duplicated(["scene_id", "status"]).any()
+        assert not samples.to_pandas().duplicated(["scene_id", "seed"]).any()
+        later_run(str(out))  # the same command again
+        again = [table.sort_by([("scene_id", "ascending"), ("status", "ascending")]).drop_columns(["created_at"])
+                 for table in manifest.read_tables(str(out))]
+        assert again[0].equals(expected[0]) and again[1].equals(expected[1]), f"kill at call {call}"
+        plain = pq.read_table(out / "manifest" / "scenes.parquet").sort_by(
+            [("scene_id", "ascending"), ("status", "ascending")]).drop_columns(["created_at"])
+        assert plain.equals(expected[1]), f"kill at call {call}"
+
+
+def test_plain_readers_read_the_tables_as_they_are(tmp_path):
+    """pandas, DuckDB, Polars and pyarrow, as the README shows them, each see the current rows."""
+    import duckdb
+    import polars as pl
+
+    out = str(tmp_path)
+    for index in range(3):
+        manifest.write_scene(out, *rows(f"s{index}", KEY_A))
+    manifest.compact(out)
+    manifest.write_scene(out, *rows("s1", KEY_B, seeds=3))
+    manifest.compact(out)
+    scenes, samples = tmp_path / "manifest" / "scenes.parquet", tmp_path / "manifest" / "samples.parquet"
+    assert len(pd.read_parquet(scenes)) == 3 and len(pd.read_parquet(samples)) == 7
+    assert duckdb.sql(f"SELECT count(*) FROM '{scenes}'").fetchall() == [(3,)]
+    assert duckdb.sql(f"SELECT count(*) FROM '{samples}' WHERE scene_id = 's1' AND run_key = '{KEY_B}'"
+                      ).fetchall() == [(3,)]
+    assert pl.read_parquet(scenes).height == 3 and pl.scan_parquet(samples).collect().height == 7
+    assert ds.dataset(scenes, format="parquet").to_table().num_rows == 3
 
 
 def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tmp_path):
@@ -147,9 +235,12 @@ def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tm
     manifest.write_scene(out, *rows("old", KEY_B, seeds=3))  # a new config of an old run's scene replaces it
     assert manifest.read_table(out, "samples").num_rows == 3
     manifest.compact(out)
-    assert [path.name.startswith("compacted-") for path in (tmp_path / "manifest" / "scenes").iterdir()] == [True]
+    assert sorted(path.name for path in (tmp_path / "manifest").iterdir()) == ["_journal", "samples.parquet",
+                                                                               "scenes.parquet"], \
+        "the old layout's folders are folded into the table files"
+    assert manifest.read_table(out, "samples").num_rows == 3
 
-    write_version(4, "scenes", "scene-future.parquet", [rows("future", KEY_A)[1]])
-    with pytest.raises(ValueError, match=r"scene-future.parquet: manifest schema version 4; this realfill reads "
-                                         r"versions 1 to 3 \(upgrade realfill"):
+    write_version(5, "scenes", "scene-future.parquet", [rows("future", KEY_A)[1]])
+    with pytest.raises(ValueError, match=r"scene-future.parquet: manifest schema version 5; this realfill reads "
+                                         r"versions 1 to 4 \(upgrade realfill"):
         manifest.read_table(out, "scenes")

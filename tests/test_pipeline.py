@@ -11,7 +11,7 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_scene
@@ -58,10 +58,11 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     assert result.returncode == 1, result.stdout + result.stderr  # a scene failed
     assert "done: 3" in result.stdout and "failed: 1" in result.stdout
     assert "failed broken:" in result.stdout and "mask.png: file not found" in result.stdout
-    scenes = {row["scene_id"]: row for row in pd.read_parquet(out / "manifest" / "scenes").to_dict("records")}
+    plain = pd.read_parquet(out / "manifest" / "scenes.parquet")
+    scenes = {row["scene_id"]: row for row in plain.to_dict("records")}
     assert set(scenes) == {*SCENES, "broken"}
     assert scenes["broken"]["status"] == "failed" and "mask.png" in scenes["broken"]["error"]
-    samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
     assert len(samples) == 9
     for name in SCENES:
         assert scenes[name]["status"] == "ok" and scenes[name]["num_samples"] == 3
@@ -72,9 +73,9 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     assert result.stdout.strip().splitlines()[-3:] == [*manifest.where_tables(str(out)), f"report: {out}/report.html"]
     for row in samples:
         assert Path(row["uri"]).is_file() and row["rank"] >= 1 and row["score"] is not None
-    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"3"
-    assert [len(list((out / "manifest" / table).iterdir())) for table in ("samples", "scenes")] == [1, 1], \
-        "the run compacts its manifest into one file per table"
+    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"4"
+    assert not [path for path in (out / "manifest" / "_journal").rglob("*") if path.is_file()], \
+        "the run folds every record into the table files"
 
 
 def python(code: str, *args: str) -> str:
@@ -90,7 +91,7 @@ def test_manifest_reads_as_one_table_with_ray_data(first_run):
     counts = python("import sys, ray\n"
                     "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
                     "print(*(ray.data.read_parquet(folder).count() for folder in sys.argv[1:]))",
-                    str(out / "manifest" / "samples"), str(out / "manifest" / "scenes"))
+                    str(out / "manifest" / "samples.parquet"), str(out / "manifest" / "scenes.parquet"))
     assert counts.split()[-2:] == ["9", "4"]
 
 
@@ -105,7 +106,7 @@ def test_same_command_again_resumes_without_recomputing(scenes, first_run):
     assert all(after[path] == before[path] for path in unchanged), "nothing of a finished scene is rewritten"
     assert any("/report/thumbs/" in path for path in unchanged), "the report's thumbnails are reused too"
     assert manifest.read_table(str(out), "samples").equals(rows_before), "its rows are kept as they were"
-    assert len(ds.dataset(out / "manifest" / "samples", format="parquet").to_table()) == 9
+    assert len(pq.read_table(out / "manifest" / "samples.parquet")) == 9
 
 
 def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes, first_run):
@@ -115,7 +116,7 @@ def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes
     images = {path: mtime for path, mtime in before.items() if path.endswith(".png")}
     changed = realfill_run(scenes, out, "--sample.num_samples", "4", "--sample.batch_size", "4")
     assert "done: 3" in changed.stdout, changed.stdout + changed.stderr
-    samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
     assert len(samples) == 12 and len({row["run_key"] for row in samples}) == 1, "one config per scene"
     after = snapshot(out)
     assert {path: mtime for path, mtime in after.items() if "/adapters/" in path} == adapters
@@ -139,7 +140,7 @@ def test_ranking_only_change_reuses_samples(scenes, first_run):
     reranked = realfill_run(scenes, out, "--rank.keep", "2")
     assert "done: 3" in reranked.stdout
     assert {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")} == images
-    samples = ds.dataset(out / "manifest" / "samples", format="parquet").to_table().to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
     assert len(samples) == 9 and len({row["run_key"] for row in samples}) == 1, "re-ranked under the new config"
     assert all(row["rank"] is not None and not row["selected"] for row in samples), "noise matches nothing"
 
@@ -186,17 +187,28 @@ def test_manifest_round_trips_through_a_non_local_filesystem():
 
 
 def test_plan_follows_the_cluster_and_explicit_settings_win():
-    from pipeline.config import PipelineConfig, plan
+    from pipeline.config import PENDING_GPU_SCENES, PipelineConfig, plan
 
     cpu_only = plan({"CPU": 2.0}, PipelineConfig())
     assert (cpu_only.gpus_per_tune, cpu_only.gpus_per_sampler, cpu_only.samplers, cpu_only.max_samplers,
             cpu_only.max_in_flight) == (0, 0, 1, 1, 4)
     gpus = plan({"CPU": 64.0, "GPU": 8.0}, PipelineConfig())
     assert (gpus.gpus_per_tune, gpus.gpus_per_sampler, gpus.samplers, gpus.max_samplers, gpus.max_in_flight) == (
-        1, 1, 2, 8, 16), "the sampler pool may grow onto GPUs that tuning no longer needs"
-    autoscaling = plan({"CPU": 4.0}, PipelineConfig(gpus_per_tune=1, gpus_per_sampler=1, samplers=3))
-    assert (autoscaling.gpus_per_tune, autoscaling.gpus_per_sampler, autoscaling.samplers,
-            autoscaling.max_samplers) == (1, 1, 3, 3), "an explicit sampler count is the pool's size"
+        1, 1, 2, 8, 16 + PENDING_GPU_SCENES), "the sampler pool may grow onto GPUs that tuning no longer needs"
+    given = PipelineConfig(gpus_per_tune=1, gpus_per_sampler=1)
+    empty = plan({"CPU": 0.0}, given)  # an autoscaling cluster's head alone: no CPU, no GPU yet
+    assert (empty.samplers, empty.max_samplers, empty.max_in_flight) == (0, 1, 2 + PENDING_GPU_SCENES), \
+        "GPU work is kept pending for the autoscaler; no sampler waits for the first GPU before it is needed"
+    grown = plan({"CPU": 48.0, "GPU": 6.0}, given, start=empty)
+    assert (grown.max_samplers, grown.max_in_flight) == (6, 12 + PENDING_GPU_SCENES), "capacity follows the nodes"
+    fixed = plan({"CPU": 4.0}, PipelineConfig(gpus_per_tune=1, gpus_per_sampler=1, samplers=3))
+    assert (fixed.gpus_per_tune, fixed.gpus_per_sampler, fixed.samplers, fixed.max_samplers) == (1, 1, 3, 3), \
+        "an explicit sampler count is the pool's size"
+    assert plan({"CPU": 8.0, "GPU": 8.0}, PipelineConfig(samplers=3), start=fixed).max_samplers == 3
+    on_cpus = plan({"CPU": 4.0}, PipelineConfig())
+    later = plan({"CPU": 4.0, "GPU": 4.0}, PipelineConfig(), start=on_cpus)
+    assert (later.gpus_per_tune, later.gpus_per_sampler, later.max_in_flight) == (0, 0, 8), \
+        "the GPUs per call are the start's: a run that began on CPUs stays on CPUs"
 
 
 def test_the_sampler_pool_follows_the_gpu_work_waiting():
@@ -298,7 +310,7 @@ def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_al
     summary = json.loads(python(REFUSING_RUN, str(root), str(tmp_path / "out"), *RUN_FLAGS).splitlines()[-1])
     assert sorted(summary["done"]) == sorted(ids[:2])
     assert list(summary["failed"]) == ["refused"] and "could not record" in summary["failed"]["refused"]
-    visible = ds.dataset(tmp_path / "out" / "manifest" / "scenes", format="parquet").to_table()
+    visible = pq.read_table(tmp_path / "out" / "manifest" / "scenes.parquet")
     assert sorted(visible.column("scene_id").to_pylist()) == sorted(ids[:2])
 
 
@@ -329,7 +341,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(tmp_path, s
     command = [sys.executable, "-m", "realfill.cli", "run", str(root), "--out", str(out), *RUN_FLAGS,
                "--max_in_flight", "1", "--tune.train_steps", "20"]
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    scenes_dir = out / "manifest" / "scenes"
+    scenes_dir = out / "manifest" / "_journal" / "scenes"
     deadline = time.time() + 300
     while not (scenes_dir.exists() and any(scenes_dir.glob("*.parquet"))):
         assert time.time() < deadline and run.poll() is None, run.communicate()

@@ -116,7 +116,7 @@ def test_a_report_on_a_memory_uri_and_its_command(tmp_path, capsys):
     assert storage.exists("memory://reports/run/report/index-2.html")
     assert storage.read_bytes("memory://reports/run/report/scenes/scene-0000.html").count(b"<figcaption>#") == 2
     assert main(["report", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == (f"realfill: {tmp_path}: no manifest/scenes here; is this the --out of "
+    assert capsys.readouterr().err.strip() == (f"realfill: {tmp_path}: no manifest here; is this the --out of "
                                                f"a realfill fill, run or library?")
 
 

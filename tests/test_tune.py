@@ -202,7 +202,7 @@ def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_mode
     class Preempted(Exception):
         pass
 
-    def preempt(step):
+    def preempt(step, loss):
         if step == 3:
             raise Preempted
 
@@ -211,7 +211,7 @@ def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_mode
              after_step=preempt)
     steps_seen = []
     resumed = tune(scene, tiny_model, config, str(tmp_path / "resumed"), seed=1, device="cpu",
-                   show_progress=False, after_step=steps_seen.append)
+                   show_progress=False, after_step=lambda step, loss: steps_seen.append(step))
     assert steps_seen == [3, 4], "resumed from the checkpoint at step 2"
     assert resumed.losses == straight.losses
     from safetensors.torch import load_file

@@ -1,20 +1,26 @@
-"""Parquet manifests of a run: OUT/manifest/samples/ (one row per sample) and OUT/manifest/scenes/
-(one row per scene), each folder one table for `pyarrow.dataset`, pandas or Ray Data.
+"""Parquet manifests of a run: OUT/manifest/samples.parquet (one row per sample) and
+OUT/manifest/scenes.parquet (one row per scene). Each table is one file that holds only current rows, at
+every moment and after any crash, so any Parquet reader (pandas, DuckDB, Polars, pyarrow, Spark, Ray Data)
+reads it as it is.
 
-Recording a scene costs a bounded number of storage calls, however many scenes the run has: its rows go
-to parts named by the scene alone (`scene-NAME.parquet`, and `scene-NAME.failed.parquet` for a failure),
-written atomically, so a newer config of the scene replaces its part without any listing. At the end of a
-run `compact` folds every part into one file per table, so a run of 10,000 scenes leaves two files, not
-20,000. Readers here resolve what is current (each scene's newest good record, and a failure newer than
-it), so a table read in the middle of a run, or one left by an interrupted run, is never ambiguous.
+Recording a scene costs a bounded number of storage calls, however many scenes the run has: its rows go to
+journal parts named by the scene alone (OUT/manifest/_journal/TABLE/scene-NAME.parquet, and
+scene-NAME.failed.parquet for a failure), so a newer record of the scene replaces its part without any
+listing. Folding (`compact`) rewrites each table file with the journal's rows in their place (one atomic
+write per table) and then removes the parts it folded in. A run folds as it goes (`Folding`: each fold
+costs the table's size and the journal grows by a quarter of the table between folds, so the cost stays
+linear in the run) and at its end. Readers here read the table and the journal together, so they are never
+behind; a plain reader sees the tables as of the last fold. A crash at any point leaves each table whole
+(old or new) and the journal still holding every record not folded yet; folding the same part twice changes
+nothing (a scene's rows are taken from one source: the newest).
 """
 
 from __future__ import annotations
 
 import io
 import posixpath
-import uuid
-from dataclasses import asdict, replace
+import time
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -27,13 +33,20 @@ from realfill.data.records import ROWS, SCHEMA_VERSION, SampleRow, SceneRow, arr
 from realfill.data.scene import storage_name
 
 OLDEST_READABLE = 1
-"""Schema version 1 has the columns of 2 (only the part names differ), so its runs are read as they are."""
+"""Versions 1 to 3 have the columns of 4 (or fewer, read as null): only the layout differs (their parts are
+read from OUT/manifest/TABLE/ as journal parts, and folded into the table files at the next fold)."""
 TABLES = {table: arrow_schema(row_type, table) for table, row_type in ROWS.items()}
 SAMPLES, SCENES = TABLES["samples"], TABLES["scenes"]
 FAILED = ".failed"
 """Suffix of a part that records a failure: it never replaces or removes a part of good rows."""
-COMPACTED = "compacted-"
-"""Prefix of the parts that compaction writes (scene parts start with `scene-`, so the two never meet)."""
+JOURNAL = "_journal"
+"""The journal's folder under OUT/manifest: hidden from readers that read the folder as a dataset."""
+SOURCE = "__source"
+"""A column added while reading: which file a row came from (0 the table file, then each journal part)."""
+FOLD_MIN_PARTS = 32
+"""A run folds its journal once it holds this many parts, or a quarter of the scenes already folded, if more."""
+FOLD_MAX_S = 300.0
+"""... or once the oldest part not yet folded is this old (so a plain reader is never far behind)."""
 
 
 def now() -> datetime:
@@ -41,6 +54,16 @@ def now() -> datetime:
 
 
 def table_uri(out_uri: str, table: str) -> str:
+    """The table's one Parquet file: what plain readers read."""
+    return storage.join(out_uri, "manifest", f"{table}.parquet")
+
+
+def journal_uri(out_uri: str, table: str) -> str:
+    return storage.join(out_uri, "manifest", JOURNAL, table)
+
+
+def legacy_uri(out_uri: str, table: str) -> str:
+    """Where manifests of schema versions 1 to 3 kept their parts (read as journal parts)."""
     return storage.join(out_uri, "manifest", table)
 
 
@@ -65,10 +88,10 @@ def read_arrow(uri: str) -> pa.Table:
 
 
 def write_part(out_uri: str, table: str, rows: list, name: str) -> str:
-    """Write rows (stamped with the time) as one Parquet part of a manifest table; returns its URI."""
+    """Write rows (stamped with the time) as one journal part of a manifest table; returns its URI."""
     stamp = now()
     stamped = [row if row.created_at else replace(row, created_at=stamp) for row in rows]
-    uri = storage.join(table_uri(out_uri, table), name)
+    uri = storage.join(journal_uri(out_uri, table), name)
     write_arrow(uri, to_arrow(table, stamped))
     return uri
 
@@ -82,72 +105,103 @@ def write_scene(out_uri: str, samples: list[SampleRow], scene: SceneRow) -> None
         write_part(out_uri, "samples", samples, part_name(scene.scene_id))
     write_part(out_uri, "scenes", [scene], part_name(scene.scene_id, failed=not scene.ok))
     if scene.ok:
-        storage.remove(storage.join(table_uri(out_uri, "scenes"), part_name(scene.scene_id, failed=True)))
+        storage.remove(storage.join(journal_uri(out_uri, "scenes"), part_name(scene.scene_id, failed=True)))
+
+
+def exists(out_uri: str) -> bool:
+    """Whether a run has recorded anything here (folded or not), in this layout or an older one."""
+    return any(storage.exists(uri) for uri in (table_uri(out_uri, "scenes"), journal_uri(out_uri, "scenes"),
+                                               legacy_uri(out_uri, "scenes")))
+
+
+def listed(folder: str) -> dict[str, tuple]:
+    """A folder's Parquet parts (paths in their filesystem) with what identifies their contents (size, and
+    the modification time or ETag the store gives); temporaries and hidden files are not parts."""
+    fs, path = url_to_fs(folder)
+    if not fs.exists(path):
+        return {}
+    return {entry["name"]: (entry.get("size"), entry.get("mtime") or entry.get("LastModified") or entry.get("ETag")
+                            or entry.get("created"))
+            for entry in fs.ls(path, detail=True)
+            if entry["name"].endswith(".parquet") and not posixpath.basename(entry["name"]).startswith((".", "_"))}
+
+
+def journal(out_uri: str, table: str) -> dict[str, tuple]:
+    """The table's parts not folded yet, with what identifies their contents: an older layout's first (they
+    are older), then the journal's."""
+    legacy, parts = listed(legacy_uri(out_uri, table)), listed(journal_uri(out_uri, table))
+    return {path: legacy[path] for path in sorted(legacy)} | {path: parts[path] for path in sorted(parts)}
 
 
 def part_files(out_uri: str, table: str) -> list[str]:
-    """The table's Parquet files (paths in their filesystem); temporaries and hidden files are not parts."""
-    fs, path = url_to_fs(table_uri(out_uri, table))
-    if not fs.exists(path):
-        return []
-    return sorted(entry for entry in fs.ls(path, detail=False)
-                  if entry.endswith(".parquet") and not posixpath.basename(entry).startswith((".", "_")))
+    return list(journal(out_uri, table))
+
+
+def check_part(fragment, table: str, where: str) -> None:
+    """A part of a newer schema version, of the other table, or not written by realfill is refused."""
+    metadata = fragment.physical_schema.metadata or {}
+    version, kind = metadata.get(b"realfill.schema_version"), metadata.get(b"realfill.table")
+    if version is None or kind != table.encode():
+        raise ValueError(f"{where}: not a realfill {table} table part")
+    if not OLDEST_READABLE <= int(version) <= SCHEMA_VERSION:
+        raise ValueError(f"{where}: manifest schema version {int(version)}; this realfill reads versions "
+                         f"{OLDEST_READABLE} to {SCHEMA_VERSION} (upgrade realfill to read this run)")
 
 
 def read_parts(out_uri: str, table: str, files: list[str]) -> pa.Table:
-    """The rows of the given parts, as written. A part of a newer schema version, of the other table, or
-    not written by realfill is refused with a message naming it."""
-    if not files:
-        return TABLES[table].empty_table()
-    fs, _ = url_to_fs(table_uri(out_uri, table))
-    dataset = ds.dataset(files, filesystem=fs, format="parquet", schema=TABLES[table])
-    for fragment in dataset.get_fragments():
-        metadata = fragment.physical_schema.metadata or {}
-        version, kind = metadata.get(b"realfill.schema_version"), metadata.get(b"realfill.table")
-        where = storage.join(table_uri(out_uri, table), posixpath.basename(fragment.path))
-        if version is None or kind != table.encode():
-            raise ValueError(f"{where}: not a realfill {table} table part")
-        if not OLDEST_READABLE <= int(version) <= SCHEMA_VERSION:
-            raise ValueError(f"{where}: manifest schema version {int(version)}; this realfill reads versions "
-                             f"{OLDEST_READABLE} to {SCHEMA_VERSION} (upgrade realfill to read this run)")
-    return dataset.to_table()
-
-
-def current_scenes(scenes: pa.Table) -> pa.Table:
-    """Each scene's newest good row, and its newest failure when that is newer (a failure beside the last
-    good result); older rows were replaced."""
-    newest: dict[tuple[str, bool], int] = {}
-    rows = columns(scenes, "scene_id", "status", "created_at")
-    times = [created for _, _, created in rows]
-    for index, (scene_id, status, created) in enumerate(rows):
-        slot = (scene_id, status == "ok")
-        if slot not in newest or created > times[newest[slot]]:
-            newest[slot] = index
-    keep = [index for (scene_id, ok), index in newest.items()
-            if ok or (scene_id, True) not in newest or times[index] > times[newest[(scene_id, True)]]]
-    return scenes.take(pa.array(sorted(keep), pa.int64()))
+    """The rows of the table file and of the given parts, as written, each with its SOURCE (0 the table
+    file, then 1, 2, ... in the order given: later sources win ties). A part of a newer schema version, of
+    the other table, or not written by realfill is refused with a message naming it."""
+    fs, table_path = url_to_fs(table_uri(out_uri, table))
+    pieces = [TABLES[table].empty_table().append_column(SOURCE, pa.array([], pa.int32()))]
+    for index, path in enumerate([table_path, *files]):
+        if index == 0 and not fs.exists(path):
+            continue
+        dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=TABLES[table])
+        for fragment in dataset.get_fragments():
+            check_part(fragment, table, path if storage.is_local(fs) else fs.unstrip_protocol(path))
+        rows = dataset.to_table()
+        pieces.append(rows.append_column(SOURCE, pa.array([index] * rows.num_rows, pa.int32())))
+    return pa.concat_tables(pieces)
 
 
 def columns(table: pa.Table, *names: str) -> list[tuple]:
     return list(zip(*(table.column(name).to_pylist() for name in names)))
 
 
+def current_scenes(scenes: pa.Table) -> pa.Table:
+    """Each scene's newest good row, and its newest failure when that is newer (a failure beside the last
+    good result); older rows were replaced, and a row read twice (folded, and still in its part) is one."""
+    newest: dict[tuple[str, bool], int] = {}
+    rows = columns(scenes, "scene_id", "status", "created_at", SOURCE)
+    order = [(created, source) for _, _, created, source in rows]
+    for index, (scene_id, status, _, _) in enumerate(rows):
+        slot = (scene_id, status == "ok")
+        if slot not in newest or order[index] > order[newest[slot]]:
+            newest[slot] = index
+    keep = [index for (scene_id, ok), index in newest.items()
+            if ok or (scene_id, True) not in newest or order[index][0] > order[newest[(scene_id, True)]][0]]
+    return scenes.take(pa.array(sorted(keep), pa.int64())).drop_columns([SOURCE])
+
+
 def current_samples(samples: pa.Table, scenes: pa.Table) -> pa.Table:
-    """The samples of each scene's current good record (its newest samples part of that config); samples
-    whose scene row was never written (a run stopped between the two writes) are not part of the table."""
+    """The samples of each scene's current good record, from one source: the newest that holds samples of
+    that scene and config. Samples whose scene row was never written (a run stopped between the two writes)
+    are not part of the table."""
     good = {(scene_id, key) for scene_id, key, status in columns(scenes, "scene_id", "run_key", "status")
             if status == "ok"}
-    keys = columns(samples, "scene_id", "run_key", "created_at")
-    newest: dict[tuple[str, str], datetime] = {}
-    for scene_id, key, created in keys:
+    keys = columns(samples, "scene_id", "run_key", "created_at", SOURCE)
+    newest: dict[tuple[str, str], tuple] = {}
+    for scene_id, key, created, source in keys:
         if (scene_id, key) in good:
-            newest[(scene_id, key)] = max(created, newest.get((scene_id, key), created))
-    keep = [index for index, (scene_id, key, created) in enumerate(keys) if newest.get((scene_id, key)) == created]
-    return samples.take(pa.array(keep, pa.int64()))
+            newest[(scene_id, key)] = max((created, source), newest.get((scene_id, key), (created, source)))
+    keep = [index for index, (scene_id, key, created, source) in enumerate(keys)
+            if newest.get((scene_id, key)) == (created, source)]
+    return samples.take(pa.array(keep, pa.int64())).drop_columns([SOURCE])
 
 
 def current_tables(out_uri: str, files: dict[str, list[str]]) -> tuple[pa.Table, pa.Table]:
-    """The current samples and scenes rows of the given parts of each table."""
+    """The current samples and scenes rows of the table files and the given parts of each table."""
     scenes = current_scenes(read_parts(out_uri, "scenes", files["scenes"]))
     return current_samples(read_parts(out_uri, "samples", files["samples"]), scenes), scenes
 
@@ -164,22 +218,51 @@ def read_table(out_uri: str, table: str) -> pa.Table:
     return read_tables(out_uri)[0]
 
 
-def compact(out_uri: str) -> None:
-    """Fold every part of both tables into one file per table, holding only the current rows. Parts that
-    appear while it runs are not touched (they are newer, so they win when read), and each new file appears
-    atomically before the parts it replaces are removed: no row is ever lost."""
-    files = {table: part_files(out_uri, table) for table in TABLES}
-    if all(len(names) <= 1 and all(posixpath.basename(name).startswith(COMPACTED) for name in names)
-           for names in files.values()):
-        return
-    samples, scenes = current_tables(out_uri, files)
-    token = uuid.uuid4().hex[:16]
-    for table, arrow in (("samples", samples), ("scenes", scenes)):
-        write_arrow(storage.join(table_uri(out_uri, table), f"{COMPACTED}{token}.parquet"), arrow)
-    for table, names in files.items():
-        fs, _ = url_to_fs(table_uri(out_uri, table))
-        for name in names:
-            fs.rm(name)
+def compact(out_uri: str) -> int:
+    """Fold every journal part into the table files: each table file is rewritten whole with only the current
+    rows (samples first: a scene counts as done only once its samples are there), then the parts folded in
+    are removed, each only if it is still what was read (a part written or replaced meanwhile stays, and is
+    folded next time). Returns the number of parts folded."""
+    before = {table: journal(out_uri, table) for table in TABLES}
+    if not any(before.values()):
+        return 0
+    samples, scenes = current_tables(out_uri, {table: list(parts) for table, parts in before.items()})
+    write_arrow(table_uri(out_uri, "samples"), samples)
+    write_arrow(table_uri(out_uri, "scenes"), scenes)
+    for table, parts in before.items():
+        still = journal(out_uri, table)
+        fs, legacy = url_to_fs(legacy_uri(out_uri, table))
+        for path, stamp in parts.items():
+            if still.get(path) == stamp:
+                fs.rm(path)
+        if fs.isdir(legacy) and not fs.ls(legacy, detail=False):
+            fs.rm(legacy, recursive=True)
+    return sum(len(parts) for parts in before.values())
+
+
+@dataclass
+class Folding:
+    """When a run folds its journal as it goes: once it holds FOLD_MIN_PARTS parts or a quarter of the
+    scenes folded so far, whichever is more (so folds cost a constant factor of the run's writes), or once
+    its oldest part is FOLD_MAX_S old (so a plain reader is never far behind)."""
+
+    out_uri: str
+    folded: int = 0
+    """Scene records folded in by this run."""
+    pending: int = 0
+    since: float | None = None
+    """When the oldest record not folded yet was written (monotonic seconds)."""
+
+    def recorded(self) -> None:
+        self.pending += 1
+        self.since = self.since if self.since is not None else time.monotonic()
+        if self.pending >= max(FOLD_MIN_PARTS, self.folded // 4) or time.monotonic() - self.since >= FOLD_MAX_S:
+            self.fold()
+
+    def fold(self) -> None:
+        compact(self.out_uri)
+        self.folded += self.pending
+        self.pending, self.since = 0, None
 
 
 def rows_of(table: pa.Table, row_type: type) -> list:
@@ -193,8 +276,7 @@ def completed_scenes(out_uri: str, run_key: str) -> dict[str, str | None]:
 
 
 def where_tables(out_uri: str) -> list[str]:
-    """Where a run's two tables are, for its last lines: each is read on its own (reading OUT/manifest
-    as one dataset would merge the two schemas into one table without a word)."""
+    """Where a run's two tables are, for its last lines."""
     out_uri = storage.normalize(out_uri)
     return [f"samples table (one row per sample): {table_uri(out_uri, 'samples')}",
             f"scenes table (one row per scene):   {table_uri(out_uri, 'scenes')}"]

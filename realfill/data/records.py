@@ -32,9 +32,10 @@ ADAPTER_FORMAT = 2
 """Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
 NOT_IN_PIXELS = ("num_samples", "batch_size")
 """Sampling settings that do not change any image: how many seeds, and how many per forward pass."""
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the manifest tables. 2: parts named by scene alone and compacted at the end of a run (the
-columns are those of 1). 3: the scenes table's `selection` (older runs read it as null)."""
+columns are those of 1). 3: the scenes table's `selection` (older runs read it as null). 4: one file per table
+(OUT/manifest/TABLE.parquet), records in OUT/manifest/_journal/ until folded in (the columns are those of 3)."""
 
 
 def digest(payload: Any) -> str:

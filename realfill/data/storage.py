@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from fsspec.core import url_to_fs
+from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
 
@@ -59,9 +60,30 @@ def read_bytes(uri: str) -> bytes:
         return handle.read()
 
 
+OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
+"""Stores where one PUT makes an object appear whole or not at all (and a move is a copy plus a delete)."""
+
+
+def protocols(fs) -> set[str]:
+    return set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def is_local(fs) -> bool:
+    return "file" in protocols(fs)
+
+
+def puts_whole(fs) -> bool:
+    return bool(OBJECT_STORES & protocols(fs)) or isinstance(fs, MemoryFileSystem)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a file so that no reader ever sees it half-written: a hidden temporary name, then a move."""
+    """Write a file so that no reader ever sees it half-written. On an object store one PUT is already atomic,
+    and a move there is a server-side copy plus a delete, so the object is written once, in place; elsewhere
+    (a local disk) a hidden temporary name, then a rename."""
     fs, path = url_to_fs(str(uri))
+    if puts_whole(fs):
+        fs.pipe_file(path, data)
+        return
     parent = posixpath.dirname(path) if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)

@@ -24,8 +24,8 @@ def evaluate_run(
     """Metrics for every finished sample of the run whose scene has a gt.png; written to OUT/metrics.parquet.
     Returns the table, the unavailable metrics with their reasons, and the scenes without ground truth.
     An evaluator (its backbones loaded) may be passed in, to evaluate several runs with one."""
-    if not storage.exists(manifest.table_uri(out_uri, "scenes")):
-        raise ValueError(f"{out_uri}: no manifest/scenes here; is this the --out of a realfill fill or run?")
+    if not manifest.exists(out_uri):
+        raise ValueError(f"{out_uri}: no manifest here; is this the --out of a realfill fill or run?")
     sample_table, scene_table = manifest.read_tables(out_uri)
     samples = [row for row in sample_table.to_pylist() if row["status"] == "ok"]
     scene_uris = {row["scene_id"]: row["scene_uri"] for row in scene_table.to_pylist()}

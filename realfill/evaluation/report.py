@@ -591,8 +591,8 @@ def index_path(number: int) -> str:
 def write_run_report(out_uri: str, config: ReportConfig, title: str | None = None) -> RunReport:
     """The report of one run's output folder (a fill, run or library, or one variant of a sweep)."""
     out_uri = storage.normalize(out_uri)
-    if not storage.exists(manifest.table_uri(out_uri, "scenes")):
-        raise ValueError(f"{out_uri}: no manifest/scenes here; is this the --out of a realfill fill, run or library?")
+    if not manifest.exists(out_uri):
+        raise ValueError(f"{out_uri}: no manifest here; is this the --out of a realfill fill, run or library?")
     views = read_views(out_uri)
     writer, pictures = Writer(out_uri, config), Pictures(Stamps(), config.thumb_px)
     for view in views:

@@ -213,7 +213,7 @@ def training_loss(models: Models, batch: Batch, device: torch.device, dtype: tor
 
 
 # --- checkpoints: LoRA weights, AdamW moments and progress in ONE safetensors file ----------------
-# One file written atomically (storage.write_bytes: a temporary name, then one move), so a kill at any
+# One file written atomically (storage.write_bytes: a temporary name and a move, or one PUT), so a kill at any
 # moment leaves either the previous checkpoint or the new one, never weights of one step with the
 # progress of another.
 
@@ -352,12 +352,12 @@ def tune(
     device: str = "auto",
     base_model: str | None = None,
     show_progress: bool = True,
-    after_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int, float], None] | None = None,
     view: ExtraView | None = None,
 ) -> AdapterInfo:
     """Fine-tune LoRA on one scene and write the adapter to out_uri; resumes from out_uri/checkpoint.
 
-    after_step(step) runs after each optimizer step (progress reporting, fault injection in tests).
+    after_step(step, loss) runs after each optimizer step (progress reporting, fault injection in tests).
     Returns the adapter info that is also written next to the weights.
     """
     from accelerate import Accelerator
@@ -420,7 +420,7 @@ def tune(
         if config.checkpoint_every and progress["step"] % config.checkpoint_every == 0:
             save_checkpoint(checkpoint_uri, models, optimizer, progress)
         if after_step is not None:
-            after_step(progress["step"])
+            after_step(progress["step"], progress["losses"][-1])
     bar.close()
 
     models.unet = accelerator.unwrap_model(models.unet)

@@ -1,0 +1,82 @@
+"""The run's log: OUT/logs/run-TIME-PID.log, with the full traceback of every failure that is not one of
+realfill's own input errors (those are one clear line in the manifest and the summary, and a line here).
+
+Everything logs to the `realfill.run` logger; a RunLog attaches a file for one command's run (and stderr
+too with --verbose). On an object store the log is written locally as the run goes and put under OUT when
+the run ends, however it ends (a PUT is the only write an object store has).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from realfill.data import storage
+
+LOG = logging.getLogger("realfill.run")
+FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class LazyFile(logging.FileHandler):
+    """A log file made (folder, header line) only when the first record comes: a command stopped by bad input
+    before it started its work leaves nothing under OUT."""
+
+    def __init__(self, path: Path, header: str):
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.header = header
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        stream = super()._open()
+        stream.write(self.header + "\n")
+        return stream
+
+
+def log_uri(out_uri: str, started: float) -> str:
+    """The log of a run started at `started` (epoch seconds) by this process."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
+    return storage.join(storage.normalize(out_uri), "logs", f"run-{stamp}-{os.getpid()}.log")
+
+
+class RunLog:
+    """For one command's run: OUT's log file (and stderr when verbose) on the realfill.run logger."""
+
+    def __init__(self, out_uri: str, verbose: bool = False):
+        self.uri = log_uri(out_uri, time.time())
+        self.verbose = verbose
+        self.local = Path(self.uri) if "://" not in self.uri else Path(tempfile.mkdtemp()) / "run.log"
+        self.handlers: list[logging.Handler] = []
+        self.written = False
+        """Whether anything was logged (known once the run is over): only then is there a log file."""
+
+    def __enter__(self) -> RunLog:
+        self.handlers = [LazyFile(self.local, f"run log of pid {os.getpid()}: {' '.join(sys.argv)}")]
+        if self.verbose:
+            self.handlers.append(logging.StreamHandler(sys.stderr))
+        for handler in self.handlers:
+            handler.setFormatter(logging.Formatter(FORMAT))
+            LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+        LOG.propagate = False  # the file (and stderr when verbose) is where it goes, not the root logger
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        error = exc_info[1]
+        if error is not None and not isinstance(error, (ValueError, KeyboardInterrupt, SystemExit)):
+            LOG.error("the run ended with an error", exc_info=error)  # ValueError: our own bad-input line
+        for handler in self.handlers:
+            LOG.removeHandler(handler)
+            handler.close()
+        LOG.propagate = True
+        self.written = self.local.exists()
+        if "://" in self.uri:
+            try:
+                if self.written:
+                    storage.write_bytes(self.uri, self.local.read_bytes())
+            finally:
+                self.local.unlink(missing_ok=True)
+                self.local.parent.rmdir()
