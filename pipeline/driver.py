@@ -404,12 +404,16 @@ class Driver:
                         rank_s=unit.seconds.get("rank"))
         try:
             manifest.write_scene(unit.variant.out_uri, samples, row)
-            self.folding[unit.variant.out_uri].recorded()
         except Exception as exc:  # e.g. a name the store refuses, a full disk, a lost connection
             recording = log_failure(f"recording {unit.label}", exc)
             if not error:
                 self.progress.failed += 1
             error = f"{error + '; ' if error else ''}could not record its outcome: {recording}"
+        else:
+            try:
+                self.folding[unit.variant.out_uri].recorded()
+            except Exception as exc:  # the record is in the journal: the next fold takes it in
+                log_failure(f"folding the manifest of {unit.variant.out_uri}", exc)
         del self.position[unit]
         if error:
             self.summary.failed[unit.label] = error

@@ -29,7 +29,7 @@ def stop_processes_under(folder: str) -> None:
             if any(folder in part for part in process.info["cmdline"] or [])]
     for process in ours:
         process.terminate()
-    _, alive = psutil.wait_procs(ours, timeout=15)
+    _, alive = psutil.wait_procs(ours, timeout=5)
     for process in alive:
         process.kill()
 

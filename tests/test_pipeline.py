@@ -145,7 +145,7 @@ def test_ranking_only_change_reuses_samples(scenes, first_run):
     assert all(row["rank"] is not None and not row["selected"] for row in samples), "noise matches nothing"
 
 
-@pytest.mark.parametrize("stage", ["tune", "sample", "rank"])
+@pytest.mark.parametrize("stage", ["sample", "rank"])  # a tune worker lost mid-step: tests/test_multinode.py
 def test_a_killed_worker_is_retried_and_the_run_completes(scenes_root, tmp_path, stage):
     root = tmp_path / "scenes"
     root.mkdir()
