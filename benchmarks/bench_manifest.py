@@ -27,10 +27,9 @@ from dataclasses import replace
 import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 from fsspec.implementations.memory import MemoryFileSystem
 
-from realfill.data import manifest
+from realfill.data import manifest, storage
 from realfill.data.records import KEY_LENGTH, SampleRow, SceneRow
 from realfill.data.scene import storage_name
 
@@ -74,7 +73,7 @@ def record_with_listing(out: str, samples: list[SampleRow], scene: SceneRow) -> 
     manifest.write_part(out, "scenes", [scene], name)
     own = re.compile(rf"{re.escape(storage_name(scene.scene_id))}-[0-9a-f]{{{KEY_LENGTH}}}(\.failed)?\.parquet")
     for table in manifest.TABLES:
-        fs, path = url_to_fs(manifest.journal_uri(out, table))
+        fs, path = storage.filesystem(manifest.journal_uri(out, table))
         for entry in fs.ls(path, detail=False):
             if own.fullmatch(posixpath.basename(entry)) and posixpath.basename(entry) != name:
                 fs.rm(entry)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -27,10 +28,10 @@ from pipeline.progress import Progress
 from pipeline.stages import RankStage, SampleStage, Stage, StitchStage, TuneStage, Unit
 from realfill.config import FillConfig
 from realfill.data import manifest, records, storage
-from realfill.data.lease import OutputLease
+from realfill.data.lease import LeaseLost, OutputLease
 from realfill.data.records import run_key
 from realfill.data.runlog import LOG
-from realfill.data.scene import list_scenes
+from realfill.data.scene import list_scenes, printable
 from realfill.fill import default_adapters, default_samples, describe, log_failure, scene_row
 from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
@@ -70,6 +71,9 @@ class RunSummary:
     """The most GPUs that the run's calls held at once."""
     rerun: int = 0
     """Calls started again by the driver after their worker, actor or node was lost past Ray's retries."""
+    errors: list[str] = field(default_factory=list)
+    """What went wrong with the run as a whole rather than one scene: its lease lost (it stopped), its
+    manifest not folded at its end (what it recorded stays in the journal)."""
     wall_s: float = 0.0
 
     def text(self) -> str:
@@ -82,34 +86,65 @@ class RunSummary:
                          f"{self.gpu_seconds / self.gpu_capacity_s:.0%} of the GPU-seconds present")
         if self.rerun:
             lines.append(f"calls run again after their worker or node was lost: {self.rerun} (see the run's log)")
-        if self.stopped_by is not None:
-            lines.append(f"stopped by {signal.Signals(self.stopped_by).name}: {len(self.unfinished)} scenes in "
-                         f"progress were not recorded ({', '.join(sorted(self.unfinished)) or 'none'}); the same "
+        lines += [f"error: {error}" for error in self.errors]
+        if self.stopped_by is not None or self.unfinished:
+            cause = f"stopped by {signal.Signals(self.stopped_by).name}" if self.stopped_by is not None else "stopped"
+            lines.append(f"{cause}: {len(self.unfinished)} scenes in progress were not recorded "
+                         f"({', '.join(printable(label) for label in sorted(self.unfinished)) or 'none'}); the same "
                          f"command resumes them")
-        lines += [f"failed {label}: {error}" for label, error in sorted(self.failed.items())]
+        lines += [f"failed {printable(label)}: {error}" for label, error in sorted(self.failed.items())]
         best = sorted((label, uri) for label, uri in self.best.items() if uri is not None)
-        lines += [f"best {label}: {uri}" for label, uri in best[:BEST_SHOWN]]
+        lines += [f"best {printable(label)}: {uri}" for label, uri in best[:BEST_SHOWN]]
         if len(best) > BEST_SHOWN:
             lines.append(f"best of {len(best) - BEST_SHOWN} more scenes: the scenes table's best_uri")
         lacking = sorted(label for label, uri in self.best.items() if uri is None)
         if lacking and len(lacking) == len(self.best):
             lines.append(NO_EVIDENCE_ANYWHERE)
-        lines += [f"no evidence {label}: {NO_EVIDENCE_TEXT}" for label in lacking[:BEST_SHOWN]]
+        lines += [f"no evidence {printable(label)}: {NO_EVIDENCE_TEXT}" for label in lacking[:BEST_SHOWN]]
         if len(lacking) > BEST_SHOWN:
             lines.append(f"no evidence in {len(lacking) - BEST_SHOWN} more scenes: the scenes table's selection")
         return "\n".join(lines)
 
 
+CONNECT_S = 10.0
+"""How long a cluster's address may take to answer a TCP connection before the run gives up on it."""
+
+
+class RayUnavailable(RuntimeError):
+    """Ray could not be started, or the cluster's address does not answer; the message says which."""
+
+
+def reachable(address: str) -> None:
+    """Raise RayUnavailable unless HOST:PORT (or ray://HOST:PORT) accepts a TCP connection within CONNECT_S:
+    Ray itself would retry an address that does not answer for minutes without a word."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--address {address}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as exc:
+        raise RayUnavailable(f"no Ray cluster answers at {address} ({exc.strerror or exc or 'timed out'}): is it "
+                             f"running (`ray start --head`), and is the address its GCS address?") from None
+
+
 def connect(address: str | None, verbose: bool = False) -> bool:
     """Join the cluster at address (or $RAY_ADDRESS; 'auto': the one running on this machine), else start a
     private local Ray that never joins another on the machine. True if we started or joined it (and so shut it
-    down after). verbose: the workers' output is shown on the driver."""
+    down after). verbose: the workers' output is shown on the driver. A start that fails, or an address that
+    does not answer, is one RayUnavailable line (the traceback goes to the run's log)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address not in ("local", "auto"):
+        reachable(address)
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the workers' lines in a log: no colour escapes
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=verbose)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=verbose)
+    except Exception as exc:  # Ray's own errors at start are of many types, each with a long traceback
+        what = "start a local Ray" if address == "local" else f"join the Ray cluster at {address}"
+        LOG.error("could not %s", what, exc_info=exc)
+        raise RayUnavailable(f"could not {what}: {describe(exc)} (the full error is in the run's log)") from None
     LOG.info("ray: %s (%s)", address, ray.cluster_resources())
     return True
 
@@ -182,9 +217,22 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
                         ray.shutdown()
         finally:
             for out_uri in outputs:
-                manifest.compact(out_uri)
+                fold_at_end(out_uri, summary)
     summary.wall_s = time.perf_counter() - started
     return summary
+
+
+def fold_at_end(out_uri: str, summary: RunSummary) -> None:
+    """The run's last fold of an output. One that fails (a full disk, the store down, the lease lost) is said
+    in the summary, which is still printed: every record is in the journal, and the next run folds it."""
+    try:
+        manifest.compact(out_uri)
+    except LeaseLost as exc:
+        if str(exc) not in summary.errors:
+            summary.errors.append(str(exc))
+    except Exception as exc:
+        summary.errors.append(f"the manifest of {out_uri} was not folded at the end: {log_failure('folding', exc)} "
+                              f"(its records are kept in its journal; the next run, or `realfill report`, reads them)")
 
 
 def making_seconds(unit: Unit) -> float | None:
@@ -308,7 +356,13 @@ class Driver:
                 self.start_calls()
                 ready, _ = ray.wait(list(self.calls), num_returns=1, timeout=WAIT_S)
                 if ready:
-                    self.finish(ready[0])
+                    try:
+                        self.finish(ready[0])
+                    except LeaseLost as exc:  # another run holds the output now: this one writes nothing more
+                        LOG.error("%s", exc)
+                        self.summary.errors.append(str(exc))
+                        self.stop()
+                        break
         finally:
             self.replan(force=True)
             self.summary.peak_gpus = peak_concurrency(self.gpu_calls)
@@ -402,21 +456,27 @@ class Driver:
                         adapter=unit.tuned.adapter_uri if unit.tuned else None, samples=samples,
                         tune_s=unit.seconds.get("tune"), sample_s=making_seconds(unit),
                         rank_s=unit.seconds.get("rank"))
+        recorded = True
         try:
             manifest.write_scene(unit.variant.out_uri, samples, row)
+        except LeaseLost:
+            raise  # not recorded: the unit stays in progress, and the run stops
         except Exception as exc:  # e.g. a name the store refuses, a full disk, a lost connection
+            recorded = False
             recording = log_failure(f"recording {unit.label}", exc)
             if not error:
                 self.progress.failed += 1
             error = f"{error + '; ' if error else ''}could not record its outcome: {recording}"
-        else:
-            try:
-                self.folding[unit.variant.out_uri].recorded()
-            except Exception as exc:  # the record is in the journal: the next fold takes it in
-                log_failure(f"folding the manifest of {unit.variant.out_uri}", exc)
         del self.position[unit]
         if error:
             self.summary.failed[unit.label] = error
         else:
             self.summary.done.append(unit.label)
             self.summary.best[unit.label] = row.best_uri
+        if recorded:  # the fold may raise LeaseLost: the unit is counted by then
+            try:
+                self.folding[unit.variant.out_uri].recorded()
+            except LeaseLost:
+                raise
+            except Exception as exc:  # the record is in the journal: the next fold takes it in
+                log_failure(f"folding the manifest of {unit.variant.out_uri}", exc)

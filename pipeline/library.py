@@ -16,12 +16,12 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import PipelineConfig, Variant
-from pipeline.driver import RunSummary, connect, root_cause, run_variants
+from pipeline.driver import RunSummary, connect, fold_at_end, root_cause, run_variants
 from pipeline.progress import Progress
 from pipeline.stages import fault_hooks
 from realfill.config import FillConfig, LibraryConfig
 from realfill.data import manifest, storage
-from realfill.data.lease import OutputLease
+from realfill.data.lease import OutputLease, fence
 from realfill.data.library import (
     Photo,
     Prepared,
@@ -33,7 +33,6 @@ from realfill.data.library import (
     save_filled,
 )
 from realfill.data.records import RequestRow, SceneRow, arrow_schema, run_key
-from realfill.data.scene import storage_name
 from realfill.environment import check_environment
 from realfill.fill import default_adapters, default_samples, log_failure, scene_row
 
@@ -103,6 +102,7 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
         summary, prepared = complete(checked, photos, out_uri, config, library_config, pipeline, show_progress,
                                      adapters)
         rows = deliver(out_uri, prepared, config)
+        fence(out_uri)
         manifest.write_arrow(storage.join(out_uri, "requests.parquet"),
                              pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
     return LibrarySummary(summary, rows, out_uri)
@@ -157,10 +157,10 @@ def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: 
             ray.shutdown()
     for item in prepared:
         if item.error:
-            summary.failed[item.request.scene_id] = item.error
-            manifest.write_scene(out_uri, [], scene_row(item.request.scene_id, storage.join(
-                scenes_root, storage_name(item.request.scene_id)), config, error=item.error))
-    manifest.compact(out_uri)
+            summary.failed[item.request.stored_id] = item.error
+            manifest.write_scene(out_uri, [], scene_row(item.request.stored_id, storage.join(
+                scenes_root, item.request.stored_id), config, error=item.error))
+    fold_at_end(out_uri, summary)
     return summary, prepared
 
 
@@ -171,11 +171,12 @@ def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[
               if row.run_key == key}
     rows = []
     for item in prepared:
-        request, scene = item.request, scenes.get(item.request.scene_id)
+        request, scene = item.request, scenes.get(item.request.stored_id)
         error = item.error or ("not completed: the run was stopped; the same command resumes" if scene is None
                                else scene.error)
         filled = None
         if not error and scene is not None and scene.best_uri:
+            fence(out_uri)
             filled = storage.join(out_uri, "filled", request.filled)
             save_filled(scene.best_uri, request.target, filled)
         rows.append(RequestRow(

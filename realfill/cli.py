@@ -154,7 +154,7 @@ def report_after(args: Namespace) -> None:
 def exit_code(summary) -> int:
     if summary.stopped_by is not None:
         return 128 + summary.stopped_by
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.errors else 0
 
 
 def cmd_run(args: Namespace) -> int:

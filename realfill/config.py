@@ -6,6 +6,8 @@ The CLI, the Ray jobs and the manifests read these dataclasses; nothing else res
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +26,15 @@ Switch = Literal["auto", "on", "off"]
 Method = Literal["realfill", "stitch", "sd-inpaint", "paint-by-example"]
 Init = Literal["noise", "stitch"]
 DEFAULT_EXAMPLE_MODEL = "Fantasy-Studio/Paint-by-Example"
+
+
+def shown(value: Any) -> str:
+    """How a wrong value is quoted in an error: bounded, however large the value."""
+    quoted = reprlib.Repr()
+    quoted.maxstring = quoted.maxother = 60
+    quoted.maxlist = quoted.maxtuple = quoted.maxdict = quoted.maxset = 4
+    quoted.maxlevel = 2
+    return quoted.repr(value)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -66,7 +77,7 @@ def check_types(config: Any) -> None:
     for item in dataclasses.fields(config):
         value, expected = getattr(config, item.name), hints[item.name]
         if not _conforms(value, expected):
-            raise ValueError(f"{item.name} must be {_type_name(expected)} (got {value!r})")
+            raise ValueError(f"{item.name} must be {_type_name(expected)} (got {shown(value)})")
         if expected is float:
             setattr(config, item.name, float(value))
 
@@ -418,11 +429,57 @@ class ReportConfig:
         _check(32 <= self.thumb_px <= 2048, "thumb_px must be in [32, 2048]")
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON file of config fields (JSON is YAML, so one parser reads both)."""
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is at most this large (configs are a few hundred bytes)."""
+MAX_CONFIG_VALUES = 100_000
+"""... and holds at most this many values once YAML's aliases are expanded (each alias of an anchor repeats
+all that the anchor holds: nine levels of nine aliases are 387 million values)."""
+
+
+def expanded_size(node: yaml.Node, sizes: dict[int, int | None]) -> int:
+    """How many values a YAML node holds with its aliases expanded, counting each shared node once per use
+    but computing it once (sizes: by node id; None while a node is being counted, so a cycle is caught)."""
+    if id(node) in sizes:
+        if sizes[id(node)] is None:
+            raise ValueError("an anchor contains an alias of itself (a recursive value)")
+        return sizes[id(node)]
+    sizes[id(node)] = None
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(expanded_size(key, sizes) + expanded_size(value, sizes) for key, value in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
+def load_yaml(text: str) -> Any:
+    """Safe YAML, refused when its aliases expand it past MAX_CONFIG_VALUES (checked on the node graph, before
+    anything is expanded)."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = expanded_size(node, {})
+        _check(size <= MAX_CONFIG_VALUES, f"expands to {size:,} values (YAML anchors and aliases), more than the "
+                                          f"{MAX_CONFIG_VALUES:,} a config may hold")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file of config fields (JSON is YAML, so one parser reads both), bounded in size and in
+    what its aliases expand to."""
+    try:
+        size = Path(path).stat().st_size
+        _check(size <= MAX_CONFIG_BYTES, f"{size:,} bytes, more than a config file may be ({MAX_CONFIG_BYTES:,})")
+        data = load_yaml(Path(path).read_text())
+    except RecursionError:
+        raise ValueError(f"{path}: cannot read config (nested too deeply)") from None
+    except (OSError, yaml.YAMLError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read config ({exc})") from None
     if data is None:
         return {}
@@ -442,12 +499,12 @@ def with_fields(config: FillConfig, fields: dict[str, Any]) -> FillConfig:
     values = config.to_dict()
     fields = dict(fields)
     fast = fields.pop("fast", False)
-    _check(isinstance(fast, bool), f"fast must be true or false (got {fast!r})")
+    _check(isinstance(fast, bool), f"fast must be true or false (got {shown(fast)})")
     if fast:
         values["sample"].update(FAST_SAMPLING)
     for key, value in fields.items():
         if key in SECTIONS:
-            _check(isinstance(value, dict), f"'{key}' must be a mapping of field names to values (got {value!r})")
+            _check(isinstance(value, dict), f"'{key}' must be a mapping of field names to values (got {shown(value)})")
             for name, item in value.items():
                 fields_known = SECTIONS[key].__dataclass_fields__
                 _check(name in fields_known, f"unknown field '{key}.{name}' (known: {', '.join(fields_known)})")
@@ -461,6 +518,10 @@ def with_fields(config: FillConfig, fields: dict[str, Any]) -> FillConfig:
     return FillConfig(**values)
 
 
+MAX_VARIANTS = 1000
+"""Most variants of one sweep (every combination of a grid's values is one)."""
+
+
 def expand_grid(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     """The variants of a grid file, by name: `grid:` (field -> list of values; every combination is a
     variant, named after its values) and `variants:` (name -> fields), each applied over `base:` fields."""
@@ -471,9 +532,12 @@ def expand_grid(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
         raise ValueError(f"{source}: unknown key '{unknown[0]}' (known: base, grid, variants)")
     base, grid, named = data.get("base") or {}, data.get("grid") or {}, data.get("variants") or {}
     for key, value in (("base", base), ("grid", grid), ("variants", named)):
-        _check(isinstance(value, dict), f"{source}: '{key}' must be a mapping (got {value!r})")
+        _check(isinstance(value, dict), f"{source}: '{key}' must be a mapping (got {shown(value)})")
     for field_name, options in grid.items():
         _check(isinstance(options, list) and options, f"{source}: grid '{field_name}' must be a non-empty list")
+    combinations = math.prod(len(options) for options in grid.values()) if grid else 0
+    _check(combinations <= MAX_VARIANTS, f"{source}: the grid makes {combinations:,} variants, more than the "
+                                         f"{MAX_VARIANTS:,} a sweep may run (split it, or list variants:)")
     variants = {}
     for combination in itertools.product(*grid.values()) if grid else []:
         point = dict(zip(grid, combination))

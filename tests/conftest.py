@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import urllib.request
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -118,6 +119,101 @@ def counting():
     CountingFileSystem.calls.clear()
     yield CountingFileSystem.calls
     MemoryFileSystem.store.clear()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 endpoint on loopback (moto), reached through s3fs by the driver and every Ray worker."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=5123, verbose=False)
+    server.start()
+    urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:5123/moto-api/reset", method="POST"))  # empty
+    settings = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                "FSSPEC_S3_ENDPOINT_URL": "http://127.0.0.1:5123"}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)  # for the realfill processes: fsspec reads FSSPEC_* at import
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": settings["FSSPEC_S3_ENDPOINT_URL"]})  # this one
+    filesystem = fsspec.filesystem("s3", skip_instance_cache=True, endpoint_url=settings["FSSPEC_S3_ENDPOINT_URL"])
+    filesystem.mkdir("realfill-test")
+    yield filesystem
+    server.stop()
+
+
+class FaultyS3:
+    """An HTTP proxy on loopback in front of the S3 endpoint, answering 503 SlowDown to the requests that match
+    a rule instead of forwarding them: `fail(method, part, times)` (times None: every time)."""
+
+    SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your '
+                 b'request rate.</Message></Error>')
+
+    def __init__(self, upstream: str):
+        import http.client
+        import http.server
+        import threading
+
+        self.rules: list[list] = []
+        self.failed = 0
+        faults = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def handle_one_request(self):
+                self.raw_requestline = self.rfile.readline(65537)
+                if not self.raw_requestline or not self.parse_request():
+                    self.close_connection = True
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if faults.should_fail(self.command, self.path):
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(faults.SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(faults.SLOW_DOWN)
+                    return
+                connection = http.client.HTTPConnection(upstream.removeprefix("http://"), timeout=30)
+                connection.request(self.command, self.path, body, dict(self.headers))
+                answer = connection.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                connection.close()
+
+            def log_message(self, *args):
+                pass
+
+        Handler.protocol_version = "HTTP/1.1"
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fail(self, method: str, part: str, times: int | None = None) -> None:
+        self.rules.append([method, part, times])
+
+    def should_fail(self, method: str, path: str) -> bool:
+        for rule in self.rules:
+            if rule[0] == method and rule[1] in path and (rule[2] is None or rule[2] > 0):
+                rule[2] = None if rule[2] is None else rule[2] - 1
+                self.failed += 1
+                return True
+        return False
+
+
+@pytest.fixture
+def faulty_s3(s3, monkeypatch):
+    """s3:// reached through FaultyS3, with s3fs and botocore retrying twice (not for a minute)."""
+    proxy = FaultyS3(s3.endpoint_url)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": proxy.endpoint,
+                                                   "config_kwargs": {"retries": {"max_attempts": 1}}})
+    monkeypatch.setattr("s3fs.S3FileSystem.retries", 3)
+    yield proxy
+    proxy.server.shutdown()
 
 
 def tiny_config(**tune_overrides) -> FillConfig:

@@ -1,4 +1,5 @@
 import re
+import time
 
 import pytest
 
@@ -10,6 +11,7 @@ from realfill.config import (
     SampleConfig,
     StitchConfig,
     TuneConfig,
+    expand_grid,
     with_fields,
 )
 from realfill.data.records import adapter_key, image_key, run_key, sampling_key, seeds, stitch_key, training_key
@@ -177,3 +179,46 @@ def test_grid_expands_to_every_combination_plus_named_variants():
                         ({"gird": {}}, "g.yaml: unknown key 'gird'"), ({}, "g.yaml: no variants")):
         with pytest.raises(ValueError, match=re.escape(words)):
             expand_grid(data, "g.yaml")
+
+
+def billion_laughs(levels: int) -> str:
+    """A config whose anchors expand 9-fold per level (a few hundred bytes, millions of values)."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"l{level}: &l{level} [{','.join([f'*l{level - 1}'] * 9)}]" for level in range(1, levels)]
+    return "\n".join(lines) + f"\nseed: *l{levels - 1}\n"
+
+
+@pytest.mark.parametrize("text,words", [
+    (billion_laughs(7), "expands to 11,434,292 values (YAML anchors and aliases), more than the 100,000"),
+    (billion_laughs(9), "expands to 926,177,115 values"),
+    ("seed: &a [1, *a]", "an anchor contains an alias of itself"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+])
+def test_config_bombs_are_refused_in_one_short_line(tmp_path, text, words):
+    from realfill.cli import parse
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as caught:
+        parse(["fill", "scene", "--out", "o", "--config", str(path)])
+    assert time.perf_counter() - started < 10, "refused before anything is expanded"
+    assert str(caught.value).startswith(f"{path}: cannot read config (") and words in str(caught.value)
+    assert len(str(caught.value)) < 300 and "\n" not in str(caught.value)
+
+
+def test_a_large_wrong_value_is_quoted_within_bounds(tmp_path):
+    from realfill.cli import parse
+
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: [" + ", ".join(["12345678"] * 50_000) + "]\n")
+    with pytest.raises(ValueError) as caught:
+        parse(["fill", "scene", "--out", "o", "--config", str(path)])
+    assert str(caught.value) == f"{path}: seed must be an integer (got [12345678, 12345678, 12345678, 12345678, ...])"
+
+
+def test_a_grid_that_makes_too_many_variants_is_refused(tmp_path):
+    grid = {"grid": {f"tune.{name}": list(range(2, 12)) for name in ("lora_rank", "train_steps", "batch_size")}}
+    grid["grid"]["seed"] = list(range(10))
+    with pytest.raises(ValueError, match=r"^g.yaml: the grid makes 10,000 variants, more than the 1,000"):
+        expand_grid(grid, "g.yaml")

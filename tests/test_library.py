@@ -126,14 +126,15 @@ def test_uncrop_every_photo_without_a_table(library):
 
 def test_a_library_end_to_end(library, tmp_path, scenes_root):
     """A table with a mask, a box, an outpaint and an aspect row, a photo with EXIF, and a row whose album has
-    no photo of its place: finished photos in OUT/filled, every request in requests.parquet, the failed one
-    with its reason; the same command again reuses every scene and its picks."""
+    no photo of its place, a scene id that is not a file name as it is: finished photos in OUT/filled, every
+    request in requests.parquet, the failed one with its reason; the same command again reuses every scene and
+    its picks."""
     root, _ = library
     table = write_table(tmp_path / "requests.csv", [
         {"target": "city/opensfm_lund_street.jpg", "mask": mask_of(scenes_root, "opensfm_lund_street.jpg")},
         {"target": "art/graffiti-camera.jpg", "box": "165,140,350,333"},
         {"target": "city/opensfm_berlin_dom.jpg", "outpaint": "1.25"},
-        {"target": "home/middlebury_motorcycle.jpg", "aspect": "16:9"},
+        {"target": "home/middlebury_motorcycle.jpg", "aspect": "16:9", "scene_id": "my motorcycle"},
         {"target": "misc/pumpkin.jpg", "box": "100,100,200,200"},
     ])
     out = tmp_path / "out"
@@ -145,7 +146,7 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
     sizes = {path.relative_to(out / "filled").as_posix(): Image.open(path).size
              for path in (out / "filled").rglob("*.jpg")}
     assert sizes == {"city/opensfm_lund_street.jpg": (512, 512), "art/graffiti-camera.jpg": (512, 512),
-                     "city/opensfm_berlin_dom.jpg": (640, 640), "home/middlebury_motorcycle.jpg": (910, 512)}
+                     "city/opensfm_berlin_dom.jpg": (640, 640), "home/my motorcycle.jpg": (910, 512)}
     filled = Image.open(out / "filled" / "art" / "graffiti-camera.jpg")
     exif = filled.getexif()
     assert exif[0x010F] == "Realfill Camera" and exif.get_ifd(0x8769)[36867] == TAKEN
@@ -156,12 +157,12 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
     assert rows["misc-pumpkin"]["status"] == "failed" and pd.isna(rows["misc-pumpkin"]["filled_uri"])
     assert "no usable reference in album 'misc'" in rows["misc-pumpkin"]["error"]
     assert "failed misc-pumpkin: no usable reference" in result.stdout
-    for scene_id in ("city-opensfm_lund_street", "art-graffiti-camera", "city-opensfm_berlin_dom",
-                     "home-middlebury_motorcycle"):
+    for scene_id, place in (("city-opensfm_lund_street", "opensfm_lund_street"), ("art-graffiti-camera",
+                             "oxford_graffiti"), ("city-opensfm_berlin_dom", "opensfm_berlin_dom"),
+                            ("my motorcycle", "middlebury_motorcycle")):
         row = rows[scene_id]
-        assert row["status"] == "ok" and Path(row["filled_uri"]).is_file()
+        assert row["status"] == "ok" and Path(row["filled_uri"]).is_file(), row
         refs = json.loads(row["refs"])
-        place = scene_id.split("-", 1)[1].replace("graffiti-camera", "oxford_graffiti")
         assert refs and all(Path(ref["uri"]).name.startswith(place) and ref["matches"] >= 30 for ref in refs)
         assert "oxford_graffiti.jpg" not in {Path(ref["uri"]).name for ref in refs}, "its twin is a near-duplicate"
         assert json.loads(row["request"])["target"] in str(row["target"])
@@ -210,3 +211,15 @@ def test_a_photo_that_cannot_be_decoded_fails_its_request_alone(library, tmp_pat
     prepared = prepare_scene(request, str(tmp_path / "scenes"), {p.uri: p for p in photos}, {}, LibraryConfig(),
                              RankConfig())
     assert prepared.scene_uri is None and "broken.jpg" in prepared.error and "\n" not in prepared.error
+
+
+def test_a_target_that_is_not_an_image_is_named_as_such(tmp_path):
+    album = tmp_path / "library" / "trip"
+    album.mkdir(parents=True)
+    (album / "notes.jpg").write_text("a text file with a photo's name")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(album / "photo.jpg")
+    photos = list_library(str(tmp_path / "library"))
+    with pytest.raises(RequestsError) as raised:
+        read_requests(str(tmp_path / "library"), photos, None, outpaint="1.25")
+    assert raised.value.problems == [f"row 1: {album / 'notes.jpg'}: not an image, or in a "
+                                     f"format that cannot be read (expected .jpg, .jpeg, .png, .webp, .heic, .heif)"]

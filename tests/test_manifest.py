@@ -244,3 +244,25 @@ def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tm
     with pytest.raises(ValueError, match=r"scene-future.parquet: manifest schema version 5; this realfill reads "
                                          r"versions 1 to 4 \(upgrade realfill"):
         manifest.read_table(out, "scenes")
+
+
+def test_a_reader_reads_every_row_while_a_fold_removes_the_parts_it_listed(tmp_path, monkeypatch):
+    """`realfill report` or `eval` reading while the run folds: a part listed, then folded and removed before
+    it is read, is read from the table file the fold wrote."""
+    out = str(tmp_path)
+    for index in range(3):
+        manifest.write_scene(out, *rows(f"s{index}", KEY_A))
+    real_journal = manifest.journal
+    folds = []
+
+    def folded_right_after_listing(out_uri, table):
+        parts = real_journal(out_uri, table)
+        if not folds:
+            folds.append(None)
+            folds[0] = manifest.compact(out_uri)
+        return parts
+
+    monkeypatch.setattr(manifest, "journal", folded_right_after_listing)
+    samples, scenes = manifest.read_tables(out)
+    assert folds == [6] and journal_names(tmp_path, "scenes") == []
+    assert sorted(scenes.column("scene_id").to_pylist()) == ["s0", "s1", "s2"] and samples.num_rows == 6

@@ -1,6 +1,7 @@
 """The Ray pipeline end to end: `realfill run` as a user runs it (a separate process, local Ray)."""
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from realfill.selection.rank import NO_EVIDENCE_TEXT
 RUN_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
              "--tune.train_steps", "3", "--tune.batch_size", "2", "--sample.num_samples", "3", "--sample.steps", "2",
              "--tune.checkpoint_every", "1", "--quiet"]
+STITCH_FLAGS = ["--method", "stitch", "--quiet", "--no_report"]
 SCENES = ("oxford_graffiti", "opensfm_berlin_dom", "realfill_flowerwoman")
 
 
@@ -239,27 +241,6 @@ def test_variants_of_one_run_share_one_device(tmp_path):
                      str(tmp_path / "samples"))
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    """An S3 endpoint on loopback (moto), reached through s3fs by the driver and every Ray worker."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=5123, verbose=False)
-    server.start()
-    settings = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                "FSSPEC_S3_ENDPOINT_URL": "http://127.0.0.1:5123"}
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)  # for the realfill processes: fsspec reads FSSPEC_* at import
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": settings["FSSPEC_S3_ENDPOINT_URL"]})  # this one
-    filesystem = fsspec.filesystem("s3", skip_instance_cache=True, endpoint_url=settings["FSSPEC_S3_ENDPOINT_URL"])
-    filesystem.mkdir("realfill-test")
-    yield filesystem
-    server.stop()
-
-
 def test_run_reads_and_writes_s3(s3, scenes_root):
     """Scenes, adapters, images and manifests all on s3://: the workers share nothing but the bucket."""
     for file in (scenes_root / "oxford_graffiti").rglob("*"):
@@ -407,3 +388,123 @@ def test_a_sweep_of_every_method_runs_in_one_pipeline(scenes_root, tmp_path):
     for page in (out / "report.html", *out.glob("variants/*/report/scenes/*.html")):
         sources = re.findall(r'<img src="([^"]+)"', page.read_text())
         assert sources and all((page.parent / source).is_file() for source in sources), page
+
+
+def complete_already(root: Path, out: Path) -> None:
+    """Two scenes, each recorded as complete with the config of `realfill run ... STITCH_FLAGS` (not folded)."""
+    from realfill.cli import fill_config, parse
+    from realfill.data.scene import list_scenes, scene_id_of
+    from realfill.fill import scene_row
+
+    for index in range(2):
+        write_scene(root / f"s{index}", seed=index)
+    config = fill_config(parse(["run", str(root), "--out", str(out), *STITCH_FLAGS])[1])
+    for uri in list_scenes(str(root)):
+        manifest.write_scene(str(out), [], scene_row(scene_id_of(uri), uri, config))
+
+
+def test_a_run_whose_last_fold_fails_still_prints_its_summary(tmp_path, monkeypatch, capsys):
+    """A full disk at the run's end: the summary is printed, the failed fold is one line naming the file, the
+    exit code says it, no temporary is left, and the traceback is in the run's log."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from realfill.cli import main
+
+    root, out = tmp_path / "scenes", tmp_path / "out"
+    complete_already(root, out)
+    real_open = LocalFileSystem.open
+
+    def full_disk(self, path, mode="rb", **kwargs):
+        if "manifest" in str(path) and "w" in mode:
+            raise OSError(28, "No space left on device")
+        return real_open(self, path, mode, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "open", full_disk)
+    assert main(["run", str(root), "--out", str(out), *STITCH_FLAGS]) == 1
+    printed = capsys.readouterr().out
+    assert "done: 0, already complete (skipped): 2, failed: 0" in printed
+    assert (f"error: the manifest of {out} was not folded at the end: StorageError: writing "
+            f"{out}/manifest/samples.parquet: No space left on device (its records are kept in its journal") in printed
+    assert [path.name for path in (out / "manifest").iterdir()] == ["_journal"], "no temporary is left"
+    (log,) = (out / "logs").iterdir()
+    assert "Traceback" in log.read_text() and f"run log: {log}" in printed
+    monkeypatch.undo()
+    assert main(["run", str(root), "--out", str(out), *STITCH_FLAGS]) == 0, "the next run folds the journal"
+    assert len(pd.read_parquet(out / "manifest" / "scenes.parquet")) == 2
+
+
+def test_an_address_that_does_not_answer_is_one_line_at_once(tmp_path, capsys):
+    from realfill.cli import main
+
+    write_scene(tmp_path / "scenes" / "s0")
+    started = time.perf_counter()
+    code = main(["run", str(tmp_path / "scenes"), "--out", str(tmp_path / "out"), "--address", "127.0.0.1:1",
+                 *STITCH_FLAGS])
+    assert code == 2 and time.perf_counter() - started < 30
+    assert capsys.readouterr().err.splitlines() == [
+        "realfill: no Ray cluster answers at 127.0.0.1:1 (Connection refused): is it running (`ray start --head`), "
+        "and is the address its GCS address?"]
+
+
+def test_a_local_ray_that_fails_to_start_is_one_line_and_a_logged_traceback(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from realfill.cli import main
+
+    def timed_out(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the Ray "
+                        "processes failed to startup.\nmore detail")
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    write_scene(tmp_path / "scenes" / "s0")
+    assert main(["run", str(tmp_path / "scenes"), "--out", str(tmp_path / "out"), *STITCH_FLAGS]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "realfill: could not start a local Ray: Exception: The current node timed out during startup. This could "
+        "happen because some of the Ray processes failed to startup. (the full error is in the run's log)"]
+    (log,) = (tmp_path / "out" / "logs").iterdir()
+    assert "Traceback" in log.read_text() and "more detail" in log.read_text()
+
+
+LEASE_TAKEN_RUN = """
+import json, sys, time
+from realfill.cli import main
+from realfill.data import manifest
+from realfill.data.lease import LEASE
+
+real_recorded = manifest.Folding.recorded
+
+
+def taken_over_after_the_first_record(self):
+    real_recorded(self)
+    with open(f"{self.out_uri}/{LEASE}", "w") as handle:  # the run was presumed dead; another took over
+        json.dump({"token": "other", "host": "elsewhere", "pid": 7, "started": time.time(),
+                   "renewed": time.time()}, handle)
+
+
+manifest.Folding.recorded = taken_over_after_the_first_record
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_that_loses_its_lease_stops_and_writes_nothing_more(tmp_path):
+    root, out = tmp_path / "scenes", tmp_path / "out"
+    for index in range(4):
+        write_scene(root / f"s{index}", seed=index)
+    result = subprocess.run([sys.executable, "-c", LEASE_TAKEN_RUN, "run", str(root), "--out", str(out),
+                             *STITCH_FLAGS], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^done: 1, already complete \(skipped\): 0, failed: 0;", result.stdout, re.M), result.stdout
+    assert re.search(rf"^error: {out}: this run's lease was taken over by another run \(pid 7 on elsewhere, .*it "
+                     rf"stops and writes nothing more, keeping what it recorded$", result.stdout, re.M), result.stdout
+    assert re.search(r"^stopped: [1-3] scenes in progress were not recorded", result.stdout, re.M), result.stdout
+    assert len(list((out / "manifest" / "_journal" / "scenes").iterdir())) == 1, "one record, then nothing"
+    assert not (out / "manifest" / "scenes.parquet").exists(), "and no fold"
+    assert json.loads((out / ".realfill-lease.json").read_text())["token"] == "other"
+
+
+def test_a_scene_id_with_a_newline_stays_on_its_summary_line():
+    from pipeline.driver import RunSummary
+
+    text = RunSummary(failed={"two\nlines": "bad"}, best={"tab\there": "/x.png"}, unfinished=["a\rb"]).text()
+    assert "failed two\\nlines: bad" in text.splitlines() and "best tab\\there: /x.png" in text.splitlines()
+    assert "a\\rb" in text and len(text.splitlines()) == 5

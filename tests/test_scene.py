@@ -129,6 +129,47 @@ def test_exif_orientation_is_applied(tmp_path):
     assert read_image(str(tmp_path / "rotated.jpg")).shape == (60, 30, 3)
 
 
+def with_orientation(path, orientation: int | None) -> None:
+    """Rewrite an image file with an EXIF orientation (None: none), its pixels as they are."""
+    image = Image.open(path)
+    image.load()
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    image.save(path, exif=exif)
+
+
+@pytest.mark.parametrize("size", [(96, 64), (64, 64)])
+def test_a_mask_whose_orientation_differs_from_its_targets_is_named_as_such(tmp_path, size):
+    """A phone photo's target (EXIF rotation) with a mask saved without it, both the same size as stored:
+    which way the mask is meant cannot be told (a square one would be silently misaligned)."""
+    scene = write_scene(tmp_path / "scene", size=size)
+    with_orientation(scene / "target" / "target.png", 6)
+    with pytest.raises(SceneError) as caught:
+        load_scene(str(scene))
+    width, height = size
+    assert str(caught.value) == (
+        f"{scene / 'target' / 'mask.png'}: its EXIF orientation is upright, the target's "
+        f"({scene / 'target' / 'target.png'}) is rotated 90 clockwise, and both files are {width}x{height} as "
+        f"stored, so which way the mask is meant cannot be told; save both with the same orientation (or both "
+        f"upright)")
+
+
+def test_target_mask_and_truth_with_one_orientation_are_turned_together(tmp_path):
+    scene = write_scene(tmp_path / "scene")
+    plain = load_scene(str(scene))
+    for name in ("target.png", "mask.png", "gt.png"):
+        with_orientation(scene / "target" / name, 6)
+    turned = load_scene(str(scene))
+    assert turned.target.shape == (96, 64, 3) and np.array_equal(turned.mask, np.rot90(plain.mask, -1))
+    assert np.array_equal(turned.gt, np.rot90(plain.gt, -1)) and np.array_equal(turned.target,
+                                                                                np.rot90(plain.target, -1))
+    with_orientation(scene / "target" / "mask.png", None)  # a mask drawn on the target as shown: 64x96
+    Image.fromarray(np.rot90(np.asarray(Image.open(scene / "target" / "mask.png")), -1).copy()).save(
+        scene / "target" / "mask.png")
+    assert np.array_equal(load_scene(str(scene)).mask, turned.mask)
+
+
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     values = np.array([[0, 32768, 65535]], dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "grey16.png"), values)

@@ -81,8 +81,11 @@ def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
         return Image.open(io.BytesIO(storage.read_bytes(uri) if data is None else data))
     except FileNotFoundError:
         raise SceneError(f"{uri}: file not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SceneError(f"{uri}: not a readable photo ({str(exc).splitlines()[0]})") from None
+    except UnidentifiedImageError:
+        raise SceneError(f"{uri}: not an image, or in a format that cannot be read "
+                         f"(expected {', '.join(PHOTO_SUFFIXES)})") from None
+    except OSError as exc:
+        raise SceneError(f"{uri}: not a readable photo ({storage.reason(exc)})") from None
 
 
 def _degrees(values, reference: str) -> float:
@@ -184,6 +187,12 @@ class Request:
     """Where the finished photo goes, relative to OUT/filled."""
     given: dict[str, Any] = field(default_factory=dict)
     """The row as the table gave it."""
+
+    @property
+    def stored_id(self) -> str:
+        """Its scene's id in the pipeline and the manifests: the scene folder's name under OUT/scenes. Every
+        lookup of the request's outcome goes by it (scene_id may hold characters a folder name cannot)."""
+        return storage_name(self.scene_id)
 
 
 def read_table(uri: str) -> list[dict[str, Any]]:
@@ -337,7 +346,7 @@ def read_requests(root: str, photos: list[Photo], table: str | None = None, outp
         except (ValueError, SceneError) as exc:
             problems.append(f"row {number}: {exc}")
             continue
-        key = storage_name(request.scene_id).casefold()
+        key = request.stored_id.casefold()
         if key in seen:
             problems.append(f"row {number}: scene_id '{request.scene_id}' is also row {seen[key]}'s")
             continue
@@ -582,7 +591,7 @@ def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
     """Make the request's scene under scenes_root, picking its references unless the table gave them; a scene
     already there with the same key is reused as it is. Bad input, or no usable reference, is the error."""
     started = time.perf_counter()
-    scene_uri = storage.join(scenes_root, storage_name(request.scene_id))
+    scene_uri = storage.join(scenes_root, request.stored_id)
     record_uri = storage.join(scene_uri, REQUEST_FILE)
     try:
         key = request_key(request, config, rank)

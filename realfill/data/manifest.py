@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from realfill.data import storage
+from realfill.data.lease import fence
 from realfill.data.records import ROWS, SCHEMA_VERSION, SampleRow, SceneRow, arrow_schema
 from realfill.data.scene import storage_name
 
@@ -100,7 +100,8 @@ def write_scene(out_uri: str, samples: list[SampleRow], scene: SceneRow) -> None
     """Record one scene's outcome in a fixed number of storage calls. A good outcome writes its samples
     part, then its scene part (a scene counts as done only once its samples are on storage), then drops the
     scene's failure part, if any. A failure writes its failure part alone: good rows are replaced by good
-    rows, never by a failure."""
+    rows, never by a failure. A run that lost its output's lease records nothing (LeaseLost)."""
+    fence(out_uri)
     if scene.ok:
         write_part(out_uri, "samples", samples, part_name(scene.scene_id))
     write_part(out_uri, "scenes", [scene], part_name(scene.scene_id, failed=not scene.ok))
@@ -117,12 +118,14 @@ def exists(out_uri: str) -> bool:
 def listed(folder: str) -> dict[str, tuple]:
     """A folder's Parquet parts (paths in their filesystem) with what identifies their contents (size, and
     the modification time or ETag the store gives); temporaries and hidden files are not parts."""
-    fs, path = url_to_fs(folder)
-    if not fs.exists(path):
-        return {}
+    fs, path = storage.filesystem(folder)
+    with storage.naming("listing", folder):
+        if not fs.exists(path):
+            return {}
+        entries = fs.ls(path, detail=True)
     return {entry["name"]: (entry.get("size"), entry.get("mtime") or entry.get("LastModified") or entry.get("ETag")
                             or entry.get("created"))
-            for entry in fs.ls(path, detail=True)
+            for entry in entries
             if entry["name"].endswith(".parquet") and not posixpath.basename(entry["name"]).startswith((".", "_"))}
 
 
@@ -152,15 +155,17 @@ def read_parts(out_uri: str, table: str, files: list[str]) -> pa.Table:
     """The rows of the table file and of the given parts, as written, each with its SOURCE (0 the table
     file, then 1, 2, ... in the order given: later sources win ties). A part of a newer schema version, of
     the other table, or not written by realfill is refused with a message naming it."""
-    fs, table_path = url_to_fs(table_uri(out_uri, table))
+    fs, table_path = storage.filesystem(table_uri(out_uri, table))
     pieces = [TABLES[table].empty_table().append_column(SOURCE, pa.array([], pa.int32()))]
     for index, path in enumerate([table_path, *files]):
-        if index == 0 and not fs.exists(path):
-            continue
-        dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=TABLES[table])
-        for fragment in dataset.get_fragments():
-            check_part(fragment, table, path if storage.is_local(fs) else fs.unstrip_protocol(path))
-        rows = dataset.to_table()
+        where = path if storage.is_local(fs) else fs.unstrip_protocol(path)
+        with storage.naming("reading", where):
+            if index == 0 and not fs.exists(path):
+                continue
+            dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=TABLES[table])
+            for fragment in dataset.get_fragments():
+                check_part(fragment, table, where)
+            rows = dataset.to_table()
         pieces.append(rows.append_column(SOURCE, pa.array([index] * rows.num_rows, pa.int32())))
     return pa.concat_tables(pieces)
 
@@ -206,15 +211,30 @@ def current_tables(out_uri: str, files: dict[str, list[str]]) -> tuple[pa.Table,
     return current_samples(read_parts(out_uri, "samples", files["samples"]), scenes), scenes
 
 
+READ_ATTEMPTS = 5
+"""A reader lists the journal, then reads it: a part that a fold removed in between is read again from the
+table file the fold wrote, by listing and reading again (each fold removes only parts already in the table)."""
+
+
+def while_folding(read):
+    """read() again (up to READ_ATTEMPTS times) when a part it listed was folded and removed meanwhile."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+
+
 def read_tables(out_uri: str) -> tuple[pa.Table, pa.Table]:
     """The current samples and scenes tables (empty with the right schema when nothing has been written)."""
-    return current_tables(out_uri, {table: part_files(out_uri, table) for table in TABLES})
+    return while_folding(lambda: current_tables(out_uri, {table: part_files(out_uri, table) for table in TABLES}))
 
 
 def read_table(out_uri: str, table: str) -> pa.Table:
     """One current manifest table (the scenes table alone reads no samples)."""
     if table == "scenes":
-        return current_scenes(read_parts(out_uri, "scenes", part_files(out_uri, "scenes")))
+        return while_folding(lambda: current_scenes(read_parts(out_uri, "scenes", part_files(out_uri, "scenes"))))
     return read_tables(out_uri)[0]
 
 
@@ -222,21 +242,25 @@ def compact(out_uri: str) -> int:
     """Fold every journal part into the table files: each table file is rewritten whole with only the current
     rows (samples first: a scene counts as done only once its samples are there), then the parts folded in
     are removed, each only if it is still what was read (a part written or replaced meanwhile stays, and is
-    folded next time). Returns the number of parts folded."""
+    folded next time). A run that lost its output's lease folds nothing (LeaseLost). Returns the number of
+    parts folded."""
     before = {table: journal(out_uri, table) for table in TABLES}
     if not any(before.values()):
         return 0
+    fence(out_uri)
     samples, scenes = current_tables(out_uri, {table: list(parts) for table, parts in before.items()})
     write_arrow(table_uri(out_uri, "samples"), samples)
     write_arrow(table_uri(out_uri, "scenes"), scenes)
     for table, parts in before.items():
         still = journal(out_uri, table)
-        fs, legacy = url_to_fs(legacy_uri(out_uri, table))
+        fs, legacy = storage.filesystem(legacy_uri(out_uri, table))
         for path, stamp in parts.items():
             if still.get(path) == stamp:
-                fs.rm(path)
-        if fs.isdir(legacy) and not fs.ls(legacy, detail=False):
-            fs.rm(legacy, recursive=True)
+                with storage.naming("removing", path):
+                    fs.rm(path)
+        with storage.naming("removing", legacy):
+            if fs.isdir(legacy) and not fs.ls(legacy, detail=False):
+                fs.rm(legacy, recursive=True)
     return sum(len(parts) for parts in before.values())
 
 

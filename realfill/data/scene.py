@@ -68,11 +68,23 @@ def _to_uint8(image: Image.Image) -> Image.Image:
     return image
 
 
+EXIF_ORIENTATION = 0x0112
+ORIENTATIONS = {1: "upright", 2: "mirrored", 3: "rotated 180", 4: "flipped", 5: "transposed",
+                6: "rotated 90 clockwise", 7: "transversed", 8: "rotated 90 counter-clockwise"}
+"""EXIF orientation values, as a viewer applies them."""
+
+
 def read_image(uri: str, mode: str = "RGB", max_megapixels: float | None = None,
                draft: tuple[int, int] | None = None) -> np.ndarray:
     """Decode an image file with its EXIF orientation applied, as uint8 RGB (or L). Images above
     max_megapixels are refused from their header, before any pixel is decoded. draft: the size wanted, at
     least (a JPEG is then decoded at the smallest scale that still covers it: what thumbnails need)."""
+    return read_oriented(uri, mode, max_megapixels, draft)[0]
+
+
+def read_oriented(uri: str, mode: str = "RGB", max_megapixels: float | None = None,
+                  draft: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+    """read_image's pixels, and the EXIF orientation it applied (1: none)."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
@@ -95,10 +107,11 @@ def read_image(uri: str, mode: str = "RGB", max_megapixels: float | None = None,
             if draft is not None:
                 image.draft(mode, draft)
             image.load()
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             image = _to_uint8(ImageOps.exif_transpose(image))
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")
-            return np.asarray(image.convert(mode))
+            return np.asarray(image.convert(mode)), orientation if orientation in ORIENTATIONS else 1
     except SceneError:
         raise
     except UnidentifiedImageError:
@@ -116,6 +129,31 @@ def read_mask(uri: str, max_megapixels: float | None = None) -> np.ndarray:
     return read_image(uri, mode="L", max_megapixels=max_megapixels) > 127
 
 
+def stored_size(image: np.ndarray, orientation: int) -> tuple[int, int]:
+    """(width, height) of an image as its file stores it, before its EXIF orientation was applied."""
+    height, width = image.shape[:2]
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def check_aligned(uri: str, image: np.ndarray, orientation: int, target_uri: str, target: np.ndarray,
+                  target_orientation: int, what: str) -> None:
+    """An image that must cover the target pixel for pixel (its mask, its ground truth), each with its own
+    EXIF orientation applied. When the two orientations differ and the files are the same size as stored,
+    which way the image is meant cannot be told (a square one would be silently misaligned): an error."""
+    height, width = target.shape[:2]
+    if orientation != target_orientation and stored_size(image, orientation) == stored_size(target,
+                                                                                               target_orientation):
+        stored = "x".join(map(str, stored_size(target, target_orientation)))
+        raise SceneError(f"{uri}: its EXIF orientation is {ORIENTATIONS[orientation]}, the target's "
+                         f"({target_uri}) is {ORIENTATIONS[target_orientation]}, and both files are {stored} as "
+                         f"stored, so which way the {what} is meant cannot be told; save both with the same "
+                         f"orientation (or both upright)")
+    if image.shape[:2] != target.shape[:2]:
+        shown = " (EXIF orientation applied)" if orientation != 1 or target_orientation != 1 else ""
+        raise SceneError(f"{uri}: {what} is {image.shape[1]}x{image.shape[0]} but the target is "
+                         f"{width}x{height}{shown}")
+
+
 def list_refs(scene_uri: str) -> list[str]:
     ref_dir = storage.join(scene_uri, "ref")
     try:
@@ -131,6 +169,12 @@ def list_refs(scene_uri: str) -> list[str]:
 def scene_id_of(scene_uri: str) -> str:
     """A scene's id is its folder's name, exactly (a backslash is a character of the name, not a separator)."""
     return posixpath.basename(str(scene_uri).rstrip("/"))
+
+
+def printable(name: str) -> str:
+    """A name as one line of text: control characters escaped (a scene id is a folder's name, and may hold
+    any character that one can, a newline included)."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in name)
 
 
 def storage_name(scene_id: str) -> str:
@@ -167,13 +211,10 @@ def load_scene(uri: str, max_megapixels: float | None = None) -> Scene:
     for required in (target_uri, mask_uri):
         if not storage.exists(required):
             raise SceneError(f"{required}: file not found")
-    target = read_image(target_uri, max_megapixels=max_megapixels)
-    mask = read_mask(mask_uri, max_megapixels=max_megapixels)
-    if mask.shape != target.shape[:2]:
-        raise SceneError(
-            f"{mask_uri}: mask is {mask.shape[1]}x{mask.shape[0]} but the target is "
-            f"{target.shape[1]}x{target.shape[0]}"
-        )
+    target, target_orientation = read_oriented(target_uri, max_megapixels=max_megapixels)
+    mask, mask_orientation = read_oriented(mask_uri, "L", max_megapixels=max_megapixels)
+    check_aligned(mask_uri, mask, mask_orientation, target_uri, target, target_orientation, "mask")
+    mask = mask > 127
     if not mask.any():
         raise SceneError(f"{mask_uri}: mask is empty (no white pixels), so there is nothing to fill")
     if mask.all():
@@ -183,10 +224,8 @@ def load_scene(uri: str, max_megapixels: float | None = None) -> Scene:
     refs = [read_image(ref_uri, max_megapixels=max_megapixels) for ref_uri in ref_uris]
     gt = None
     if storage.exists(gt_uri):
-        gt = read_image(gt_uri, max_megapixels=max_megapixels)
-        if gt.shape != target.shape:
-            raise SceneError(f"{gt_uri}: ground truth is {gt.shape[1]}x{gt.shape[0]}, target is "
-                             f"{target.shape[1]}x{target.shape[0]}")
+        gt, gt_orientation = read_oriented(gt_uri, max_megapixels=max_megapixels)
+        check_aligned(gt_uri, gt, gt_orientation, target_uri, target, target_orientation, "ground truth")
     return Scene(scene_id=scene_id, uri=uri, target=target, mask=mask, refs=refs, ref_uris=ref_uris, gt=gt)
 
 

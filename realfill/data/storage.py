@@ -1,4 +1,9 @@
-"""Reading and writing through fsspec, so every stage works on local paths, s3://, gs:// and memory://."""
+"""Reading and writing through fsspec, so every stage works on local paths, s3://, gs:// and memory://.
+
+Every call names what it did and on which object when it fails (StorageError: "writing URI: No space left on
+device"), and a local path is always a local path: `::` in a folder name is a character, not fsspec's URL
+chaining (which is still there for a URI that starts with one: `simplecache::s3://...`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,77 @@ import io
 import os
 import posixpath
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
+import fsspec
 import numpy as np
-from fsspec.core import url_to_fs
+from fsspec.core import split_protocol, url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
+from fsspec.registry import get_filesystem_class
 from PIL import Image
+
+
+class StorageError(OSError):
+    """A storage call failed: the message names the operation and the object, then the store's reason."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class StorageNotFound(StorageError, FileNotFoundError):
+    """The object (or its folder) does not exist."""
+
+
+class StoragePermission(StorageError, PermissionError):
+    """The store refused the call."""
+
+
+class StorageExists(StorageError, FileExistsError):
+    """An exclusive creation found the object there already."""
+
+
+class StorageIsADirectory(StorageError, IsADirectoryError):
+    """A folder where a file was expected."""
+
+
+KINDS = ((FileNotFoundError, StorageNotFound), (PermissionError, StoragePermission), (FileExistsError, StorageExists),
+         (IsADirectoryError, StorageIsADirectory))
+"""The OSErrors that callers tell apart, each as the StorageError of the same kind."""
+
+
+def reason(exc: BaseException) -> str:
+    """What the store said, in one line (an OSError's text without its [Errno N])."""
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+@contextmanager
+def naming(operation: str, uri: str):
+    """Turn the OSError of a storage call into a StorageError that names the operation and the object."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        kind = next((named for plain, named in KINDS if isinstance(exc, plain)), StorageError)
+        error = kind(f"{operation} {uri}: {reason(exc)}")
+        error.errno = exc.errno
+        raise error from exc
+
+
+def filesystem(uri: str):
+    """The filesystem of a URI or a local path, and the path in it. Only a URI that starts with a chain
+    (`PROTOCOL::...`) is parsed as one: a local path or a single-protocol URI is taken as it is written."""
+    uri = str(uri)
+    protocol, _ = split_protocol(uri)
+    if protocol is None:
+        return LocalFileSystem(), LocalFileSystem._strip_protocol(uri)
+    if "::" in protocol:
+        return url_to_fs(uri)
+    kind = get_filesystem_class(protocol)
+    return fsspec.filesystem(protocol, **kind._get_kwargs_from_urls(uri)), kind._strip_protocol(uri)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -38,26 +108,30 @@ def normalize(uri: str) -> str:
 
 
 def exists(uri: str) -> bool:
-    fs, path = url_to_fs(str(uri))
-    return fs.exists(path)
+    with naming("looking up", uri):
+        fs, path = filesystem(uri)
+        return fs.exists(path)
 
 
 def is_dir(uri: str) -> bool:
-    fs, path = url_to_fs(str(uri))
-    return fs.isdir(path)
+    with naming("looking up", uri):
+        fs, path = filesystem(uri)
+        return fs.isdir(path)
 
 
 def remove(uri: str) -> None:
     """Delete a file or folder (recursively); nothing to do when it is missing."""
-    fs, path = url_to_fs(str(uri))
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    with naming("removing", uri):
+        fs, path = filesystem(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = url_to_fs(str(uri))
-    with fs.open(path, "rb") as handle:
-        return handle.read()
+    with naming("reading", uri):
+        fs, path = filesystem(uri)
+        with fs.open(path, "rb") as handle:
+            return handle.read()
 
 
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
@@ -79,37 +153,64 @@ def puts_whole(fs) -> bool:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a file so that no reader ever sees it half-written. On an object store one PUT is already atomic,
     and a move there is a server-side copy plus a delete, so the object is written once, in place; elsewhere
-    (a local disk) a hidden temporary name, then a rename."""
-    fs, path = url_to_fs(str(uri))
-    if puts_whole(fs):
-        fs.pipe_file(path, data)
+    (a local disk) a hidden temporary name, then a rename. A write that fails leaves no temporary behind."""
+    with naming("writing", uri):
+        fs, path = filesystem(uri)
+        if puts_whole(fs):
+            fs.pipe_file(path, data)
+            return
+        parent = posixpath.dirname(path) if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        temporary = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        try:
+            with fs.open(temporary, "wb") as handle:
+                handle.write(data)
+            fs.mv(temporary, path)
+        except BaseException:
+            if fs.exists(temporary):
+                fs.rm_file(temporary)
+            raise
+
+
+def prepare_output(uri: str) -> None:
+    """Make an output folder ready: created on a local disk; on an object store, where folders need no
+    making, its bucket must exist already (a mistyped bucket is an error, never a new bucket)."""
+    fs, path = filesystem(uri)
+    if not puts_whole(fs):
+        try:
+            fs.makedirs(path, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(f"{uri}: is a file, not an output folder") from None
+        except PermissionError as exc:
+            raise StoragePermission(f"{uri}: cannot write here ({reason(exc)})") from None
         return
-    parent = posixpath.dirname(path) if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    temporary = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-    with fs.open(temporary, "wb") as handle:
-        handle.write(data)
-    fs.mv(temporary, path)
+    with naming("looking up the bucket of", uri):
+        bucket = path.strip("/").split("/")[0]
+        if not isinstance(fs, MemoryFileSystem) and bucket and not fs.exists(bucket):
+            raise StorageNotFound(f"{uri}: the bucket {fs.unstrip_protocol(bucket)} does not exist "
+                                  f"(realfill creates no bucket: check its name, or create it first)")
 
 
 def list_dir(uri: str) -> list[str]:
     """Entry names (not paths) directly under a folder URI, sorted."""
-    fs, path = url_to_fs(str(uri))
-    return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
+    with naming("listing", uri):
+        fs, path = filesystem(uri)
+        return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
 
 
 def download_dir(uri: str, local_dir: str | Path) -> None:
-    fs, path = url_to_fs(str(uri))
-    local_dir = Path(local_dir)
-    for remote in fs.find(path):
-        relative = posixpath.relpath(remote, path)
-        if any(part.startswith(".tmp-") for part in relative.split("/")):
-            continue
-        destination = local_dir / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open(remote, "rb") as handle:
-            destination.write_bytes(handle.read())
+    with naming("downloading", uri):
+        fs, path = filesystem(uri)
+        local_dir = Path(local_dir)
+        for remote in fs.find(path):
+            relative = posixpath.relpath(remote, path)
+            if any(part.startswith(".tmp-") for part in relative.split("/")):
+                continue
+            destination = local_dir / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open(remote, "rb") as handle:
+                destination.write_bytes(handle.read())
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -28,7 +28,6 @@ from functools import cached_property
 from urllib.parse import quote
 
 import numpy as np
-from fsspec.core import url_to_fs
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -87,7 +86,7 @@ class Stamps:
         """The file's stamp, or None when it is not there."""
         parent, name = storage.split(uri)
         if parent not in self.folders:
-            fs, path = url_to_fs(parent)
+            fs, path = storage.filesystem(parent)
             try:
                 entries = fs.ls(path, detail=True)
             except (FileNotFoundError, NotADirectoryError):
