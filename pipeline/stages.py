@@ -137,13 +137,13 @@ class SamplerActor:
     def __init__(self):
         check_environment()
         quiet_libraries()
-        self.samplers: dict[tuple[str, bool], Sampler] = {}
+        self.samplers: dict[tuple[str, bool, str], Sampler] = {}
 
     def sample(self, scene_uri: str, tuned: Tuned | None, samples: str, config: FillConfig, force: bool,
                stitched: str | None) -> Rows:
         started, wall = time.perf_counter(), time.time()
         fault_hooks("sample")
-        model = (config.model, config.by_example)  # `tiny` names both tiny models
+        model = (config.model, config.by_example, config.sample.precision)  # `tiny` names both tiny models
         if model not in self.samplers:
             self.samplers[model] = sampler_for(config)
         scene = load_scene(scene_uri, config.max_megapixels)

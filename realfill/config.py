@@ -129,7 +129,8 @@ class TuneConfig:
     mask_full_prob: float = 0.1
     """Random masks: probability of masking the whole image."""
     mixed_precision: Precision = "auto"
-    """auto (bf16 where the GPU supports it, else fp16; fp32 on CPU), no, fp16 or bf16."""
+    """auto (bf16 where the GPU supports it, else fp16; fp32 on CPU), no, fp16 (CUDA only) or bf16 (CUDA or
+    CPU): the frozen weights in that precision under autocast, the LoRA weights and the saved adapter in fp32."""
     gradient_checkpointing: Switch = "auto"
     """auto (on with CUDA, off on CPU), on or off."""
     checkpoint_every: int = 250
@@ -178,6 +179,9 @@ class SampleConfig:
     """Classifier-free guidance scale (1.0 = none, as in the paper)."""
     batch_size: int = 8
     """Seeds generated per forward pass."""
+    precision: Precision = "auto"
+    """The pipeline's weights: auto (bf16 where the GPU supports it, else fp16; fp32 on CPU), no (fp32), fp16
+    (CUDA only) or bf16 (CUDA or CPU). A half-precision image that overflows is decoded again in fp32."""
     dilate_px: int = 4
     """Compositing: the fill region is grown by this many native pixels ..."""
     feather_px: int = 6
@@ -332,6 +336,8 @@ class FillConfig:
         _check(self.tune.stitch_view_weight == 0 or self.init == "stitch",
                "tune.stitch_view_weight needs init stitch (the stitch result is the extra training view)")
         _check(self.seed >= 0, "seed must be >= 0")
+        _check(self.device != "cpu" or "fp16" not in (self.tune.mixed_precision, self.sample.precision),
+               "fp16 needs a CUDA GPU, and device is cpu: use bf16 (which CPUs run) or no")
         _check(self.max_megapixels > 0, "max_megapixels must be positive")
 
     @property

@@ -114,7 +114,7 @@ def samples_folder(samples: str, scene: Scene, adapter_key: str | None, config: 
 
 def sampler_for(config: FillConfig) -> Sampler:
     """The sampler of a config's method: the base inpainting model, or the Paint-by-Example model."""
-    return Sampler(resolve_model(config.model, example=config.by_example), config.device)
+    return Sampler(resolve_model(config.model, example=config.by_example), config.device, config.sample.precision)
 
 
 def condition(sampler: Sampler, scene: Scene, adapter: str | None, config: FillConfig,

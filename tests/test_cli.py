@@ -256,3 +256,45 @@ def test_init_stitch_starts_sampling_from_geometry_and_trains_on_it(tmp_path, ex
     assert Path(runs["view"][1]).name != Path(runs["init"][1]).name, "the stitch view is part of the training"
     assert not np.array_equal(runs["init"][0], runs["noise"][0]), "sampling starts from the stitch result"
     assert list((tmp_path / "init" / "samples").glob("*/stitch.png")), "the stitch result is kept with the samples"
+
+
+class Preempted(BaseException):
+    """Stands for the machine going away: nothing catches it."""
+
+
+def test_the_half_precision_recipe_runs_end_to_end_on_a_cpu(tmp_path, example_scene, monkeypatch):
+    """The GPU recipe's precision path, rehearsed on a CPU: bf16 training with gradient checkpointing and
+    checkpoints, preempted after its first checkpoint and resumed, bf16 sampling, ranking. The resumed run
+    makes the uninterrupted run's adapter and images, byte for byte."""
+    import realfill.method.tune as tune_module
+    from realfill.method.tune import read_adapter_info
+
+    flags = [*TINY_FLAGS, "--tune.train_steps", "4", "--tune.checkpoint_every", "2", "--tune.mixed_precision",
+             "bf16", "--tune.gradient_checkpointing", "on", "--sample.precision", "bf16"]
+    assert main(["fill", example_scene, "--out", str(tmp_path / "straight"), *flags]) == 0
+    saves, save = [], tune_module.save_checkpoint
+
+    def save_then_preempt(*args, **kwargs):
+        save(*args, **kwargs)
+        saves.append(args[0])
+        raise Preempted
+
+    monkeypatch.setattr(tune_module, "save_checkpoint", save_then_preempt)
+    with pytest.raises(Preempted):
+        main(["fill", example_scene, "--out", str(tmp_path / "resumed"), *flags])
+    monkeypatch.setattr(tune_module, "save_checkpoint", save)
+    assert main(["fill", example_scene, "--out", str(tmp_path / "resumed"), *flags]) == 0
+    assert len(saves) == 1
+
+    runs = {name: manifest_rows(tmp_path / name) for name in ("straight", "resumed")}
+    infos = {name: read_adapter_info(scene["adapter_uri"]) for name, (_, scene) in runs.items()}
+    assert infos["straight"].mixed_precision == "bf16" and infos["straight"].gradient_checkpointing
+    assert infos["resumed"].losses == infos["straight"].losses and all(np.isfinite(infos["resumed"].losses))
+    for name, (samples, scene) in runs.items():
+        assert scene["status"] == "ok" and scene["num_samples"] == 3
+        assert all(row["status"] == "ok" and row["rank"] >= 1 and row["matches"] >= 0 for row in samples)
+    ranking = {name: [(row["rank"], row["score"], row["selected"]) for row in samples]
+               for name, (samples, _) in runs.items()}
+    assert ranking["resumed"] == ranking["straight"]
+    images = {name: [Image.open(row["uri"]).tobytes() for row in samples] for name, (samples, _) in runs.items()}
+    assert images["resumed"] == images["straight"]

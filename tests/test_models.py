@@ -53,7 +53,10 @@ def test_device_and_precision_follow_the_hardware():
 
     device = pick_device("auto")
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert mixed_precision(torch.device("cpu"), "bf16") == "no"
+    assert mixed_precision(torch.device("cpu")) == "no", "auto stays fp32 on a CPU"
+    assert mixed_precision(torch.device("cpu"), "bf16") == "bf16", "an explicit bf16 is honoured: CPUs run it"
+    with pytest.raises(ModelError, match="fp16 mixed precision needs a CUDA GPU"):
+        mixed_precision(torch.device("cpu"), "fp16")
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="no CUDA GPU"):
             pick_device("cuda")
@@ -67,3 +70,6 @@ def test_cuda_precision_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert mixed_precision(torch.device("cuda")) == "fp16"
     assert mixed_precision(torch.device("cuda"), "no") == "no"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args, **kwargs: "Tesla V100")
+    with pytest.raises(ModelError, match="Tesla V100 has no bf16: use fp16 or auto"):
+        mixed_precision(torch.device("cuda"), "bf16")

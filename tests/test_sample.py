@@ -48,6 +48,28 @@ def test_compositing_keeps_known_pixels_byte_identical(tmp_path, sampler, size):
         assert (out[scene.mask] != 0).any(), "the hole is filled"
 
 
+def test_bf16_sampling_runs_on_a_cpu_with_an_adapter(tmp_path, tiny_model, sampler):
+    """An explicit bf16 is honoured on a CPU: every weight, the scene adapter's included, is bf16, and the
+    images are finite and close to fp32's but not the same pixels."""
+    import torch
+
+    from test_tune import perturbed_adapter
+
+    perturbed_adapter(tiny_model, str(tmp_path / "adapter"), seed=0)
+    scene = load_scene(str(write_scene(tmp_path / "scene")))
+    config, images = SampleConfig(resolution=64, steps=3, batch_size=2), {}
+    for precision in ("no", "bf16"):
+        each = Sampler(tiny_model, device="cpu", precision=precision)
+        each.use_adapter(str(tmp_path / "adapter"))
+        dtypes = {p.dtype for part in (each.pipeline.unet, each.pipeline.vae, each.pipeline.text_encoder)
+                  for p in part.parameters()}
+        assert dtypes == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        images[precision] = dict(each.generate(scene, config, [0, 1], Condition("a photo of sks")))
+    for seed in (0, 1):
+        half, full = images["bf16"][seed].astype(int), images["no"][seed].astype(int)
+        assert half.shape == full.shape and 0 < np.abs(half - full).mean() < 10
+
+
 def test_a_half_precision_overflow_is_decoded_again_in_float32(tiny_model):
     """An fp16 VAE whose activations pass 65504 gives inf/NaN; the sampler decodes that image again in fp32."""
     import torch

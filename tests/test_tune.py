@@ -189,14 +189,20 @@ def test_adapter_swap_in_place_equals_a_fresh_load(tiny_model):
     assert all(torch.equal(a, b) for a, b in zip(swapped, fresh))
 
 
-def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_model):
+@pytest.mark.parametrize("precision,checkpointing", [("no", "off"), ("bf16", "on")])
+def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_model, precision, checkpointing):
+    """In fp32, and in bf16 with gradient checkpointing (the GPU recipe, which CPUs run too): a run preempted
+    after its first checkpoint resumes to the uninterrupted run's losses and adapter, bit for bit."""
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
-    config = tiny_config(train_steps=4, checkpoint_every=2).tune
+    config = tiny_config(train_steps=4, checkpoint_every=2, mixed_precision=precision,
+                         gradient_checkpointing=checkpointing).tune
 
     straight = tune(scene, tiny_model, config, str(tmp_path / "straight"), seed=1, device="cpu",
                     show_progress=False)
     assert (tmp_path / "straight" / "pytorch_lora_weights.safetensors").exists()
     assert len(straight.losses) == 4 and all(np.isfinite(straight.losses))
+    assert straight.mixed_precision == precision and straight.gradient_checkpointing == (checkpointing == "on")
+    assert straight.weights.dtype == "float32", "the adapter is saved in the LoRA training precision"
     assert read_adapter_info(str(tmp_path / "straight")) == straight and straight.config == config
 
     class Preempted(Exception):
@@ -221,11 +227,71 @@ def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_mode
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_gradient_checkpointing_path_runs(tmp_path, tiny_model):
+def recorded_training(monkeypatch, tiny_model, tmp_path, **tune_overrides):
+    """Tune the tiny model one step on a small scene, recording what the training step saw: the precision of
+    the frozen and the LoRA weights, autocast, and how often the UNet's transformer blocks and the text encoder
+    layers' attention were entered (pre-hooks on the modules themselves; a recomputation in backward stops
+    early, before a forward hook would run, and transformers' layers recompute `forward`, not `__call__`)."""
+    import realfill.method.tune as tune_module
+
+    seen = {"unet_calls": 0, "text_calls": 0}
+
+    def load_and_hook(base_path):
+        models = load_models(base_path)
+        for module in models.unet.modules():
+            if type(module).__name__ == "BasicTransformerBlock":  # the blocks that hold the LoRA layers
+                module.register_forward_pre_hook(lambda *_: seen.__setitem__("unet_calls", seen["unet_calls"] + 1))
+        for layer in models.text_encoder.encoder.layers:
+            layer.self_attn.register_forward_pre_hook(lambda *_: seen.__setitem__("text_calls", seen["text_calls"] + 1))
+        return models
+
+    def loss_and_state(models, batch, device, dtype):
+        frozen = models.unet.conv_in.weight
+        seen.update(frozen=frozen.dtype, vae=next(models.vae.parameters()).dtype,
+                    lora={p.dtype for m in (models.unet, models.text_encoder) for p in lora_parameters(m)},
+                    autocast=torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return training_loss(models, batch, device, dtype)
+
+    monkeypatch.setattr(tune_module, "load_models", load_and_hook)
+    monkeypatch.setattr(tune_module, "training_loss", loss_and_state)
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
-    config = tiny_config(train_steps=1, gradient_checkpointing="on").tune
+    config = tiny_config(train_steps=1, **tune_overrides).tune
     info = tune(scene, tiny_model, config, str(tmp_path / "adapter"), device="cpu", show_progress=False)
-    assert info.gradient_checkpointing is True and info.mixed_precision == "no"
+    return info, seen
+
+
+def test_bf16_on_a_cpu_runs_the_half_precision_path(tmp_path, tiny_model, monkeypatch):
+    """An explicit bf16 is honoured on a CPU: frozen weights in bf16 under bf16 autocast, LoRA weights in
+    fp32, and a different loss than fp32's; auto stays fp32 on a CPU."""
+    bf16, seen = recorded_training(monkeypatch, tiny_model, tmp_path / "bf16", mixed_precision="bf16")
+    assert bf16.mixed_precision == "bf16"
+    assert seen["frozen"] == seen["vae"] == torch.bfloat16 and seen["lora"] == {torch.float32}
+    assert seen["autocast"] == torch.bfloat16
+    auto, seen = recorded_training(monkeypatch, tiny_model, tmp_path / "auto")
+    assert auto.mixed_precision == "no" and seen["frozen"] == torch.float32 and seen["autocast"] is False
+    assert bf16.losses != auto.losses
+
+
+def test_fp16_on_a_cpu_is_refused_in_one_line(tmp_path, tiny_model):
+    from realfill.method.models import ModelError
+
+    scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
+    with pytest.raises(ModelError, match=r"^fp16 mixed precision needs a CUDA GPU \(this runs on cpu\): use bf16"):
+        tune(scene, tiny_model, TuneConfig(mixed_precision="fp16", train_steps=1), str(tmp_path / "adapter"),
+             device="cpu", show_progress=False)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU, and device is cpu"):
+        tiny_config(mixed_precision="fp16")
+
+
+def test_gradient_checkpointing_recomputes_the_blocks_in_backward(tmp_path, tiny_model, monkeypatch):
+    """With checkpointing on, the UNet's transformer blocks and the text encoder's layers run twice per step (forward,
+    then again in backward instead of keeping their activations); off, once."""
+    on, with_checkpointing = recorded_training(monkeypatch, tiny_model, tmp_path / "on", gradient_checkpointing="on")
+    off, without = recorded_training(monkeypatch, tiny_model, tmp_path / "off", gradient_checkpointing="off")
+    assert on.gradient_checkpointing and not off.gradient_checkpointing
+    assert without["unet_calls"] > 0 and with_checkpointing["unet_calls"] == 2 * without["unet_calls"]
+    assert without["text_calls"] > 0 and with_checkpointing["text_calls"] == 2 * without["text_calls"]
+    assert on.losses == off.losses, "checkpointing changes memory, not the result"
 
 
 def adapter_content(uri: str) -> tuple:

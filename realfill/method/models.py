@@ -47,12 +47,20 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def mixed_precision(device: torch.device, requested: str = "auto") -> str:
-    """fp32 ('no') on CPU; on CUDA bf16 where supported, else fp16, unless a mode is asked for."""
-    if device.type != "cuda":
-        return "no"
-    if requested != "auto":
-        return requested
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    """The precision to run in: with auto, bf16 on a CUDA GPU that has it, else fp16, and fp32 ('no') on CPU;
+    an explicit request is honoured (CPUs autocast bf16, so CI runs the half-precision path too) or refused
+    with one line when the device cannot run it."""
+    if requested == "auto":
+        if device.type != "cuda":
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and device.type != "cuda":
+        raise ModelError(f"fp16 mixed precision needs a CUDA GPU (this runs on {device.type}): use bf16, which "
+                         f"CPUs run, or no")
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ModelError(f"bf16 was asked for, but {torch.cuda.get_device_name(device)} has no bf16: use fp16 "
+                         f"or auto")
+    return requested
 
 
 def torch_dtype(precision: str) -> torch.dtype:

@@ -99,11 +99,11 @@ class Sampler:
     """A diffusion pipeline, loaded once: the inpainting base model, with at most one scene adapter active,
     or a Paint-by-Example model (its model_index.json says which)."""
 
-    def __init__(self, base_path: str | Path, device: str = "auto"):
+    def __init__(self, base_path: str | Path, device: str = "auto", precision: str = "auto"):
         from diffusers import StableDiffusionInpaintPipeline
 
         self.device = pick_device(device)
-        self.dtype = torch_dtype(mixed_precision(self.device))
+        self.dtype = torch_dtype(mixed_precision(self.device, precision))
         base_path = Path(base_path)
         kind = json.loads((base_path / "model_index.json").read_text()).get("_class_name")
         self.by_example = kind == "PaintByExamplePipeline"

@@ -342,6 +342,17 @@ def verified_adapter(uri: str) -> tuple[AdapterInfo, bytes]:
     return info, weights
 
 
+def fresh_accelerator(precision: str, device: torch.device):
+    """An Accelerator for one tuning run. Accelerate keeps its state per process and refuses a second
+    precision or device; a process tunes many scenes (a Ray worker serves every task sent to it, and a sweep's
+    variants may differ in precision), so each run starts from a reset state."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+
+
 def tune(
     scene: Scene,
     base_path: str | Path,
@@ -360,12 +371,10 @@ def tune(
     after_step(step, loss) runs after each optimizer step (progress reporting, fault injection in tests).
     Returns the adapter info that is also written next to the weights.
     """
-    from accelerate import Accelerator
-
     started = time.perf_counter()
     torch_device = pick_device(device)
     precision = mixed_precision(torch_device, config.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=torch_device.type == "cpu")
+    accelerator = fresh_accelerator(precision, torch_device)
     weight_dtype = torch_dtype(precision)
 
     models = load_models(base_path)
