@@ -49,6 +49,14 @@ def scenes_root() -> Path:
     return Path(root)
 
 
+@pytest.fixture(scope="module")
+def example_scene(tmp_path_factory) -> str:
+    """The bundled example scene (a hole in a synthetic wall, three references)."""
+    from realfill.example import write_example
+
+    return write_example(str(tmp_path_factory.mktemp("example") / "wall"))
+
+
 def write_scene(root: Path, *, size=(96, 64), refs=2, hole_value=0, seed=0, ref_size=(120, 80)) -> Path:
     """A small synthetic scene: textured target with a rectangular hole, and shifted references."""
     rng = np.random.default_rng(seed)

@@ -191,13 +191,6 @@ def test_bad_sweep_variants_stop_before_any_work_with_one_line(tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def example_scene(tmp_path_factory) -> str:
-    from realfill.example import write_example
-
-    return write_example(str(tmp_path_factory.mktemp("example") / "wall"))
-
-
 def manifest_rows(out: Path) -> tuple[list[dict], dict]:
     samples = manifest.read_table(str(out), "samples").to_pylist()
     (scene,) = manifest.read_table(str(out), "scenes").to_pylist()

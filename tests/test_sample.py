@@ -52,7 +52,6 @@ def test_bf16_sampling_runs_on_a_cpu_with_an_adapter(tmp_path, tiny_model, sampl
     """An explicit bf16 is honoured on a CPU: every weight, the scene adapter's included, is bf16, and the
     images are finite and close to fp32's but not the same pixels."""
     import torch
-
     from test_tune import perturbed_adapter
 
     perturbed_adapter(tiny_model, str(tmp_path / "adapter"), seed=0)

@@ -7,9 +7,11 @@ chaining (which is still there for a URI that starts with one: `simplecache::s3:
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import os
 import posixpath
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -199,7 +201,9 @@ def list_dir(uri: str) -> list[str]:
         return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
 
 
-def download_dir(uri: str, local_dir: str | Path) -> None:
+def download_dir(uri: str, local_dir: str | Path, patterns: list[str] | None = None) -> None:
+    """Copy a folder's files (those whose relative path matches one of patterns, if given) to local_dir,
+    each streamed to disk."""
     with naming("downloading", uri):
         fs, path = filesystem(uri)
         local_dir = Path(local_dir)
@@ -207,10 +211,12 @@ def download_dir(uri: str, local_dir: str | Path) -> None:
             relative = posixpath.relpath(remote, path)
             if any(part.startswith(".tmp-") for part in relative.split("/")):
                 continue
+            if patterns is not None and not any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns):
+                continue
             destination = local_dir / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open(remote, "rb") as handle:
-                destination.write_bytes(handle.read())
+            with fs.open(remote, "rb") as handle, destination.open("wb") as out:
+                shutil.copyfileobj(handle, out, 16 << 20)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -26,7 +26,8 @@ HUB_FILES = [
     "*/diffusion_pytorch_model.safetensors",
     "*/model.safetensors",
 ]
-"""What is fetched of a hub model: configs, tokenizer files and safetensors weights, never pickles."""
+"""What is fetched of a hub model, or copied of one at an fsspec URI: configs, tokenizer files and the fp32
+safetensors weights, never pickles, fp16 variants or single-file checkpoints."""
 
 
 class ModelError(RuntimeError):
@@ -82,7 +83,7 @@ def quiet_libraries() -> None:
 # --- the tiny model ---------------------------------------------------------------------------
 
 
-def _tiny_tokenizer_files() -> tuple[dict[str, int], list[str]]:
+def byte_level_vocabulary() -> tuple[dict[str, int], list[str]]:
     """A byte-level BPE vocabulary with no merges: every byte is a token, as in CLIP's alphabet."""
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -116,7 +117,7 @@ def build_tiny_model(directory: str | Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     directory = Path(directory)
-    vocab, merges = _tiny_tokenizer_files()
+    vocab, merges = byte_level_vocabulary()
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "vocab.json").write_text(json.dumps(vocab))
         (Path(scratch) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges))
@@ -208,7 +209,8 @@ def _from_uri(uri: str) -> Path:
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     if not storage.exists(storage.join(uri, "model_index.json")):
         raise ModelError(f"{uri}: not a diffusers model folder (no model_index.json)")
-    return _publish(lambda scratch: storage.download_dir(uri, scratch), cache_dir() / "models" / f"uri-{key}")
+    copy = cache_dir() / "models" / f"uri-{key}"
+    return _publish(lambda scratch: storage.download_dir(uri, scratch, HUB_FILES), copy)
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

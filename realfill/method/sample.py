@@ -111,9 +111,9 @@ class Sampler:
         if self.by_example:
             self.pipeline = load_example_pipeline(base_path, self.dtype).to(self.device)
         else:
-            self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(
-                base_path, dtype=self.dtype, use_safetensors=True, safety_checker=None,
-                requires_safety_checker=False,
+            self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(  # the feature extractor only feeds
+                base_path, dtype=self.dtype, use_safetensors=True, safety_checker=None,  # the safety checker
+                feature_extractor=None, requires_safety_checker=False,
             ).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.base_scheduler_config = self.pipeline.scheduler.config
