@@ -100,8 +100,9 @@ def _write_tokenizer(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges))
 
 
-def build_replica(name: str, directory: str | Path, width: int = 8, seed: int = 0) -> Path:
-    """Write a replica of a layout to directory: its configs narrowed by width, random weights from seed."""
+def build_replica(name: str, directory: str | Path, width: int = 8, seed: int = 0, variants: bool = True) -> Path:
+    """Write a replica of a layout to directory: its configs narrowed by width, random weights from seed; without
+    variants, only the files realfill reads (no fp16 variants, pickles or single-file checkpoint)."""
     directory = Path(directory)
     for relative, config in layout_files(name).items():
         destination = directory / relative
@@ -110,6 +111,9 @@ def build_replica(name: str, directory: str | Path, width: int = 8, seed: int = 
     if (directory / "tokenizer").is_dir():
         _write_tokenizer(directory / "tokenizer")
     for component, files in WEIGHT_FILES[name].items():
+        files = files if variants else files[:1]
+        if not component and not variants:
+            continue
         if not component:  # the single-file checkpoint: never read by diffusers' folder loaders
             for file in files:
                 stand_in = {"model.diffusion_model.stand_in": torch.zeros(8)}
