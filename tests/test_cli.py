@@ -107,8 +107,9 @@ def test_fill_writes_to_a_memory_uri(tmp_path):
 def test_the_readme_demo_runs(tmp_path):
     """`make demo` as a newcomer runs it (minus the install): example scenes, `realfill run`, `realfill eval`."""
     repo = Path(__file__).resolve().parents[1]
-    result = subprocess.run(["make", "-o", ".venv/.installed", "demo", f"BIN={Path(sys.executable).parent}",
-                             f"RUNS={tmp_path}"], cwd=repo, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(["make", "-o", ".venv/.installed", "-o", "torch", "demo",
+                             f"BIN={Path(sys.executable).parent}", f"RUNS={tmp_path}"],
+                            cwd=repo, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "done: 2" in result.stdout and "| psnr ↑ |" in result.stdout
     assert f"report: {tmp_path / 'example-stitch' / 'report.html'}" in result.stdout
