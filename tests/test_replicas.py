@@ -220,3 +220,25 @@ def test_paint_by_example_fills_a_scene_from_a_replica_folder(tmp_path, replicas
                  "--sample.num_samples", "1", "--sample.steps", "2", "--quiet", "--no_report"]) == 0
     (row,) = manifest.read_table(str(out), "samples").to_pylist()
     assert row["status"] == "ok" and np.asarray(Image.open(row["uri"])).ndim == 3
+
+
+def test_refresh_takes_every_config_of_a_hub_snapshot_and_no_vocabulary(tmp_path, replicas, monkeypatch):
+    """`--refresh REVISION` replaces the vendored files with a snapshot's JSON files (here: a replica standing
+    in for the hub's snapshot at that revision)."""
+    import huggingface_hub
+
+    from realfill.method import replicas as module
+
+    asked = []
+
+    def snapshot_download(repo_id, revision, allow_patterns, ignore_patterns):
+        asked.append((repo_id, revision))
+        return str(replicas[{v: k for k, v in module.HUB_IDS.items()}[repo_id]])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    module.refresh("0123abc", layouts=tmp_path)
+    assert asked == [(repo, "0123abc") for repo in module.HUB_IDS.values()]
+    for name in module.HUB_IDS:
+        written = sorted(path.relative_to(tmp_path / name).as_posix() for path in (tmp_path / name).rglob("*"))
+        assert [path for path in written if path.endswith(".json")] == sorted(layout_files(name)), name
+        assert not [path for path in written if path.endswith((".safetensors", ".bin", ".txt"))], name

@@ -141,19 +141,22 @@ def replica_path(name: str, width: int = 8) -> Path:
                     cache_dir() / "models" / f"replica-{name}-w{width}-v{REPLICA_VERSION}")
 
 
-def refresh(revision: str) -> None:
-    """Replace the vendored configs with the hub's files at revision (needs hub access)."""
+def refresh(revision: str, layouts: Path = LAYOUTS) -> None:
+    """Replace the vendored configs with the hub's files at revision (needs hub access): every JSON file but the
+    tokenizer's vocabulary, which is data."""
     from huggingface_hub import snapshot_download
 
     for name, repo_id in HUB_IDS.items():
         snapshot = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.json"],
                                           ignore_patterns=["*/vocab.json"]))
-        shutil.rmtree(LAYOUTS / name)
+        shutil.rmtree(layouts / name, ignore_errors=True)
         for file in snapshot.rglob("*.json"):
-            destination = LAYOUTS / name / file.relative_to(snapshot)
+            if file.name == "vocab.json":
+                continue
+            destination = layouts / name / file.relative_to(snapshot)
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, destination)
-        print(f"{repo_id}: configs at {snapshot.name} written to {LAYOUTS / name}")
+        print(f"{repo_id}: configs at {snapshot.name} written to {layouts / name}")
 
 
 if __name__ == "__main__":
