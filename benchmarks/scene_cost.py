@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from realfill.config import SampleConfig, TuneConfig
-from realfill.method.replicas import SD2_INPAINTING, _component, layout_files
+from realfill.method.replicas import SD2_INPAINTING, build_component, layout_files
 
 GPUS = {"H100/H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 """Dense bf16 peaks in TFLOP/s (vendor datasheets)."""
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     tune, sample = TuneConfig(), SampleConfig()
     configs = layout_files(SD2_INPAINTING)
     with torch.device("meta"):
-        unet, text_encoder, vae = (_component(name, configs[f"{name}/config.json"])
+        unet, text_encoder, vae = (build_component(name, configs[f"{name}/config.json"])
                                    for name in ("unet", "text_encoder", "vae"))
         weights = {name: sum(p.numel() for p in module.parameters())
                    for name, module in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))}

@@ -181,7 +181,7 @@ def build_tiny_example_model(directory: str | Path) -> Path:
     return directory
 
 
-def _publish(build, destination: Path) -> Path:
+def publish(build, destination: Path) -> Path:
     """Build into a scratch folder beside destination, then rename: concurrent workers never see half a model."""
     if (destination / "model_index.json").exists():
         return destination
@@ -201,8 +201,8 @@ def _publish(build, destination: Path) -> Path:
 
 def tiny_model_path(example: bool = False) -> Path:
     if example:
-        return _publish(build_tiny_example_model, cache_dir() / "models" / TINY_EXAMPLE_VERSION)
-    return _publish(build_tiny_model, cache_dir() / "models" / TINY_VERSION)
+        return publish(build_tiny_example_model, cache_dir() / "models" / TINY_EXAMPLE_VERSION)
+    return publish(build_tiny_model, cache_dir() / "models" / TINY_VERSION)
 
 
 def _from_uri(uri: str) -> Path:
@@ -210,7 +210,7 @@ def _from_uri(uri: str) -> Path:
     if not storage.exists(storage.join(uri, "model_index.json")):
         raise ModelError(f"{uri}: not a diffusers model folder (no model_index.json)")
     copy = cache_dir() / "models" / f"uri-{key}"
-    return _publish(lambda scratch: storage.download_dir(uri, scratch, HUB_FILES), copy)
+    return publish(lambda scratch: storage.download_dir(uri, scratch, HUB_FILES), copy)
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from realfill.method.models import byte_level_vocabulary, cache_dir
+from realfill.method.models import byte_level_vocabulary, cache_dir, publish
 
 LAYOUTS = Path(__file__).parent / "layouts"
 SD2_INPAINTING = "stable-diffusion-2-inpainting"
@@ -64,7 +64,8 @@ def narrowed(config: dict, width: int) -> dict:
     return {key: narrow(key, value) for key, value in config.items()}
 
 
-def _component(component: str, config: dict) -> torch.nn.Module:
+def build_component(component: str, config: dict) -> torch.nn.Module:
+    """One component of a model folder with random weights, from its config (on the current default device)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.pipelines.deprecated.paint_by_example import PaintByExampleImageEncoder
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -124,7 +125,7 @@ def build_replica(name: str, directory: str | Path, width: int = 8, seed: int = 
         for index, file in enumerate(files):
             with torch.random.fork_rng():
                 torch.manual_seed(seed * 1009 + index)  # every file its own weights
-                module = _component(component, config)
+                module = build_component(component, config)
             if file.endswith(".bin"):  # pickles: never to be read, so a small stand-in is enough
                 torch.save({"stand_in": torch.zeros(8)}, directory / component / file)
                 continue
@@ -135,9 +136,7 @@ def build_replica(name: str, directory: str | Path, width: int = 8, seed: int = 
 
 def replica_path(name: str, width: int = 8) -> Path:
     """A replica in the model cache, built once."""
-    from realfill.method.models import _publish
-
-    return _publish(lambda scratch: build_replica(name, scratch, width),
+    return publish(lambda scratch: build_replica(name, scratch, width),
                     cache_dir() / "models" / f"replica-{name}-w{width}-v{REPLICA_VERSION}")
 
 
