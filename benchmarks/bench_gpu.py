@@ -8,8 +8,9 @@ vendored configs, so the real FLOPs and memory), at 512, batch 16, bf16 with gra
 - no NaN or inf in any loss, latent or image; the adapter loads into a plain diffusers pipeline and changes its
   output.
 
-It prints one JSON summary (and writes it to --out). `--smoke` runs the same code at tiny sizes on a CPU (the
-test suite runs it so that it never rots); its figures mean nothing.
+It prints one JSON summary (and writes it to --out); a measurement that fails is recorded there as its error
+(traceback on stderr) while the others still run, and the exit status is then 1. `--smoke` runs the same code
+at tiny sizes on a CPU (the test suite runs it so that it never rots); its figures mean nothing.
 
     python benchmarks/bench_gpu.py --out gpu.json        # one large GPU, under 8 minutes
     python benchmarks/bench_gpu.py --smoke               # CPU, seconds
@@ -20,8 +21,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,6 +247,24 @@ def adapter_in_plain_diffusers(model: Path, adapter: str, scene: Scene, sizes: S
             "finite": bool(torch.isfinite(before).all() and torch.isfinite(after).all())}
 
 
+def measured(summary: dict, name: str, work) -> dict | list:
+    """One measurement, timed into the summary's phase_s. A failure (an out-of-memory on a smaller card, say) is
+    recorded as its one-line error, with the traceback on stderr, so a one-shot device run still returns every
+    other figure."""
+    began = time.perf_counter()
+    try:
+        result = work()
+    except Exception as exc:  # any failure of one measurement: the others still run
+        traceback.print_exc()
+        result = {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"}
+    summary["phase_s"][name] = time.perf_counter() - began
+    return result
+
+
+def failed(result) -> bool:
+    return isinstance(result, dict) and "error" in result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on a CPU: checks the code, not the card")
@@ -259,34 +280,40 @@ def main(argv: list[str] | None = None) -> dict:
     config = TuneConfig(resolution=sizes.resolution, batch_size=sizes.batch, mixed_precision="bf16",
                         gradient_checkpointing="on", checkpoint_every=0,
                         train_steps=sizes.warmup_steps + sizes.timed_steps)
+    summary: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "smoke": args.smoke, "torch": torch.__version__,
+                     "recipe": {"resolution": sizes.resolution, "batch": sizes.batch, "precision": "bf16",
+                                "gradient_checkpointing": True, "replica_width": sizes.width}, "phase_s": {}}
     with tempfile.TemporaryDirectory() as scratch:
         model = build_replica(SD2_INPAINTING, Path(scratch) / "model", width=sizes.width, variants=False)
         scene = load_scene(write_example(f"{scratch}/scene"))
         adapter = f"{scratch}/adapter"
-        summary: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                         "smoke": args.smoke, "torch": torch.__version__,
-                         "recipe": {"resolution": sizes.resolution, "batch": sizes.batch, "precision": "bf16",
-                                    "gradient_checkpointing": True, "replica_width": sizes.width}}
-        phases = summary["phase_s"] = {"build": time.perf_counter() - started}
-
-        def phase(name: str, result):
-            phases[name] = time.perf_counter() - started - sum(phases.values())
-            return result
-
-        summary["ours"] = phase("ours", ours(scene, model, config, sizes, device, adapter))
-        summary["diffusers_example"] = phase("example", minimal_example(scene, model, config, sizes, device))
-        summary["ours_vs_example"] = {
-            "steps_per_s_ratio": summary["ours"]["steps_per_s"] / summary["diffusers_example"]["steps_per_s"],
-            "peak_memory_ratio": (summary["ours"]["peak_memory_gib"] / summary["diffusers_example"]["peak_memory_gib"]
-                                  if device.type == "cuda" else None)}
-        flops, peak = phase("flops", unet_step_flops(model, config, device)), peak_tflops(device, args.peak_tflops)
-        summary["unet_step_tflops"] = flops / 1e12
-        summary["mfu"] = (flops * summary["ours"]["steps_per_s"] / (peak * 1e12)) if peak else None
+        summary["phase_s"]["build"] = time.perf_counter() - started
+        mine = summary["ours"] = measured(summary, "ours", lambda: ours(scene, model, config, sizes, device, adapter))
+        theirs = summary["diffusers_example"] = measured(
+            summary, "example", lambda: minimal_example(scene, model, config, sizes, device))
+        if not failed(mine) and not failed(theirs):
+            summary["ours_vs_example"] = {
+                "steps_per_s_ratio": mine["steps_per_s"] / theirs["steps_per_s"],
+                "peak_memory_ratio": (mine["peak_memory_gib"] / theirs["peak_memory_gib"]
+                                      if device.type == "cuda" else None)}
+        flops, peak = measured(summary, "flops", lambda: unet_step_flops(model, config, device)), \
+            peak_tflops(device, args.peak_tflops)
+        if not failed(flops):
+            summary["unet_step_tflops"] = flops / 1e12
+            summary["mfu"] = flops * mine["steps_per_s"] / (peak * 1e12) if peak and not failed(mine) else None
         summary["peak_bf16_tflops"] = peak
-        summary["sampling"] = phase("sampling", sampling(model, adapter, scene, sizes, device))
-        summary["adapter"] = phase("adapter", adapter_in_plain_diffusers(model, adapter, scene, sizes, device))
-    summary["no_nan"] = (summary["ours"]["losses_finite"] and summary["diffusers_example"]["losses_finite"]
-                         and summary["adapter"]["finite"] and not any(row["failed"] for row in summary["sampling"]))
+        skipped = {"error": "skipped: realfill's tuning made no adapter"}
+        summary["sampling"] = skipped if failed(mine) else measured(
+            summary, "sampling", lambda: sampling(model, adapter, scene, sizes, device))
+        summary["adapter"] = skipped if failed(mine) else measured(
+            summary, "adapter", lambda: adapter_in_plain_diffusers(model, adapter, scene, sizes, device))
+    checks = [result["losses_finite"] for result in (mine, theirs) if not failed(result)]
+    checks += [] if failed(summary["adapter"]) else [summary["adapter"]["finite"]]
+    checks += [] if failed(summary["sampling"]) else [not any(row["failed"] for row in summary["sampling"])]
+    summary["no_nan"] = all(checks) if checks else None
+    summary["errors"] = sorted(name for name in ("ours", "diffusers_example", "sampling", "adapter")
+                               if failed(summary[name])) + ([] if not failed(flops) else ["flops"])
     summary["total_s"] = time.perf_counter() - started
     summary = json.loads(json.dumps(summary), parse_float=lambda text: round(float(text), 4))
     text = json.dumps(summary, indent=2)
@@ -297,4 +324,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["errors"] else 0)
