@@ -101,34 +101,35 @@ def _write_tokenizer(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges))
 
 
+def _write_stand_in(path: Path) -> None:
+    """A file realfill must never read (a pickle, the single-file checkpoint): a small tensor is enough."""
+    stand_in = {"stand_in": torch.zeros(8)}
+    save_file(stand_in, path) if path.suffix == ".safetensors" else torch.save(stand_in, path)
+
+
 def build_replica(name: str, directory: str | Path, width: int = 8, seed: int = 0, variants: bool = True) -> Path:
     """Write a replica of a layout to directory: its configs narrowed by width, random weights from seed; without
     variants, only the files realfill reads (no fp16 variants, pickles or single-file checkpoint)."""
-    directory = Path(directory)
-    for relative, config in layout_files(name).items():
+    directory, configs = Path(directory), layout_files(name)
+    for relative, config in configs.items():
         destination = directory / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_text(json.dumps(narrowed(config, width), indent=2) + "\n")
     if (directory / "tokenizer").is_dir():
         _write_tokenizer(directory / "tokenizer")
     for component, files in WEIGHT_FILES[name].items():
-        files = files if variants else files[:1]
-        if not component and not variants:
-            continue
         if not component:  # the single-file checkpoint: never read by diffusers' folder loaders
-            for file in files:
-                stand_in = {"model.diffusion_model.stand_in": torch.zeros(8)}
-                (save_file(stand_in, directory / file) if file.endswith(".safetensors")
-                 else torch.save(stand_in, directory / file))
+            for file in files if variants else ():
+                _write_stand_in(directory / file)
             continue
-        config = narrowed(layout_files(name)[f"{component}/config.json"], width)
-        for index, file in enumerate(files):
+        config = narrowed(configs[f"{component}/config.json"], width)
+        for index, file in enumerate(files if variants else files[:1]):
+            if file.endswith(".bin"):
+                _write_stand_in(directory / component / file)
+                continue
             with torch.random.fork_rng():
                 torch.manual_seed(seed * 1009 + index)  # every file its own weights
                 module = build_component(component, config)
-            if file.endswith(".bin"):  # pickles: never to be read, so a small stand-in is enough
-                torch.save({"stand_in": torch.zeros(8)}, directory / component / file)
-                continue
             dtype = torch.float16 if ".fp16." in file else torch.float32
             save_file(_stored_state(component, module, dtype), directory / component / file, metadata={"format": "pt"})
     return directory
