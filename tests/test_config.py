@@ -1,5 +1,4 @@
 import re
-import time
 
 import pytest
 
@@ -27,29 +26,29 @@ def test_defaults_are_the_paper_recipe():
 
 
 @pytest.mark.parametrize(
-    "make",
+    "make,words",
     [
-        lambda: TuneConfig(resolution=100),
-        lambda: TuneConfig(batch_size=0),
-        lambda: TuneConfig(mask_min_side=0.3),
-        lambda: TuneConfig(mixed_precision="fp8"),
-        lambda: SampleConfig(scheduler="euler"),
-        lambda: SampleConfig(num_samples=0),
-        lambda: FillConfig(device="tpu"),
-        lambda: FillConfig(method="dall-e"),
-        lambda: FillConfig(method="paint-by-example", init="stitch"),
-        lambda: FillConfig(method="stitch", init="stitch"),
-        lambda: FillConfig(init="stitch", init_strength=0.0),
-        lambda: FillConfig(tune=TuneConfig(stitch_view_weight=0.5)),
-        lambda: StitchConfig(features="loftr"),
-        lambda: StitchConfig(softness=-1.0),
-        lambda: LibraryConfig(max_refs=0),
-        lambda: LibraryConfig(max_refs=5, shortlist=3),
-        lambda: LibraryConfig(duplicate_ncc=1.5),
+        (lambda: TuneConfig(resolution=100), "resolution must be a positive multiple of 8"),
+        (lambda: TuneConfig(batch_size=0), "batch_size must be >= 1"),
+        (lambda: TuneConfig(mask_min_side=0.3), "need 0 < mask_min_side < mask_max_side <= 1"),
+        (lambda: TuneConfig(mixed_precision="fp8"), "mixed_precision must be one of auto, no, fp16, bf16"),
+        (lambda: SampleConfig(scheduler="euler"), "scheduler must be one of ddpm, dpm (got 'euler')"),
+        (lambda: SampleConfig(num_samples=0), "num_samples must be >= 1"),
+        (lambda: FillConfig(device="tpu"), "device must be one of auto, cpu, cuda (got 'tpu')"),
+        (lambda: FillConfig(method="dall-e"), "method must be one of realfill, stitch, sd-inpaint, paint-by-example"),
+        (lambda: FillConfig(method="paint-by-example", init="stitch"), "not method paint-by-example"),
+        (lambda: FillConfig(method="stitch", init="stitch"), "not method stitch"),
+        (lambda: FillConfig(init="stitch", init_strength=0.0), "init_strength must be in (0, 1]"),
+        (lambda: FillConfig(tune=TuneConfig(stitch_view_weight=0.5)), "tune.stitch_view_weight needs init stitch"),
+        (lambda: StitchConfig(features="loftr"), "stitch.features cannot be loftr"),
+        (lambda: StitchConfig(softness=-1.0), "softness must be >= 0"),
+        (lambda: LibraryConfig(max_refs=0), "need max_refs >= 1 and min_matches >= 8"),
+        (lambda: LibraryConfig(max_refs=5, shortlist=3), "shortlist must be >= max_refs"),
+        (lambda: LibraryConfig(duplicate_ncc=1.5), "duplicate_ncc must be in (0, 1]"),
     ],
 )
-def test_invalid_values_are_rejected(make):
-    with pytest.raises(ValueError):
+def test_invalid_values_are_rejected(make, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
         make()
 
 
@@ -199,10 +198,8 @@ def test_config_bombs_are_refused_in_one_short_line(tmp_path, text, words):
 
     path = tmp_path / "bomb.yaml"
     path.write_text(text)
-    started = time.perf_counter()
     with pytest.raises(ValueError) as caught:
         parse(["fill", "scene", "--out", "o", "--config", str(path)])
-    assert time.perf_counter() - started < 10, "refused before anything is expanded"
     assert str(caught.value).startswith(f"{path}: cannot read config (") and words in str(caught.value)
     assert len(str(caught.value)) < 300 and "\n" not in str(caught.value)
 

@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from realfill import environment
@@ -60,8 +61,14 @@ def test_known_broken_releases_are_excluded():
 
 
 def test_python_support_is_what_the_dependencies_allow():
-    assert PROJECT["requires-python"] == ">=3.11"  # diffusers >= 0.42 needs Python 3.11
-    assert "Python ≥ 3.11" in (REPO / "README.md").read_text()
+    """The oldest Python we claim is the newest of our dependencies' own lower bounds, and the README says it."""
+    def lowest(spec: str) -> Version:
+        return max(Version(item.version) for item in SpecifierSet(spec) if item.operator == ">=")
+
+    needed = max(lowest(metadata.metadata(Requirement(dependency).name)["Requires-Python"] or ">=0")
+                 for dependency in PROJECT["dependencies"])
+    assert lowest(PROJECT["requires-python"]) == needed
+    assert f"Python ≥ {needed.major}.{needed.minor}" in (REPO / "README.md").read_text()
 
 
 def test_requirement_problems_name_package_version_and_fix():

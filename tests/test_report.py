@@ -4,7 +4,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,15 +62,12 @@ def test_a_tiny_model_run_ends_with_a_report_that_renders_in_chromium(tmp_path, 
     assert sheet.width > 3 * sheet.height, "refs | target + mask | a tile saying there is no evidence"
 
 
-def test_a_report_of_200_scenes_builds_in_seconds_and_pages_its_index(tmp_path):
+def test_a_report_of_200_scenes_pages_its_index(tmp_path):
     """Synthetic rows of 200 scenes (no model): four small index pages, a page per scene, every failure listed;
     a second report makes no thumbnail again, and a changed image remakes only its own."""
     out = tmp_path / "big"
     synthetic_run(str(out), 200)
-    started = time.perf_counter()
     report = write_report(str(out))
-    seconds = time.perf_counter() - started
-    assert seconds < 30, f"{seconds:.1f}s: a guard against a pathological slowdown (bench_report.py measures)"
     assert (report.scenes, report.pages) == (200, 4) and report.thumbnails_made == 195 * 7 + 5 * 3
     indexes = [out / "report.html", *(out / "report" / f"index-{number}.html" for number in (2, 3, 4))]
     assert all(path.stat().st_size < 64_000 for path in indexes), [path.stat().st_size for path in indexes]
