@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.memory import MemoryFileSystem
 
 from realfill.data import manifest, storage
+from realfill.data.layout import Output, storage_name
 from realfill.data.records import KEY_LENGTH, SampleRow, SceneRow
-from realfill.data.scene import storage_name
 
 RUN_KEY = "0123456789abcdef"
 COUNTED = {"ls", "info", "exists", "open", "mv", "rm", "rm_file", "makedirs", "mkdir", "find", "cat_file",
@@ -73,7 +73,7 @@ def record_with_listing(out: str, samples: list[SampleRow], scene: SceneRow) -> 
     manifest.write_part(out, "scenes", [scene], name)
     own = re.compile(rf"{re.escape(storage_name(scene.scene_id))}-[0-9a-f]{{{KEY_LENGTH}}}(\.failed)?\.parquet")
     for table in manifest.TABLES:
-        fs, path = storage.filesystem(manifest.journal_uri(out, table))
+        fs, path = storage.filesystem(Output(out).journal(table))
         for entry in fs.ls(path, detail=False):
             if own.fullmatch(posixpath.basename(entry)) and posixpath.basename(entry) != name:
                 fs.rm(entry)
@@ -102,7 +102,7 @@ def record_schema3(out: str, samples: list[SampleRow], scene: SceneRow) -> None:
     for table, rows in (("samples", samples), ("scenes", [scene])):
         stamp = manifest.now()
         arrow = manifest.to_arrow(table, [replace(row, created_at=stamp) for row in rows])
-        folder = manifest.legacy_uri(out, table)
+        folder = Output(out).legacy(table)
         os.makedirs(folder, exist_ok=True)
         temporary = os.path.join(folder, f".tmp-{scene.scene_id}")
         pq.write_table(arrow, temporary)
@@ -113,7 +113,7 @@ def compact_schema3(out: str) -> None:
     """The schema-3 compaction: the current rows into one new file per folder, then the parts removed."""
     samples, scenes = manifest.read_tables(out)
     for table, arrow in (("samples", samples), ("scenes", scenes)):
-        folder = manifest.legacy_uri(out, table)
+        folder = Output(out).legacy(table)
         parts = os.listdir(folder)
         pq.write_table(arrow, os.path.join(folder, f"compacted-{table}.parquet"))
         for name in parts:
@@ -122,7 +122,7 @@ def compact_schema3(out: str) -> None:
 
 def plain_scene_rows(out: str, layout: str) -> int:
     """Scene rows a plain reader (pandas) sees: the folder of schema 3, the table file now."""
-    path = manifest.legacy_uri(out, "scenes") if layout == "schema 3" else manifest.table_uri(out, "scenes")
+    path = Output(out).legacy("scenes") if layout == "schema 3" else Output(out).table("scenes")
     return len(pd.read_parquet(path))
 
 

@@ -28,12 +28,15 @@ from pipeline.progress import Progress
 from pipeline.stages import RankStage, SampleStage, Stage, StitchStage, TuneStage, Unit
 from realfill.config import FillConfig
 from realfill.data import manifest, records, storage
+from realfill.data.layout import Output
 from realfill.data.lease import LeaseLost, OutputLease
 from realfill.data.records import run_key
-from realfill.data.runlog import LOG
+from realfill.data.runlog import describe, log_failure
 from realfill.data.scene import list_scenes, printable
-from realfill.fill import default_adapters, default_samples, describe, log_failure, scene_row
+from realfill.fill import scene_row
 from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
+
+LOG = logging.getLogger(__name__)
 
 WAIT_S = 0.5
 """How often the driver looks up from ray.wait, so that a stop signal is acted on promptly."""
@@ -171,8 +174,8 @@ def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: P
     """Complete every scene under scenes_root into out_uri with one config (`realfill run`)."""
     out_uri = storage.normalize(out_uri)
     return run_variants(scenes_root, [Variant("", out_uri, config)], pipeline, show_progress,
-                        adapters=storage.normalize(adapters) if adapters else default_adapters(out_uri),
-                        samples=default_samples(out_uri))
+                        adapters=storage.normalize(adapters) if adapters else Output(out_uri).adapters,
+                        samples=Output(out_uri).samples)
 
 
 def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineConfig, show_progress: bool,

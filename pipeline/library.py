@@ -21,6 +21,7 @@ from pipeline.progress import Progress
 from pipeline.stages import fault_hooks
 from realfill.config import FillConfig, LibraryConfig
 from realfill.data import manifest, storage
+from realfill.data.layout import Output
 from realfill.data.lease import OutputLease, fence
 from realfill.data.library import (
     Photo,
@@ -33,8 +34,9 @@ from realfill.data.library import (
     save_filled,
 )
 from realfill.data.records import RequestRow, SceneRow, arrow_schema, run_key
+from realfill.data.runlog import log_failure
 from realfill.environment import check_environment
-from realfill.fill import default_adapters, default_samples, log_failure, scene_row
+from realfill.fill import scene_row
 
 DESCRIBE_CHUNK = 64
 """Photos per descriptor task."""
@@ -70,8 +72,8 @@ class LibrarySummary:
                  f"{sum(row.status == 'failed' for row in self.rows)}, no evidence (nothing filled): "
                  f"{sum(row.status == 'ok' and not row.filled_uri for row in self.rows)}",
                  f"requests table (one row per request, with its references): "
-                 f"{storage.join(self.out_uri, 'requests.parquet')}",
-                 f"finished photos: {storage.join(self.out_uri, 'filled')}"]
+                 f"{Output(self.out_uri).requests}",
+                 f"finished photos: {Output(self.out_uri).filled()}"]
         return "\n".join(lines)
 
 
@@ -103,7 +105,7 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
                                      adapters)
         rows = deliver(out_uri, prepared, config)
         fence(out_uri)
-        manifest.write_arrow(storage.join(out_uri, "requests.parquet"),
+        manifest.write_arrow(Output(out_uri).requests,
                              pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
     return LibrarySummary(summary, rows, out_uri)
 
@@ -142,7 +144,7 @@ def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: 
              adapters: str | None) -> tuple[RunSummary, list[Prepared]]:
     """Pick references and write scenes (Ray CPU tasks), complete the scenes, record the requests that
     could not become one as failed scenes."""
-    scenes_root = storage.join(out_uri, "scenes")
+    scenes_root = Output(out_uri).scenes
     started_ray = connect(pipeline.address, pipeline.verbose)
     try:
         prepared = pick_all(checked, photos, scenes_root, config, library_config, pipeline, show_progress)
@@ -150,8 +152,8 @@ def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: 
         summary = RunSummary()
         if scene_uris:
             summary = run_variants(scenes_root, [Variant("", out_uri, config)], pipeline, show_progress,
-                                   adapters=storage.normalize(adapters) if adapters else default_adapters(out_uri),
-                                   samples=default_samples(out_uri), scene_uris=scene_uris, leased=True)
+                                   adapters=storage.normalize(adapters) if adapters else Output(out_uri).adapters,
+                                   samples=Output(out_uri).samples, scene_uris=scene_uris, leased=True)
     finally:
         if started_ray:
             ray.shutdown()
@@ -177,7 +179,7 @@ def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[
         filled = None
         if not error and scene is not None and scene.best_uri:
             fence(out_uri)
-            filled = storage.join(out_uri, "filled", request.filled)
+            filled = Output(out_uri).filled(request.filled)
             save_filled(scene.best_uri, request.target, filled)
         rows.append(RequestRow(
             scene_id=request.scene_id, row=request.row, target=request.target, album=request.album,

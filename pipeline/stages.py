@@ -18,8 +18,9 @@ import ray
 from pipeline.config import PipelineConfig, Plan, Variant, samplers_wanted
 from realfill.config import FillConfig
 from realfill.data import records
+from realfill.data.layout import scene_id_of
 from realfill.data.records import SampleRow
-from realfill.data.scene import load_scene, scene_id_of
+from realfill.data.scene import load_scene
 from realfill.environment import check_environment
 from realfill.fill import rank_samples, sample_scene, sampler_for, samples_folder, stitch_rows, stitch_scene, tune_scene
 from realfill.method.models import quiet_libraries

@@ -16,10 +16,10 @@ from pipeline.config import PipelineConfig, Variant
 from pipeline.driver import RunSummary, run_variants
 from realfill.config import EvalConfig, FillConfig
 from realfill.data import manifest, storage
+from realfill.data.layout import Output
 from realfill.data.records import SceneRow, run_key
 from realfill.evaluation.evaluate import LEADERBOARD_SCHEMA, evaluate_run, leaderboard, leaderboard_rows
 from realfill.evaluation.metrics import Evaluator
-from realfill.fill import variant_out
 
 
 def outcome_counts(variant: Variant) -> tuple[int, int]:
@@ -38,16 +38,17 @@ def run_sweep(scenes_root: str, out_uri: str, configs: dict[str, FillConfig], fi
     leaderboard.md; returns the run's summary and the leaderboard. fields are each variant's own settings
     (what the leaderboard says it changed)."""
     out_uri = storage.normalize(out_uri)
-    variants = [Variant(name, variant_out(out_uri, name), config) for name, config in configs.items()]
-    summary = run_variants(scenes_root, variants, pipeline, show_progress, adapters=storage.join(out_uri, "adapters"),
-                           samples=storage.join(out_uri, "samples"))
+    output = Output(out_uri)
+    variants = [Variant(name, output.variant(name).uri, config) for name, config in configs.items()]
+    summary = run_variants(scenes_root, variants, pipeline, show_progress, adapters=output.adapters,
+                           samples=output.samples)
     evaluator, rows, unavailable = Evaluator(evaluation), [], {}
     for variant in variants:
         table, missing, _ = evaluate_run(variant.out_uri, evaluation, show_progress=False, evaluator=evaluator)
         unavailable.update(missing)
         rows += leaderboard_rows(variant.name, json.dumps(fields[variant.name], sort_keys=True), table,
                                  *outcome_counts(variant))
-    manifest.write_arrow(storage.join(out_uri, "sweep.parquet"), pa.Table.from_pylist(rows, LEADERBOARD_SCHEMA))
+    manifest.write_arrow(output.sweep, pa.Table.from_pylist(rows, LEADERBOARD_SCHEMA))
     board = leaderboard(rows, unavailable)
-    storage.write_bytes(storage.join(out_uri, "leaderboard.md"), (board + "\n").encode())
+    storage.write_bytes(output.leaderboard, (board + "\n").encode())
     return summary, board

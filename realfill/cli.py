@@ -8,6 +8,7 @@ one name per field, the same in flags, config files and sweep grids: `--seed`, `
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import signal
 import sys
@@ -29,8 +30,11 @@ from realfill.config import (
     with_fields,
 )
 from realfill.data import manifest, storage
-from realfill.data.runlog import LOG, RunLog
+from realfill.data.layout import Output
+from realfill.data.runlog import RunLog
 from realfill.environment import check_environment, version
+
+LOG = logging.getLogger(__name__)
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -219,7 +223,7 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
     say_log(log)
     print(board)
     out = storage.normalize(args.out)
-    print(f"sweep table: {storage.join(out, 'sweep.parquet')}\nleaderboard: {storage.join(out, 'leaderboard.md')}")
+    print(f"sweep table: {Output(out).sweep}\nleaderboard: {Output(out).leaderboard}")
     report_after(args)
     return exit_code(summary)
 
@@ -255,7 +259,7 @@ def cmd_eval(args: Namespace) -> int:
     if without_gt:
         print(f"no gt.png, not evaluated: {', '.join(without_gt)}", file=sys.stderr)
     print(markdown_summary(table, unavailable))
-    print(f"\nper-sample metrics: {storage.join(args.out, 'metrics.parquet')}")
+    print(f"\nper-sample metrics: {Output(args.out).metrics}")
     report_after(args)
     return 0
 

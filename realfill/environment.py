@@ -13,11 +13,13 @@ from importlib import metadata
 
 from packaging.requirements import Requirement
 
+from realfill.data.runlog import InputError
+
 DISTRIBUTION = "realfill"
 FIX = "pip install -c constraints.txt -e . (from a realfill checkout: the versions its tests ran with)"
 
 
-class BrokenEnvironment(RuntimeError):
+class BrokenEnvironment(InputError, RuntimeError):
     """The installed libraries do not satisfy realfill's requirements; the message says which and how to fix."""
 
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from realfill.data import storage
+from realfill.data.layout import Output, SceneFiles, seed_file
 
 
 def draw_world(rng: np.random.Generator, height: int = 720, width: int = 960) -> np.ndarray:
@@ -61,12 +62,13 @@ def write_example(uri: str, seed: int = 7, outpaint: bool = False) -> str:
     else:
         mask[80:176, 110:230] = 255
     target = np.where(mask[..., None] > 0, 0, gt).astype(np.uint8)
-    storage.write_png(storage.join(uri, "target", "target.png"), target)
-    storage.write_png(storage.join(uri, "target", "mask.png"), mask)
-    storage.write_png(storage.join(uri, "target", "gt.png"), gt)
+    files = SceneFiles(uri)
+    storage.write_png(files.target, target)
+    storage.write_png(files.mask, mask)
+    storage.write_png(files.gt, gt)
     for index, gain in enumerate((0.85, 1.0, 1.15)):
         ref = view(world, rng, (360, 270), jitter=60.0, gain=gain)
-        storage.write_bytes(storage.join(uri, "ref", f"{index:02d}.jpg"),
+        storage.write_bytes(files.ref(f"{index:02d}.jpg"),
                             cv2.imencode(".jpg", cv2.cvtColor(ref, cv2.COLOR_RGB2BGR))[1].tobytes())
     return uri
 
@@ -108,7 +110,7 @@ def library_from_scenes(scenes_root: str, root: str, copies: int = 1) -> dict[st
                     uri = storage.join(root, album, f"{scene_id}-ref{index}{suffix}.jpg")
                     save(uri, read_image(ref))
                     refs.add(uri)
-            gt = storage.join(scene, "target", "gt.png")
+            gt = SceneFiles(scene).gt
             if storage.exists(gt):
                 target = storage.join(root, album, f"{scene_id}.jpg")
                 save(target, read_image(gt))
@@ -150,7 +152,7 @@ def synthetic_run(out_uri: str, scenes: int, samples: int = 4, size: tuple[int, 
             continue
         lacking, rows = index % 20 == 19, []
         for seed in range(samples):
-            uri = storage.join(out_uri, "samples", scene_id, f"seed-{seed:05d}.png")
+            uri = storage.join(Output(out_uri).samples, scene_id, seed_file(seed))
             storage.write_png(uri, np.ascontiguousarray(picture[seed : seed + height, seed : seed + width]))
             score = 0.0 if lacking else float(100 - 10 * seed + index % 7)
             rows.append(SampleRow(scene_id=scene_id, seed=seed, uri=uri, status="ok", run_key=run_key(config),

@@ -4,6 +4,7 @@ one machine; the Ray pipeline wraps the same functions as tasks and actors."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from dataclasses import replace
@@ -12,53 +13,33 @@ from tqdm.auto import tqdm
 
 from realfill.config import FillConfig
 from realfill.data import manifest, records, storage
+from realfill.data.layout import STITCH_FILE, Output, keyed, scene_id_of, seed_file
 from realfill.data.records import AdapterInfo, SampleRow, SceneRow, adapter_key, image_key, run_key, stitch_key
-from realfill.data.runlog import LOG
-from realfill.data.scene import Scene, SceneError, load_scene, read_image, scene_id_of, storage_name
+from realfill.data.runlog import InputError, log_failure
+from realfill.data.scene import Scene, load_scene, read_image
 from realfill.method.models import resolve_model
 from realfill.method.sample import Condition, SampleFailure, Sampler, composite_sample
 from realfill.method.stitch import exemplar, stitch
 from realfill.method.tune import ADAPTER_INFO, AdapterError, ExtraView, tune, verified_adapter
 from realfill.selection.rank import GEOMETRY, NO_EVIDENCE, rank_scores, score_images, selection
 
-STITCH_FILE = "stitch.png"
+LOG = logging.getLogger(__name__)
 
 
-class SampleError(RuntimeError):
+class SampleError(InputError, RuntimeError):
     """No sample of a scene could be made; the message says why."""
-
-
-def default_adapters(out_uri: str) -> str:
-    """Where a run keeps its adapters unless told to share a store with other runs."""
-    return storage.join(out_uri, "adapters")
-
-
-def default_samples(out_uri: str) -> str:
-    """Where a run keeps its images unless told to share a store with other runs."""
-    return storage.join(out_uri, "samples")
-
-
-def variant_folder(name: str) -> str:
-    """A sweep variant's folder, relative to the sweep's output (what the sweep's report links to)."""
-    return f"variants/{storage_name(name)}"
-
-
-def variant_out(out_uri: str, name: str) -> str:
-    """Where a sweep keeps one variant's manifests, metrics and report."""
-    return storage.join(out_uri, *variant_folder(name).split("/"))
 
 
 def adapter_uri(adapters: str, scene: Scene, config: FillConfig) -> str:
     """Adapters are stored by what they were made from (scene content, tune config, seed, base model, the
     extra view's settings), so any run that changes only sampling or ranking finds and reuses them."""
     key = adapter_key(scene.fingerprint, config.tune, config.seed, config.base_model, records.training_view(config))
-    return storage.join(adapters, f"{storage_name(scene.scene_id)}-{key}")
+    return keyed(adapters, scene.scene_id, key)
 
 
 def stitch_uri(samples: str, scene: Scene, config: FillConfig) -> str:
     """A stitch result is stored by the scene's content and the stitch settings."""
-    return storage.join(samples, f"{storage_name(scene.scene_id)}-{stitch_key(scene.fingerprint, config)}",
-                        STITCH_FILE)
+    return storage.join(keyed(samples, scene.scene_id, stitch_key(scene.fingerprint, config)), STITCH_FILE)
 
 
 def stitch_scene(scene: Scene, samples: str, config: FillConfig, force: bool = False) -> str:
@@ -109,7 +90,7 @@ def samples_folder(samples: str, scene: Scene, adapter_key: str | None, config: 
     of seeds or the batch, or one resumed after a crash mid-scene, or another variant of a sweep, reuses the
     images already made."""
     source = adapter_key if config.tunes else scene.fingerprint
-    return storage.join(samples, f"{storage_name(scene.scene_id)}-{image_key(source, config)}")
+    return keyed(samples, scene.scene_id, image_key(source, config))
 
 
 def sampler_for(config: FillConfig) -> Sampler:
@@ -139,7 +120,7 @@ def sample_scene(sampler: Sampler, scene: Scene, adapter: str | None, folder: st
     with force); returns one row per seed: ok, or failed with the reason (a seed whose image is not finite).
     adapter is realfill's (None for untuned methods); stitched the stitch result, for init stitch."""
     seeds = records.seeds(config)
-    uris = {seed: storage.join(folder, records.seed_file(seed)) for seed in seeds}
+    uris = {seed: storage.join(folder, seed_file(seed)) for seed in seeds}
     missing = [seed for seed in seeds if force or not storage.exists(uris[seed])]
     failures: dict[int, str] = {}
     if missing:
@@ -205,20 +186,21 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
     Bad input or a failing stage is recorded in the row (status failed, error), never raised.
     adapters is the adapter store (default OUT/adapters)."""
     scene_uri, out_uri = storage.normalize(scene_uri), storage.normalize(out_uri)
-    adapters = storage.normalize(adapters) if adapters else default_adapters(out_uri)
+    output = Output(out_uri)
+    adapters = storage.normalize(adapters) if adapters else output.adapters
     scene_id = scene_id_of(scene_uri)
     samples: list[SampleRow] = []
     try:
         scene = load_scene(scene_uri, config.max_megapixels)
         started = time.perf_counter()
-        stitched = stitch_scene(scene, default_samples(out_uri), config) if config.stitches else None
+        stitched = stitch_scene(scene, output.samples, config) if config.stitches else None
         stitch_s = time.perf_counter() - started
         adapter, info = tune_scene(scene, adapters, config, show_progress, stitched=stitched) if config.tunes \
             else (None, None)
         tuned = time.perf_counter()
         if config.samples:
             sampler = sampler or sampler_for(config)
-            folder = samples_folder(default_samples(out_uri), scene, info.key if info else None, config)
+            folder = samples_folder(output.samples, scene, info.key if info else None, config)
             samples = sample_scene(sampler, scene, adapter, folder, config, show_progress, stitched=stitched)
         else:
             samples = stitch_rows(scene_id, stitched, config)
@@ -233,33 +215,3 @@ def fill_scene(scene_uri: str, out_uri: str, config: FillConfig, sampler: Sample
     manifest.write_scene(out_uri, samples, row)
     manifest.compact(out_uri)
     return row
-
-
-def is_input_error(exc: BaseException) -> bool:
-    """One of realfill's own errors about its input or setup: its message says all there is to say."""
-    from realfill.environment import BrokenEnvironment
-    from realfill.method.models import ModelError
-    from realfill.selection.matchers import MatcherError
-
-    return isinstance(exc, (SceneError, ModelError, BrokenEnvironment, AdapterError, SampleError, MatcherError))
-
-
-def describe(exc: BaseException) -> str:
-    """One line: the message alone for our own input errors, the type too for anything else."""
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    if is_input_error(exc):
-        return message
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def log_failure(label: str, exc: BaseException, cause: BaseException | None = None) -> str:
-    """A failure's one line (returned, for the manifest and the summary), and in the run's log that line with,
-    unless it is one of our own input errors, exc's full traceback (a Ray error's includes the worker's).
-    cause is the error the line describes when exc wraps it (a stage's error inside Ray's)."""
-    cause = cause or exc
-    line = describe(cause)
-    if is_input_error(cause):
-        LOG.warning("%s failed: %s", label, line)
-    else:
-        LOG.error("%s failed: %s", label, line, exc_info=exc)
-    return line

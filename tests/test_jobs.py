@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_scene
 from realfill.data import manifest
-from realfill.fill import variant_out
+from realfill.data.layout import Output
 
 ADDRESS = "http://127.0.0.1:8299"
 TINY = ("--base_model tiny --device cpu --tune.resolution 64 --sample.resolution 64 --tune.train_steps 2 "
@@ -126,7 +126,7 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
     selected = table[table["group"] == "selected"].set_index("variant")["samples"].to_dict()
     assert selected == {"keep=1": 0, "keep=4": 0, "few": 0, "dpm": 0}, "a random model's noise matches nothing"
     for variant in ("keep=1", "keep=4", "few", "dpm"):
-        scenes = manifest.read_table(variant_out(str(out), variant), "scenes").to_pylist()
+        scenes = manifest.read_table(Output(str(out)).variant(variant).uri, "scenes").to_pylist()
         assert [row["selection"] for row in scenes] == ["no evidence"], "each variant ranks its own samples"
     assert table[table["group"] == "all"].set_index("variant")["samples"].to_dict()["few"] == 2
     assert table[table["group"] == "all"]["dino"].notna().all(), "--eval.dino_model reached the evaluation"

@@ -371,7 +371,7 @@ def test_run_ranks_with_a_learned_matcher_in_its_workers(scenes_root, tmp_path):
 def test_a_sweep_of_every_method_runs_in_one_pipeline(scenes_root, tmp_path):
     """The bundled methods grid: each method through its own stages (stitch on CPUs, no tuning for the
     baselines), realfill and realfill-from-stitch sharing one adapter, all in the same manifests."""
-    from realfill.fill import variant_out
+    from realfill.data.layout import Output
 
     root = tmp_path / "scenes"
     root.mkdir()
@@ -384,7 +384,7 @@ def test_a_sweep_of_every_method_runs_in_one_pipeline(scenes_root, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "done: 5" in result.stdout and "stitch " in result.stdout.splitlines()[1], "stitch is a stage of its own"
     assert len(list((out / "adapters").iterdir())) == 1, "only realfill tunes, once for both of its variants"
-    rows = {name: manifest.read_table(variant_out(str(out), name), "scenes").to_pylist()[0]
+    rows = {name: manifest.read_table(Output(str(out)).variant(name).uri, "scenes").to_pylist()[0]
             for name in ("realfill", "realfill-from-stitch", "stitch", "sd-inpaint", "paint-by-example")}
     assert {name: row["num_samples"] for name, row in rows.items()} == {
         "realfill": 3, "realfill-from-stitch": 3, "stitch": 1, "sd-inpaint": 3, "paint-by-example": 3}
@@ -407,7 +407,8 @@ def test_a_sweep_of_every_method_runs_in_one_pipeline(scenes_root, tmp_path):
 def complete_already(root: Path, out: Path) -> None:
     """Two scenes, each recorded as complete with the config of `realfill run ... STITCH_FLAGS` (not folded)."""
     from realfill.cli import fill_config, parse
-    from realfill.data.scene import list_scenes, scene_id_of
+    from realfill.data.layout import scene_id_of
+    from realfill.data.scene import list_scenes
     from realfill.fill import scene_row
 
     for index in range(2):

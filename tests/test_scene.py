@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import png_header, write_scene
-from realfill.data.scene import SceneError, list_scenes, load_scene, read_image, scene_id_of, storage_name
+from realfill.data.layout import scene_id_of, storage_name
+from realfill.data.scene import SceneError, list_scenes, load_scene, read_image
 
 
 def test_every_shared_scene_loads(scenes_root):

@@ -15,6 +15,7 @@ writes nothing more (what it recorded before stays valid: every record is whole)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -24,7 +25,8 @@ import uuid
 import warnings
 
 from realfill.data import storage
-from realfill.data.runlog import LOG
+
+LOG = logging.getLogger(__name__)
 
 LEASE = ".realfill-lease.json"
 HELD: dict[str, OutputLease] = {}

@@ -25,8 +25,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from realfill.config import LibraryConfig, RankConfig
 from realfill.data import storage
+from realfill.data.layout import SceneFiles, collision_key, storage_name
 from realfill.data.records import digest
-from realfill.data.scene import IMAGE_SUFFIXES, SceneError, read_image, read_mask, storage_name
+from realfill.data.runlog import describe
+from realfill.data.scene import IMAGE_SUFFIXES, SceneError, read_image, read_mask
 from realfill.selection.matchers import matcher
 from realfill.selection.rank import fundamental_inliers, known_region
 
@@ -346,7 +348,7 @@ def read_requests(root: str, photos: list[Photo], table: str | None = None, outp
         except (ValueError, SceneError) as exc:
             problems.append(f"row {number}: {exc}")
             continue
-        key = request.stored_id.casefold()
+        key = collision_key(request.scene_id)
         if key in seen:
             problems.append(f"row {number}: scene_id '{request.scene_id}' is also row {seen[key]}'s")
             continue
@@ -549,15 +551,16 @@ def request_key(request: Request, config: LibraryConfig, rank: RankConfig) -> st
 
 def write_scene(scene_uri: str, target: np.ndarray, mask: np.ndarray, refs: list[str], record: dict) -> None:
     """A request as a RealBench scene: target/target.png, target/mask.png, ref/NN.ext, and request.json."""
-    storage.write_png(storage.join(scene_uri, "target", "target.png"), np.where(mask[..., None], 0, target))
-    storage.write_png(storage.join(scene_uri, "target", "mask.png"), mask.astype(np.uint8) * 255)
+    files = SceneFiles(scene_uri)
+    storage.write_png(files.target, np.where(mask[..., None], 0, target))
+    storage.write_png(files.mask, mask.astype(np.uint8) * 255)
     for index, ref in enumerate(refs):
         extension = posixpath.splitext(ref)[1].lower()
         name = f"{index:02d}{extension}"
         if extension in IMAGE_SUFFIXES:
-            storage.write_bytes(storage.join(scene_uri, "ref", name), storage.read_bytes(ref))  # EXIF kept
+            storage.write_bytes(files.ref(name), storage.read_bytes(ref))  # EXIF kept
         else:
-            storage.write_png(storage.join(scene_uri, "ref", f"{index:02d}.png"), read_photo(ref))
+            storage.write_png(files.ref(f"{index:02d}.png"), read_photo(ref))
     storage.write_bytes(storage.join(scene_uri, REQUEST_FILE), json.dumps(record, indent=2).encode())
 
 
@@ -618,7 +621,5 @@ def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
                     {"key": key, "row": request.row, "request": request.given,
                      "picks": [asdict(pick) for pick in picks]})
     except Exception as exc:  # recorded for this request alone, so one bad photo never stops the others
-        from realfill.fill import describe
-
         return Prepared(request, None, [], error=describe(exc), seconds=time.perf_counter() - started)
     return Prepared(request, scene_uri, picks, seconds=time.perf_counter() - started)

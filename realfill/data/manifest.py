@@ -28,9 +28,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from realfill.data import storage
+from realfill.data.layout import Output, storage_name
 from realfill.data.lease import fence
 from realfill.data.records import ROWS, SCHEMA_VERSION, SampleRow, SceneRow, arrow_schema
-from realfill.data.scene import storage_name
 
 OLDEST_READABLE = 1
 """Versions 1 to 3 have the columns of 4 (or fewer, read as null): only the layout differs (their parts are
@@ -39,8 +39,6 @@ TABLES = {table: arrow_schema(row_type, table) for table, row_type in ROWS.items
 SAMPLES, SCENES = TABLES["samples"], TABLES["scenes"]
 FAILED = ".failed"
 """Suffix of a part that records a failure: it never replaces or removes a part of good rows."""
-JOURNAL = "_journal"
-"""The journal's folder under OUT/manifest: hidden from readers that read the folder as a dataset."""
 SOURCE = "__source"
 """A column added while reading: which file a row came from (0 the table file, then each journal part)."""
 FOLD_MIN_PARTS = 32
@@ -51,20 +49,6 @@ FOLD_MAX_S = 300.0
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def table_uri(out_uri: str, table: str) -> str:
-    """The table's one Parquet file: what plain readers read."""
-    return storage.join(out_uri, "manifest", f"{table}.parquet")
-
-
-def journal_uri(out_uri: str, table: str) -> str:
-    return storage.join(out_uri, "manifest", JOURNAL, table)
-
-
-def legacy_uri(out_uri: str, table: str) -> str:
-    """Where manifests of schema versions 1 to 3 kept their parts (read as journal parts)."""
-    return storage.join(out_uri, "manifest", table)
 
 
 def part_name(scene_id: str, failed: bool = False) -> str:
@@ -91,7 +75,7 @@ def write_part(out_uri: str, table: str, rows: list, name: str) -> str:
     """Write rows (stamped with the time) as one journal part of a manifest table; returns its URI."""
     stamp = now()
     stamped = [row if row.created_at else replace(row, created_at=stamp) for row in rows]
-    uri = storage.join(journal_uri(out_uri, table), name)
+    uri = storage.join(Output(out_uri).journal(table), name)
     write_arrow(uri, to_arrow(table, stamped))
     return uri
 
@@ -106,13 +90,13 @@ def write_scene(out_uri: str, samples: list[SampleRow], scene: SceneRow) -> None
         write_part(out_uri, "samples", samples, part_name(scene.scene_id))
     write_part(out_uri, "scenes", [scene], part_name(scene.scene_id, failed=not scene.ok))
     if scene.ok:
-        storage.remove(storage.join(journal_uri(out_uri, "scenes"), part_name(scene.scene_id, failed=True)))
+        storage.remove(storage.join(Output(out_uri).journal("scenes"), part_name(scene.scene_id, failed=True)))
 
 
 def exists(out_uri: str) -> bool:
     """Whether a run has recorded anything here (folded or not), in this layout or an older one."""
-    return any(storage.exists(uri) for uri in (table_uri(out_uri, "scenes"), journal_uri(out_uri, "scenes"),
-                                               legacy_uri(out_uri, "scenes")))
+    return any(storage.exists(uri) for uri in (Output(out_uri).table("scenes"), Output(out_uri).journal("scenes"),
+                                               Output(out_uri).legacy("scenes")))
 
 
 def listed(folder: str) -> dict[str, tuple]:
@@ -132,7 +116,7 @@ def listed(folder: str) -> dict[str, tuple]:
 def journal(out_uri: str, table: str) -> dict[str, tuple]:
     """The table's parts not folded yet, with what identifies their contents: an older layout's first (they
     are older), then the journal's."""
-    legacy, parts = listed(legacy_uri(out_uri, table)), listed(journal_uri(out_uri, table))
+    legacy, parts = listed(Output(out_uri).legacy(table)), listed(Output(out_uri).journal(table))
     return {path: legacy[path] for path in sorted(legacy)} | {path: parts[path] for path in sorted(parts)}
 
 
@@ -155,7 +139,7 @@ def read_parts(out_uri: str, table: str, files: list[str]) -> pa.Table:
     """The rows of the table file and of the given parts, as written, each with its SOURCE (0 the table
     file, then 1, 2, ... in the order given: later sources win ties). A part of a newer schema version, of
     the other table, or not written by realfill is refused with a message naming it."""
-    fs, table_path = storage.filesystem(table_uri(out_uri, table))
+    fs, table_path = storage.filesystem(Output(out_uri).table(table))
     pieces = [TABLES[table].empty_table().append_column(SOURCE, pa.array([], pa.int32()))]
     for index, path in enumerate([table_path, *files]):
         where = path if storage.is_local(fs) else fs.unstrip_protocol(path)
@@ -249,11 +233,11 @@ def compact(out_uri: str) -> int:
         return 0
     fence(out_uri)
     samples, scenes = current_tables(out_uri, {table: list(parts) for table, parts in before.items()})
-    write_arrow(table_uri(out_uri, "samples"), samples)
-    write_arrow(table_uri(out_uri, "scenes"), scenes)
+    write_arrow(Output(out_uri).table("samples"), samples)
+    write_arrow(Output(out_uri).table("scenes"), scenes)
     for table, parts in before.items():
         still = journal(out_uri, table)
-        fs, legacy = storage.filesystem(legacy_uri(out_uri, table))
+        fs, legacy = storage.filesystem(Output(out_uri).legacy(table))
         for path, stamp in parts.items():
             if still.get(path) == stamp:
                 with storage.naming("removing", path):
@@ -302,5 +286,5 @@ def completed_scenes(out_uri: str, run_key: str) -> dict[str, str | None]:
 def where_tables(out_uri: str) -> list[str]:
     """Where a run's two tables are, for its last lines."""
     out_uri = storage.normalize(out_uri)
-    return [f"samples table (one row per sample): {table_uri(out_uri, 'samples')}",
-            f"scenes table (one row per scene):   {table_uri(out_uri, 'scenes')}"]
+    return [f"samples table (one row per sample): {Output(out_uri).table('samples')}",
+            f"scenes table (one row per scene):   {Output(out_uri).table('scenes')}"]

@@ -115,11 +115,6 @@ def sampling_key(scene_uri: str, config: FillConfig) -> str:
     return digest({"training": source, **_generation(config)})
 
 
-def seed_file(seed: int) -> str:
-    """An image's name in its folder: the folder says what made it, the name which seed."""
-    return f"seed-{seed:05d}.png"
-
-
 def seeds(config: FillConfig) -> list[int]:
     """The seeds a config samples: sample i uses seed + i; stitch makes one image, whatever num_samples."""
     return [config.seed + index for index in range(config.sample.num_samples if config.samples else 1)]

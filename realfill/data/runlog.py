@@ -1,7 +1,7 @@
 """The run's log: OUT/logs/run-TIME-PID.log, with the full traceback of every failure that is not one of
 realfill's own input errors (those are one clear line in the manifest and the summary, and a line here).
 
-Everything logs to the `realfill.run` logger; a RunLog attaches a file for one command's run (and stderr
+Every module logs to its own logger; a RunLog attaches to the packages' loggers a file for one command's run (and stderr
 too with --verbose). On an object store the log is written locally as the run goes and put under OUT when
 the run ends, however it ends (a PUT is the only write an object store has).
 """
@@ -16,9 +16,38 @@ import time
 from pathlib import Path
 
 from realfill.data import storage
+from realfill.data.layout import Output
 
-LOG = logging.getLogger("realfill.run")
-FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG = logging.getLogger(__name__)
+PACKAGES = ("realfill", "pipeline", "jobs")
+"""Every module logs to its own logger (logging.getLogger(__name__)); a run's log takes the packages' loggers."""
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class InputError(Exception):
+    """One of realfill's own errors about its input or setup: its message says all there is to say (one line,
+    naming the file or setting and what is wrong), so no traceback is logged for it."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the message alone for our own input errors, the type too for anything else."""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, InputError):
+        return message
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def log_failure(label: str, exc: BaseException, cause: BaseException | None = None) -> str:
+    """A failure's one line (returned, for the manifest and the summary), and in the run's log that line with,
+    unless it is one of our own input errors, exc's full traceback (a Ray error's includes the worker's).
+    cause is the error the line describes when exc wraps it (a stage's error inside Ray's)."""
+    cause = cause or exc
+    line = describe(cause)
+    if isinstance(cause, InputError):
+        LOG.warning("%s failed: %s", label, line)
+    else:
+        LOG.error("%s failed: %s", label, line, exc_info=exc)
+    return line
 
 
 class LazyFile(logging.FileHandler):
@@ -39,7 +68,7 @@ class LazyFile(logging.FileHandler):
 def log_uri(out_uri: str, started: float) -> str:
     """The log of a run started at `started` (epoch seconds) by this process."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
-    return storage.join(storage.normalize(out_uri), "logs", f"run-{stamp}-{os.getpid()}.log")
+    return Output(storage.normalize(out_uri)).log(f"run-{stamp}-{os.getpid()}.log")
 
 
 class RunLog:
@@ -59,19 +88,23 @@ class RunLog:
             self.handlers.append(logging.StreamHandler(sys.stderr))
         for handler in self.handlers:
             handler.setFormatter(logging.Formatter(FORMAT))
-            LOG.addHandler(handler)
-        LOG.setLevel(logging.INFO)
-        LOG.propagate = False  # the file (and stderr when verbose) is where it goes, not the root logger
+        for logger in map(logging.getLogger, PACKAGES):
+            for handler in self.handlers:
+                logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False  # the file (and stderr when verbose) is where it goes, not the root logger
         return self
 
     def __exit__(self, *exc_info) -> None:
         error = exc_info[1]
         if error is not None and not isinstance(error, (ValueError, KeyboardInterrupt, SystemExit)):
             LOG.error("the run ended with an error", exc_info=error)  # ValueError: our own bad-input line
+        for logger in map(logging.getLogger, PACKAGES):
+            for handler in self.handlers:
+                logger.removeHandler(handler)
+            logger.propagate = True
         for handler in self.handlers:
-            LOG.removeHandler(handler)
             handler.close()
-        LOG.propagate = True
         self.written = self.local.exists()
         if "://" in self.uri:
             try:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import posixpath
-import re
 import warnings
 from dataclasses import dataclass
 
@@ -20,13 +18,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from realfill.data import storage
+from realfill.data.layout import SceneFiles, collision_key, holds_scene_parts, scene_id_of
+from realfill.data.runlog import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-MAX_NAME = 64
-"""Longest scene name kept in output names (file names are limited to 255 bytes, URIs add more)."""
 
 
-class SceneError(ValueError):
+class SceneError(InputError, ValueError):
     """Bad scene input. The message is one line that names the file and what is wrong with it."""
 
 
@@ -155,7 +153,7 @@ def check_aligned(uri: str, image: np.ndarray, orientation: int, target_uri: str
 
 
 def list_refs(scene_uri: str) -> list[str]:
-    ref_dir = storage.join(scene_uri, "ref")
+    ref_dir = SceneFiles(scene_uri).refs
     try:
         names = storage.list_dir(ref_dir)
     except FileNotFoundError:
@@ -166,26 +164,10 @@ def list_refs(scene_uri: str) -> list[str]:
     return refs
 
 
-def scene_id_of(scene_uri: str) -> str:
-    """A scene's id is its folder's name, exactly (a backslash is a character of the name, not a separator)."""
-    return posixpath.basename(str(scene_uri).rstrip("/"))
-
-
 def printable(name: str) -> str:
     """A name as one line of text: control characters escaped (a scene id is a folder's name, and may hold
     any character that one can, a newline included)."""
     return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in name)
-
-
-def storage_name(scene_id: str) -> str:
-    """The scene's name in the files and folders realfill writes (adapters, samples, manifest parts): portable
-    characters, never hidden (Parquet readers skip names that start with '.' or '_'), at most ~80 characters.
-    Whenever that changes the id, a digest of the id is appended, so two ids never share a storage name."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", scene_id).lstrip("._-")[:MAX_NAME]
-    if safe and safe == scene_id:
-        return safe
-    digest = hashlib.sha256(scene_id.encode()).hexdigest()[:10]
-    return f"{safe}-{digest}" if safe else f"scene-{digest}"
 
 
 def check_unique(scene_uris: list[str]) -> None:
@@ -193,7 +175,7 @@ def check_unique(scene_uris: list[str]) -> None:
     or ids that differ only in case, on a case-insensitive store) are an error naming both, before any work."""
     seen: dict[str, str] = {}
     for uri in scene_uris:
-        key = storage_name(scene_id_of(uri)).casefold()
+        key = collision_key(scene_id_of(uri))
         if key in seen:
             raise SceneError(f"{uri}: its scene id '{scene_id_of(uri)}' collides with {seen[key]} "
                              f"('{scene_id_of(seen[key])}'); rename one of the two folders")
@@ -205,9 +187,8 @@ def load_scene(uri: str, max_megapixels: float | None = None) -> Scene:
     max_megapixels are refused before they are decoded."""
     uri = str(uri).rstrip("/")
     scene_id = scene_id_of(uri)
-    target_uri = storage.join(uri, "target", "target.png")
-    mask_uri = storage.join(uri, "target", "mask.png")
-    gt_uri = storage.join(uri, "target", "gt.png")
+    files = SceneFiles(uri)
+    target_uri, mask_uri, gt_uri = files.target, files.mask, files.gt
     for required in (target_uri, mask_uri):
         if not storage.exists(required):
             raise SceneError(f"{required}: file not found")
@@ -239,10 +220,10 @@ def list_scenes(root_uri: str) -> list[str]:
     scenes = []
     for name in names:
         candidate = storage.join(root_uri, name)
-        if storage.exists(storage.join(candidate, "target")) or storage.exists(storage.join(candidate, "ref")):
+        if SceneFiles(candidate).is_scene():
             scenes.append(candidate)
     if not scenes:
-        if {"target", "ref"} & set(names):
+        if holds_scene_parts(names):
             raise SceneError(f"{root_uri}: this is one scene, not a scenes root; pass the folder that holds it "
                              f"(or use realfill fill for a single scene)")
         raise SceneError(f"{root_uri}: no scene folders (each needs target/ and ref/)")

@@ -8,7 +8,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from realfill.config import EvalConfig, FillConfig
-from realfill.data import manifest, storage
+from realfill.data import manifest
+from realfill.data.layout import Output
 from realfill.data.scene import load_scene, read_image
 from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Evaluator
 
@@ -44,7 +45,7 @@ def evaluate_run(
         rows.append({"scene_id": scene_id, "seed": sample["seed"], "uri": sample["uri"],
                      "selected": sample.get("selected"), **values})
     table = pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
-    manifest.write_arrow(storage.join(out_uri, "metrics.parquet"), table)
+    manifest.write_arrow(Output(out_uri).metrics, table)
     return table, evaluator.unavailable, without_gt
 
 

@@ -33,15 +33,14 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from realfill.config import ReportConfig
 from realfill.data import manifest, storage
+from realfill.data.layout import REPORT_DIR, REPORT_PAGE, Output, SceneFiles, storage_name, variant_folder
 from realfill.data.records import RequestRow, SampleRow, SceneRow, digest
-from realfill.data.scene import SceneError, list_refs, read_image, storage_name
+from realfill.data.runlog import describe
+from realfill.data.scene import SceneError, list_refs, read_image
 from realfill.evaluation.evaluate import means_of
 from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL
-from realfill.fill import describe, variant_folder, variant_out
 from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
-REPORT_PAGE = "report.html"
-REPORT_DIR = "report"
 FOLDERS = ("thumbs", "sheets", "plots", "scenes")
 """The report's folders under OUT/report/: what is in them and not part of the newest report is removed."""
 FAILURES_SHOWN = 20
@@ -217,7 +216,8 @@ def picture_sources(view: SceneView, pictures: Pictures, top: int) -> None:
         view.refs = [pictures.of(uri) for uri in list_refs(scene_uri)]
     except SceneError as exc:
         view.inputs_error = str(exc)
-    target, mask, gt = (storage.join(scene_uri, "target", name) for name in ("target.png", "mask.png", "gt.png"))
+    files = SceneFiles(scene_uri)
+    target, mask, gt = files.target, files.mask, files.gt
     view.target = pictures.of(target, mask)
     view.gt = pictures.of(gt) if pictures.stamps(gt) else None
     view.fills = [pictures.of(sample.uri) for sample in view.shown(top)]
@@ -234,7 +234,7 @@ def read_views(out_uri: str) -> list[SceneView]:
     for sample in manifest.rows_of(sample_table, SampleRow):
         if sample.ok:
             samples.setdefault(sample.scene_id, []).append(sample)
-    metrics_uri, requests_uri = storage.join(out_uri, "metrics.parquet"), storage.join(out_uri, "requests.parquet")
+    metrics_uri, requests_uri = Output(out_uri).metrics, Output(out_uri).requests
     metrics: dict[str, dict[str, float | None]] = {}
     if storage.exists(metrics_uri):
         for row in manifest.read_arrow(metrics_uri).to_pylist():
@@ -616,16 +616,16 @@ def write_run_report(out_uri: str, config: ReportConfig, title: str | None = Non
                     neighbours=(padded[position], padded[position + 2]),
                     index=index_path(position // config.per_page + 1), title=title or out_uri)
     writer.remove_stale()
-    return RunReport(storage.join(out_uri, REPORT_PAGE), len(views), len(pages), made, reused, views, pictures)
+    return RunReport(Output(out_uri).report, len(views), len(pages), made, reused, views, pictures)
 
 
 def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
     """A sweep's report: every variant's own report, and a page comparing them (the leaderboard, its plot,
     and each scene's best fill under each variant)."""
     out_uri = storage.normalize(out_uri)
-    rows = manifest.read_arrow(storage.join(out_uri, "sweep.parquet")).to_pylist()
+    rows = manifest.read_arrow(Output(out_uri).sweep).to_pylist()
     names = list(dict.fromkeys(row["variant"] for row in rows))
-    reports = {name: write_run_report(variant_out(out_uri, name), config, title=f"{out_uri}: variant {name}")
+    reports = {name: write_run_report(Output(out_uri).variant(name).uri, config, title=f"{out_uri}: variant {name}")
                for name in names}
     writer = Writer(out_uri, config)
     chart = writer.plot("leaderboard", rows, lambda: leaderboard_plot(rows))
@@ -637,7 +637,7 @@ def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
                 scene_ids=scene_ids, grid=grid, variant_dirs=variant_dirs, metric_names=present_metrics(rows),
                 total_scenes=len(every_scene))
     writer.remove_stale()
-    return RunReport(storage.join(out_uri, REPORT_PAGE), len(scene_ids), 1,
+    return RunReport(Output(out_uri).report, len(scene_ids), 1,
                      sum(report.thumbnails_made for report in reports.values()),
                      sum(report.thumbnails_reused for report in reports.values()))
 
@@ -645,6 +645,6 @@ def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
 def write_report(out_uri: str, config: ReportConfig | None = None) -> RunReport:
     """OUT/report.html for a run's output folder, or for a sweep's (it holds sweep.parquet)."""
     config = config or ReportConfig()
-    if storage.exists(storage.join(storage.normalize(out_uri), "sweep.parquet")):
+    if storage.exists(Output(storage.normalize(out_uri)).sweep):
         return write_sweep_report(out_uri, config)
     return write_run_report(out_uri, config)

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import torch
 
 from realfill.data import storage
+from realfill.data.runlog import InputError
 
 TINY = "tiny"
 TINY_VERSION = "tiny-sd-inpaint-v1"
@@ -30,7 +31,7 @@ HUB_FILES = [
 safetensors weights, never pickles, fp16 variants or single-file checkpoints."""
 
 
-class ModelError(RuntimeError):
+class ModelError(InputError, RuntimeError):
     """The base model cannot be found or loaded; the message says how to provide it."""
 
 

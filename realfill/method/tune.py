@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from realfill.config import TuneConfig
 from realfill.data import storage
 from realfill.data.records import AdapterInfo, WeightsRecord, adapter_key
+from realfill.data.runlog import InputError
 from realfill.data.scene import Scene
 from realfill.method.masks import draw_mask, render_mask
 from realfill.method.models import mixed_precision, pick_device, torch_dtype
@@ -282,7 +283,7 @@ def load_checkpoint(uri: str, key: str, models: Models, optimizer) -> dict | Non
 # --- the adapter ----------------------------------------------------------------------------------
 
 
-class AdapterError(ValueError):
+class AdapterError(InputError, ValueError):
     """A stored adapter that cannot be used as it is (missing, truncated, replaced, pickled, too old)."""
 
 

