@@ -53,7 +53,7 @@ def main() -> None:
         for seed in range(4):
             uri = f"{scratch}/adapter-{seed}"
             tune(scene, base, TuneConfig(resolution=64, train_steps=2, batch_size=2, checkpoint_every=0), uri,
-                 seed=seed, device="cpu", show_progress=False)
+                 key=f"seed-{seed}", seed=seed, device="cpu", show_progress=False)
             adapters.append(uri)
         sampler = Sampler(base, device="cpu")
         reload_ms, reload_growth = swap_many(sampler, adapters, swaps, reload=True)

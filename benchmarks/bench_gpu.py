@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from realfill.config import SampleConfig, TuneConfig
 from realfill.data.scene import Scene, load_scene
 from realfill.example import write_example
+from realfill.method.adapter import ADAPTER_WEIGHTS
 from realfill.method.models import quiet_libraries
 from realfill.method.replicas import SD2_INPAINTING, build_replica
 from realfill.method.sample import Condition, SampleFailure, Sampler
-from realfill.method.tune import ADAPTER_WEIGHTS, fresh_accelerator, make_batch, training_images, tune
+from realfill.method.tune import fresh_accelerator, make_batch, training_images, tune
 
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "H800": 989.4, "A100": 312.0, "A800": 312.0, "L40S": 362.1,
                     "L40": 181.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.2, "RTX 6000 Ada": 364.2}
@@ -94,7 +95,7 @@ def ours(scene: Scene, model: Path, config: TuneConfig, sizes: Sizes, device: to
         stamps.append(time.perf_counter())
 
     reset_peak(device)
-    info = tune(scene, model, config, out, device=device.type, show_progress=False, after_step=stamp)
+    info = tune(scene, model, config, out, key="bench", device=device.type, show_progress=False, after_step=stamp)
     return {"steps_per_s": steps_per_second(stamps, sizes.warmup_steps), "peak_memory_gib": peak_gib(device),
             "losses_finite": bool(np.isfinite(info.losses).all()), "adapter_dtype": info.weights.dtype}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +20,12 @@ from pathlib import Path
 import cv2
 
 from realfill.config import LibraryConfig, RankConfig
-from realfill.data.library import list_library, photo_descriptor, prepare_scene, read_requests
-from realfill.example import library_from_scenes
+from realfill.data.photos import list_library
+from realfill.data.requests import read_requests
+from realfill.selection.picking import photo_descriptor, prepare_scene
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import library_from_scenes  # noqa: E402  (made-up inputs, shared with the tests)
 
 
 def original(uri: str) -> str:

@@ -1,4 +1,4 @@
-"""The run report at 200 and 1,000 scenes (synthetic rows, no model: `realfill.example.synthetic_run`, 4 images
+"""The run report at 200 and 1,000 scenes (synthetic rows, no model: `tests/synthetic.py`, 4 images
 per scene, 2 references): a first report (every thumbnail made) vs a later one (every thumbnail reused), and
 opening the first page in headless Chromium when the index is paged (50 scenes a page, the default) vs one
 page of every scene.
@@ -9,13 +9,16 @@ page of every scene.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from realfill.config import ReportConfig
 from realfill.evaluation.report import write_report
-from realfill.example import synthetic_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import synthetic_run  # noqa: E402  (made-up inputs, shared with the tests)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

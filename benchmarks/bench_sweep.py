@@ -19,11 +19,12 @@ from pathlib import Path
 
 import ray
 
-from pipeline.config import PipelineConfig, Variant
+from pipeline.config import PipelineConfig
 from pipeline.driver import run_pipeline, run_variants
 from realfill.config import FillConfig, RankConfig, SampleConfig, TuneConfig
 from realfill.example import write_example
 from realfill.method.models import tiny_model_path
+from realfill.stages import Variant
 
 GPUS, CPUS = 4, 8
 

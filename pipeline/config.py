@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from realfill.config import FillConfig, check_types
+if TYPE_CHECKING:
+    from realfill.stages import Stage
 
 
 @dataclass
@@ -13,22 +15,22 @@ class PipelineConfig:
 
     address: str | None = None
     """Ray cluster to run on: ray://HOST:10001 or HOST:6379, or 'auto' for the Ray cluster already running on
-    this machine; None = $RAY_ADDRESS (set inside `ray job submit`), else a private local Ray started for this
+    this machine; unset: $RAY_ADDRESS (set inside `ray job submit`), else a private local Ray started for this
     run alone (it never joins another Ray on the machine)."""
     gpus_per_tune: float | None = None
-    """GPUs per fine-tuning task; None = 1 when the cluster has GPUs at the start, else 0 (on an autoscaling
+    """GPUs per fine-tuning task; unset: 1 when the cluster has GPUs at the start, else 0 (on an autoscaling
     cluster that starts with no GPU node, give 1: GPU work is then kept pending so that nodes are launched)."""
     gpus_per_sampler: float | None = None
-    """GPUs each sampler actor holds for its lifetime; None = 1 when the cluster has GPUs at the start, else 0."""
+    """GPUs each sampler actor holds for its lifetime; unset: 1 when the cluster has GPUs at the start, else 0."""
     gpus_per_rank: float = 0.0
     """GPUs per ranking task: 0 ranks on CPUs (OpenCV features); a share such as 0.25 lets learned matchers
     (--rank.features disk, aliked, xfeat, loftr) run on a GPU."""
     samplers: int | None = None
-    """Sampler actors, each holding the base model: a fixed pool of this size. None = an elastic pool that
-    follows the cluster's GPUs and the share of the GPU work waiting that is sampling (see `plan`)."""
+    """Sampler actors, each holding the base model: a fixed pool of this size. Unset: an elastic pool that
+    follows the cluster's GPUs and the share of the GPU work waiting that is sampling."""
     max_in_flight: int | None = None
-    """Scenes between 'started' and 'recorded' at once (with all their variants, in a sweep); None = follows
-    the cluster (see `plan`)."""
+    """Scenes between 'started' and 'recorded' at once (with all their variants, in a sweep); unset: twice the
+    cluster's GPUs (its CPUs without GPU work), and a few more while GPU nodes may join."""
     retries: int = 3
     """Times a task is retried, and an actor restarted, after its worker process dies."""
     force: bool = False
@@ -38,7 +40,6 @@ class PipelineConfig:
     driver, and a line per tune task every tenth of its steps with its loss."""
 
     def __post_init__(self) -> None:
-        check_types(self)
         for name in ("gpus_per_tune", "gpus_per_sampler", "gpus_per_rank"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -50,18 +51,6 @@ class PipelineConfig:
             raise ValueError("retries must be >= 0")
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One config of a run, and the output its manifests go to: a plain run has one, a sweep several
-    (whose adapters and images are shared wherever their settings agree)."""
-
-    name: str
-    """How the summary names its scenes ('' for a plain run's only variant)."""
-    out_uri: str
-    """Where its manifests (and its lease) are."""
-    config: FillConfig
-
-
 @dataclass
 class Plan:
     """How the stages map onto the cluster's resources now: the GPUs per call are fixed at the start of the
@@ -71,6 +60,7 @@ class Plan:
     """GPUs the cluster has now."""
     gpus_per_tune: float
     gpus_per_sampler: float
+    gpus_per_rank: float
     samplers: int
     """Sampler actors started with the run."""
     min_samplers: int
@@ -78,6 +68,10 @@ class Plan:
     max_samplers: int
     """Sampler actors the pool may grow to now (see samplers_wanted)."""
     max_in_flight: int
+
+    def gpus_per_call(self, stage: Stage) -> float:
+        """GPUs each call of the stage takes (the stage names its setting; 0 for a CPU stage)."""
+        return getattr(self, stage.gpus_setting) if stage.gpus_setting else 0.0
 
 
 PENDING_GPU_SCENES = 8
@@ -112,6 +106,7 @@ def plan(resources: dict[str, float], pipeline: PipelineConfig, start: Plan | No
         gpus=gpus,
         gpus_per_tune=gpus_per_tune,
         gpus_per_sampler=gpus_per_sampler,
+        gpus_per_rank=pipeline.gpus_per_rank,
         samplers=samplers,
         min_samplers=minimum,
         max_samplers=minimum if fixed or not gpus_per_sampler else max(minimum, int(gpus // gpus_per_sampler)),

@@ -23,18 +23,19 @@ from dataclasses import dataclass, field
 
 import ray
 
-from pipeline.config import Backlog, PipelineConfig, Variant, plan
+from pipeline.config import Backlog, PipelineConfig, plan
 from pipeline.progress import Progress
-from pipeline.stages import RankStage, SampleStage, Stage, StitchStage, TuneStage, Unit
+from pipeline.stages import ModelPool, Tasks
 from realfill.config import FillConfig
-from realfill.data import manifest, records, storage
+from realfill.data import manifest, storage
 from realfill.data.layout import Output
 from realfill.data.lease import LeaseLost, OutputLease
 from realfill.data.records import run_key
 from realfill.data.runlog import describe, log_failure
 from realfill.data.scene import list_scenes, printable
-from realfill.fill import scene_row
+from realfill.plan import Plan, plan_run
 from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
+from realfill.stages import STAGES, Ran, Stage, Stores, Unit, Variant
 
 LOG = logging.getLogger(__name__)
 
@@ -197,22 +198,22 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
     with ExitStack() as leases:
         for out_uri in [] if leased else outputs:
             leases.enter_context(OutputLease(out_uri))
-        todo: list[list[Unit]] = [[] for _ in scene_uris]
+        done = set()
         for variant in variants:
             finished = {} if pipeline.force else manifest.completed_scenes(variant.out_uri, run_key(variant.config))
-            for group, uri in zip(todo, scene_uris):
+            for uri in scene_uris:
                 unit = Unit(uri, variant)
                 if unit.scene_id in finished:
+                    done.add((variant.name, uri))
                     summary.skipped.append(unit.label)
                     summary.best[unit.label] = finished[unit.scene_id]
-                else:
-                    group.append(unit)
-        todo = [group for group in todo if group]
+        run_plan = plan_run(scene_uris, variants, done)
         try:
-            if todo:
+            if run_plan.groups:
                 started_ray = connect(pipeline.address, pipeline.verbose)
                 try:
-                    driver = Driver(adapters, samples, pipeline, summary, show_progress, todo)
+                    driver = Driver(Stores(adapters, samples, pipeline.force), pipeline, summary, show_progress,
+                                    run_plan)
                     with stop_on_signals(driver):
                         driver.run()
                 finally:
@@ -236,12 +237,6 @@ def fold_at_end(out_uri: str, summary: RunSummary) -> None:
     except Exception as exc:
         summary.errors.append(f"the manifest of {out_uri} was not folded at the end: {log_failure('folding', exc)} "
                               f"(its records are kept in its journal; the next run, or `realfill report`, reads them)")
-
-
-def making_seconds(unit: Unit) -> float | None:
-    """A unit's seconds making images: stitching and sampling (the scenes table's sample_s)."""
-    parts = [unit.seconds[stage] for stage in ("stitch", "sample") if stage in unit.seconds]
-    return sum(parts) if parts else None
 
 
 @contextmanager
@@ -277,58 +272,66 @@ class Call:
     units: list[Unit]
 
 
-class Driver:
-    """One run's scheduling state: the stages, the calls in flight, and the units waiting for a stage."""
+@dataclass
+class Shared:
+    """A finished call's result, kept for the units of its key that have not reached it yet."""
 
-    def __init__(self, adapters: str, samples: str, pipeline: PipelineConfig, summary: RunSummary,
-                 show_progress: bool, groups: list[list[Unit]]):
-        self.pipeline, self.summary = pipeline, summary
+    ran: Ran
+    left: int
+    """Units of the plan it still feeds."""
+
+
+class Driver:
+    """One run's scheduling state: the plan, the calls in flight, and the units waiting for a stage."""
+
+    def __init__(self, stores: Stores, pipeline: PipelineConfig, summary: RunSummary, show_progress: bool,
+                 run_plan: Plan):
+        self.stores, self.pipeline, self.summary, self.run_plan = stores, pipeline, summary, run_plan
         self.start_plan = self.plan = plan(ray.cluster_resources(), pipeline)
         self.planned_at = time.monotonic()
         summary.gpus = self.plan.gpus
-        units = [unit for group in groups for unit in group]
-        seeds_needed: dict[str, int] = {}
-        for unit in units:
-            key = records.sampling_key(unit.scene_uri, unit.config)
-            seeds_needed[key] = max(seeds_needed.get(key, 0), unit.config.sample.num_samples)
-        self.stages: list[Stage] = [
-            StitchStage(self.plan, pipeline, samples),
-            TuneStage(self.plan, pipeline, adapters),
-            SampleStage(self.plan, pipeline, samples, seeds_needed, backlog=self.backlog),
-            RankStage(self.plan, pipeline),
-        ]
-        self.summary.stage_seconds = {stage.name: 0.0 for stage in self.stages}
-        self.calls_done: Counter[str] = Counter()
-        self.lost: Counter[tuple[str, str]] = Counter()
+        self.launchers = {stage: ModelPool(stage, self.plan, pipeline, self.backlog) if stage.holds_model
+                          else Tasks(stage, self.plan, pipeline) for stage in STAGES}
+        self.seconds: Counter[Stage] = Counter()
+        """Seconds of each stage's calls, summed (a call shared by several units counts once)."""
+        self.calls_done: Counter[Stage] = Counter()
+        self.lost: Counter[tuple[Stage, str]] = Counter()
         """Times each call (stage, key) was lost with its worker and started again."""
         self.gpu_calls: list[tuple[float, float, float]] = []
         """(start, end, GPUs) of every GPU call that ended, from its worker's clock."""
-        self.sample_waiting: set[str] = set()
-        """Sample keys that units ready for sampling need (taken as the driver starts calls)."""
+        self.model_waiting: set[str] = set()
+        """Keys of model-holding calls that units ready for them need (taken as the driver starts calls)."""
         self.position: dict[Unit, int] = {}
-        """Each admitted unit's next stage."""
+        """Each admitted unit's next stage (an index into STAGES)."""
         self.ready: deque[Unit] = deque()
         """Units waiting for their next stage's call to start."""
         self.calls: dict[ray.ObjectRef, Call] = {}
-        self.sharing: dict[tuple[str, str], Call] = {}
-        self.waiting: deque[list[Unit]] = deque(groups)
+        self.in_flight: dict[tuple[Stage, str], Call] = {}
+        self.shared: dict[tuple[Stage, str], Shared] = {}
+        self.gone: Counter[tuple[Stage, str]] = Counter()
+        """Units of a call not made yet that failed before they reached it."""
+        self.waiting: deque[list[Unit]] = deque(run_plan.groups)
         """Scenes not started yet, each with its units (one per variant)."""
         self.stop_signal: int | None = None
         """Set by stop_on_signals: schedule nothing more, record nothing unfinished."""
+        units = run_plan.units
         self.folding = {out: manifest.Folding(out) for out in dict.fromkeys(unit.variant.out_uri for unit in units)}
-        self.progress = Progress("progress", {stage.name: sum(stage.needed(unit) for unit in units)
-                                              for stage in self.stages}, show_progress)
+        self.progress = Progress("progress", {stage.name: total for stage, total in run_plan.totals().items()},
+                                 show_progress)
 
-    def mean_seconds(self, stage: str) -> float:
+    def mean_seconds(self, stage: Stage) -> float:
         """A stage's mean call so far (1 s until one has ended: the stages count as equal until measured)."""
-        return self.summary.stage_seconds[stage] / self.calls_done[stage] if self.calls_done[stage] else 1.0
+        return self.seconds[stage] / self.calls_done[stage] if self.calls_done[stage] else 1.0
 
     def backlog(self) -> Backlog:
-        """GPU work in flight or waiting, in expected seconds: tune calls in flight, sample calls in flight
-        and those that units waiting for a sampler will make."""
-        in_flight = Counter(call.stage.name for call in self.calls.values())
-        return Backlog(tune_s=in_flight["tune"] * self.mean_seconds("tune"),
-                       sample_s=(in_flight["sample"] + len(self.sample_waiting)) * self.mean_seconds("sample"))
+        """GPU work in flight or waiting, in expected seconds: the model-holding stage's calls in flight and those
+        that units waiting for it will make, and the other GPU stages' calls in flight."""
+        in_flight = Counter(call.stage for call in self.calls.values())
+        model = sum((in_flight[stage] + len(self.model_waiting)) * self.mean_seconds(stage)
+                    for stage in STAGES if stage.holds_model)
+        other = sum(in_flight[stage] * self.mean_seconds(stage) for stage in STAGES
+                    if not stage.holds_model and self.plan.gpus_per_call(stage))
+        return Backlog(tune_s=other, sample_s=model)
 
     def replan(self, force: bool = False) -> None:
         """Follow the cluster: its GPUs now set the capacities (the GPUs per call stay the start's), and the
@@ -345,8 +348,8 @@ class Driver:
                      updated.max_samplers)
         self.plan = updated
         self.summary.gpus = max(self.summary.gpus, updated.gpus)
-        for stage in self.stages:
-            stage.plan = updated
+        for launcher in self.launchers.values():
+            launcher.plan = updated
 
     def run(self) -> None:
         try:
@@ -369,99 +372,129 @@ class Driver:
         finally:
             self.replan(force=True)
             self.summary.peak_gpus = peak_concurrency(self.gpu_calls)
-            self.summary.stage_seconds = {name: seconds for name, seconds in self.summary.stage_seconds.items()
-                                          if self.calls_done[name]}  # the stages this run's methods used
-            for stage in self.stages:
-                stage.close()
+            self.summary.stage_seconds = {stage.name: self.seconds[stage] for stage in STAGES
+                                          if self.calls_done[stage]}  # the stages this run's methods used
+            for launcher in self.launchers.values():
+                launcher.close()
             self.progress.close()
 
     def admit(self) -> None:
         """Start scenes (each with all its variants) while fewer than max_in_flight are in progress."""
         while self.waiting and len({unit.scene_uri for unit in self.position}) < self.plan.max_in_flight:
             for unit in self.waiting.popleft():
-                self.position[unit] = self.next_stage(unit, 0)
-                self.ready.append(unit)
+                self.advance(unit, 0)
 
-    def next_stage(self, unit: Unit, start: int) -> int:
-        """The first stage from start that the unit's method goes through (rank always does)."""
-        return next(index for index in range(start, len(self.stages)) if self.stages[index].needed(unit))
+    def advance(self, unit: Unit, start: int) -> None:
+        """The unit on to the first stage from start that it goes through (rank always does), or recorded."""
+        index = next((index for index in range(start, len(STAGES)) if STAGES[index] in unit.keys), None)
+        if index is None:
+            self.record(unit)
+            return
+        self.position[unit] = index
+        self.ready.append(unit)
 
     def start_calls(self) -> None:
-        """Every ready unit joins a call in flight with its key, or starts one, or waits for capacity."""
-        self.sample_waiting = {self.stages[self.position[unit]].key(unit) for unit in self.ready
-                               if self.stages[self.position[unit]].name == "sample"}
+        """Every ready unit takes its key's result if it is already there, joins its call in flight, or starts
+        one, or waits for capacity."""
+        self.model_waiting = {unit.keys[STAGES[self.position[unit]]] for unit in self.ready
+                              if STAGES[self.position[unit]].holds_model}
         blocked = deque()
         while self.ready:
             unit = self.ready.popleft()
-            stage = self.stages[self.position[unit]]
-            key = (stage.name, stage.key(unit))
-            if key in self.sharing:
-                self.sharing[key].units.append(unit)
+            stage = STAGES[self.position[unit]]
+            key = (stage, unit.keys[stage])
+            if key in self.shared:
+                self.take(unit, stage, self.shared[key].ran)
+                self.release(key)
                 continue
-            ref = stage.submit(unit)
+            if key in self.in_flight:
+                self.in_flight[key].units.append(unit)
+                continue
+            ref = self.launchers[stage].submit(stage.job(unit, self.stores))
             if ref is None:
                 blocked.append(unit)
                 continue
-            self.calls[ref] = self.sharing[key] = Call(stage, key[1], [unit])
+            self.calls[ref] = self.in_flight[key] = Call(stage, key[1], [unit])
         self.ready = blocked
+
+    def take(self, unit: Unit, stage: Stage, ran: Ran) -> None:
+        stage.into(unit, ran)
+        self.progress.advance(stage.name)
+        self.advance(unit, self.position[unit] + 1)
+
+    def release(self, key: tuple[Stage, str], count: int = 1) -> None:
+        """count more units of key took its result (or will never need it): forget it once none is left."""
+        self.shared[key].left -= count
+        if self.shared[key].left <= 0:
+            del self.shared[key]
 
     def finish(self, ref: ray.ObjectRef) -> None:
         call = self.calls.pop(ref)
-        del self.sharing[(call.stage.name, call.key)]
+        key = (call.stage, call.key)
+        del self.in_flight[key]
         try:
-            result, error = ray.get(ref), None
+            ran, error = ray.get(ref), None
         except Exception as exc:  # the stage raised, or its worker died past its retries
-            result, error = None, exc
-        call.stage.finished(ref, error)
-        if isinstance(error, LOST) and self.lost[(call.stage.name, call.key)] < self.pipeline.retries:
+            ran, error = None, exc
+        self.launchers[call.stage].finished(ref, error)
+        if isinstance(error, LOST) and self.lost[key] < self.pipeline.retries:
             # past Ray's own retries (an actor stays unavailable while its node is being declared dead)
-            self.lost[(call.stage.name, call.key)] += 1
+            self.lost[key] += 1
             self.summary.rerun += 1
             LOG.warning("%s of %s: its worker was lost (%s); running it again (%d of %d)", call.stage.name,
-                        ", ".join(unit.label for unit in call.units), describe(error),
-                        self.lost[(call.stage.name, call.key)], self.pipeline.retries)
+                        ", ".join(unit.label for unit in call.units), describe(error), self.lost[key],
+                        self.pipeline.retries)
             self.ready.extend(call.units)
             return
         if error is not None:
             line = log_failure(f"{call.stage.name} of {', '.join(unit.label for unit in call.units)}", error,
                                root_cause(error))
             for unit in call.units:
-                self.progress.fail([stage.name for stage in self.stages[self.position[unit]:] if stage.needed(unit)])
-                self.record(unit, error=line)
+                self.fail(unit, line)
             return
-        self.progress.advance(call.stage.name, len(call.units))
-        self.summary.stage_seconds[call.stage.name] += result.seconds
-        self.calls_done[call.stage.name] += 1
-        self.summary.gpu_seconds += result.seconds * call.stage.gpus
-        if call.stage.gpus:
-            self.gpu_calls.append((result.started, result.started + result.seconds, call.stage.gpus))
+        self.account(call.stage, ran)
+        left = self.run_plan.feeds[key] - len(call.units) - self.gone.pop(key, 0)
+        if left > 0:
+            self.shared[key] = Shared(ran, left)
         for unit in call.units:
-            call.stage.apply(unit, result)
-            if call.stage is self.stages[-1]:
-                self.record(unit)
+            self.take(unit, call.stage, ran)
+
+    def account(self, stage: Stage, ran: Ran) -> None:
+        self.seconds[stage] += ran.seconds
+        self.calls_done[stage] += 1
+        gpus = self.plan.gpus_per_call(stage)
+        self.summary.gpu_seconds += ran.seconds * gpus
+        if gpus:
+            self.gpu_calls.append((ran.started, ran.started + ran.seconds, gpus))
+
+    def fail(self, unit: Unit, line: str) -> None:
+        """A unit failed at its stage: it counts as passed for the stages it will not reach, and the calls
+        it would have joined later feed one unit fewer."""
+        later = [stage for stage in STAGES[self.position[unit]:] if stage in unit.keys]
+        self.progress.fail([stage.name for stage in later])
+        for stage in later[1:]:
+            key = (stage, unit.keys[stage])
+            if key in self.shared:
+                self.release(key)
             else:
-                self.position[unit] = self.next_stage(unit, self.position[unit] + 1)
-                self.ready.append(unit)
+                self.gone[key] += 1
+        self.record(unit, error=line)
 
     def stop(self) -> None:
         """Cancel what is in flight; the units not recorded yet are left for the next run to resume."""
         self.summary.stopped_by = self.stop_signal
         self.summary.unfinished = sorted(unit.label for unit in self.position)
         for ref, call in self.calls.items():
-            call.stage.cancel(ref)
+            self.launchers[call.stage].cancel(ref)
         self.calls.clear()
 
     def record(self, unit: Unit, error: str | None = None) -> None:
         """Write the unit's manifest parts now: a finished scene is never lost to a later failure. A unit
         that cannot be recorded (storage refuses the write) fails alone; the run goes on."""
-        samples = [] if error else unit.rows
-        row = scene_row(unit.scene_id, unit.scene_uri, unit.config, error=error,
-                        adapter=unit.tuned.adapter_uri if unit.tuned else None, samples=samples,
-                        tune_s=unit.seconds.get("tune"), sample_s=making_seconds(unit),
-                        rank_s=unit.seconds.get("rank"))
+        row = unit.scene_row(error)
         recorded = True
         try:
-            manifest.write_scene(unit.variant.out_uri, samples, row)
+            manifest.write_scene(unit.variant.out_uri, [] if error else unit.rows, row)
         except LeaseLost:
             raise  # not recorded: the unit stays in progress, and the run stops
         except Exception as exc:  # e.g. a name the store refuses, a full disk, a lost connection
@@ -470,7 +503,7 @@ class Driver:
             if not error:
                 self.progress.failed += 1
             error = f"{error + '; ' if error else ''}could not record its outcome: {recording}"
-        del self.position[unit]
+        self.position.pop(unit, None)
         if error:
             self.summary.failed[unit.label] = error
         else:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 import ray
 
-from pipeline.config import PipelineConfig, Variant
+from pipeline.config import PipelineConfig
 from pipeline.driver import RunSummary, connect, fold_at_end, root_cause, run_variants
 from pipeline.progress import Progress
 from pipeline.stages import fault_hooks
@@ -23,20 +23,13 @@ from realfill.config import FillConfig, LibraryConfig
 from realfill.data import manifest, storage
 from realfill.data.layout import Output
 from realfill.data.lease import OutputLease, fence
-from realfill.data.library import (
-    Photo,
-    Prepared,
-    Request,
-    list_library,
-    photo_descriptor,
-    prepare_scene,
-    read_requests,
-    save_filled,
-)
+from realfill.data.photos import Photo, list_library, save_filled
 from realfill.data.records import RequestRow, SceneRow, arrow_schema, run_key
+from realfill.data.requests import Request, read_requests
 from realfill.data.runlog import log_failure
 from realfill.environment import check_environment
-from realfill.fill import scene_row
+from realfill.selection.picking import Prepared, photo_descriptor, prepare_scene
+from realfill.stages import Variant, scene_row
 
 DESCRIBE_CHUNK = 64
 """Photos per descriptor task."""
@@ -184,6 +177,6 @@ def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[
         rows.append(RequestRow(
             scene_id=request.scene_id, row=request.row, target=request.target, album=request.album,
             kind=request.kind, request=json.dumps(request.given, sort_keys=True),
-            refs=json.dumps([asdict(pick) for pick in item.picks]), status="failed" if error else "ok",
+            refs=item.picks, status="failed" if error else "ok",
             error=error, scene_uri=item.scene_uri, filled_uri=filled, pick_s=round(item.seconds, 3)))
     return rows

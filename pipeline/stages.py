@@ -1,9 +1,8 @@
-"""The stages as Ray tasks and actors, and the `Stage` objects the driver moves units of work through.
+"""The stages on Ray: one task that runs any stage's call, an actor that holds a stage's model across calls,
+and the launchers the driver starts calls through.
 
-Each remote function wraps the same realfill function that `realfill fill` runs; only URIs and small rows
-cross process boundaries, never images. A stage is one class: what key lets units share a call, how a call
-is started, and how its result goes into a unit. Adding a stage means writing one and listing it in
-`pipeline.driver.Driver.stages`.
+The stages themselves are realfill.stages' Ray-free classes; only their jobs (URIs and small rows) and results
+cross process boundaries, never images.
 """
 
 from __future__ import annotations
@@ -11,20 +10,15 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
 
 import ray
 
-from pipeline.config import PipelineConfig, Plan, Variant, samplers_wanted
-from realfill.config import FillConfig
-from realfill.data import records
+from pipeline.config import PipelineConfig, Plan, samplers_wanted
 from realfill.data.layout import scene_id_of
-from realfill.data.records import SampleRow
-from realfill.data.scene import load_scene
 from realfill.environment import check_environment
-from realfill.fill import rank_samples, sample_scene, sampler_for, samples_folder, stitch_rows, stitch_scene, tune_scene
 from realfill.method.models import quiet_libraries
 from realfill.method.sample import Sampler
+from realfill.stages import Job, Ran, Runtime, Stage, run_timed
 
 CRASH_ONCE = "REALFILL_TEST_CRASH_ONCE"
 """Test-only fault hook: 'STAGE:MARKER' makes the first STAGE call that finds no MARKER file create it
@@ -65,267 +59,117 @@ def fault_hooks(stage: str) -> None:
             time.sleep(0.1)
 
 
-@dataclass
-class Stitched:
-    """What the stitch stage hands on: the stitch result, by URI."""
-
-    uri: str
-    seconds: float
-    started: float
-    """When the call started running (epoch seconds, on its worker): for the run's GPU concurrency."""
-
-
-@dataclass
-class Tuned:
-    """What the tune stage hands on: the adapter, by URI and key."""
-
-    adapter_uri: str
-    adapter_key: str
-    seconds: float
-    started: float
-
-
-@dataclass
-class Rows:
-    """What the sample and rank stages hand on: one row per seed."""
-
-    rows: list[SampleRow]
-    seconds: float
-    started: float
-
-
-@ray.remote
-def stitch_task(scene_uri: str, samples: str, config: FillConfig, force: bool) -> Stitched:
-    """Make (or reuse) one scene's stitch result: geometry on a CPU, no model."""
-    check_environment()  # a node whose libraries differ from the driver's fails with one clear line
-    started, wall = time.perf_counter(), time.time()
-    fault_hooks("stitch")
-    uri = stitch_scene(load_scene(scene_uri, config.max_megapixels), samples, config, force)
-    return Stitched(uri, time.perf_counter() - started, wall)
-
-
-def step_reporter(scene_uri: str, steps: int, verbose: bool):
-    """A tune task's after_step: the test hooks, and with verbose a line every tenth of the steps (on the
-    worker's stdout, which Ray forwards to the driver)."""
+def step_reporter(stage: Stage, job: Job, verbose: bool):
+    """A stepped call's after_step: the test hooks at every step (a worker lost mid-training), and with
+    verbose a line every tenth of the steps (on the worker's stdout, which Ray forwards to the driver)."""
+    steps = job.config.tune.train_steps
     every = max(1, steps // 10)
 
     def after_step(step: int, loss: float) -> None:
-        fault_hooks("tune")
+        fault_hooks(stage.name)
         if verbose and (step % every == 0 or step == steps):
-            print(f"tune {scene_id_of(scene_uri)}: step {step}/{steps}, loss {loss:.4f}", flush=True)
+            print(f"{stage.name} {scene_id_of(job.scene_uri)}: step {step}/{steps}, loss {loss:.4f}", flush=True)
 
     return after_step
 
 
 @ray.remote
-def tune_task(scene_uri: str, adapters: str, config: FillConfig, force: bool, stitched: str | None,
-              verbose: bool) -> Tuned:
-    """Fine-tune (or reuse, or resume) one scene's adapter."""
-    check_environment()
+def stage_task(stage: Stage, job: Job, verbose: bool) -> Ran:
+    """One call of a stage that holds no model."""
+    check_environment()  # a node whose libraries differ from the driver's fails with one clear line
     quiet_libraries()
-    started, wall = time.perf_counter(), time.time()
-    scene = load_scene(scene_uri, config.max_megapixels)
-    uri, info = tune_scene(scene, adapters, config, show_progress=False, force=force, stitched=stitched,
-                           after_step=step_reporter(scene_uri, config.tune.train_steps, verbose))
-    return Tuned(uri, info.key, time.perf_counter() - started, wall)
+    if stage.stepped:
+        return run_timed(stage, job, Runtime(after_step=step_reporter(stage, job, verbose)))
+    fault_hooks(stage.name)
+    return run_timed(stage, job, Runtime())
 
 
 @ray.remote
-class SamplerActor:
-    """Holds each model it is asked for once (the base model; the Paint-by-Example model in a sweep that has
-    it); per scene, swaps in the scene's adapter when the method has one and samples all its seeds."""
+class ModelActor:
+    """Holds each model a stage's calls ask for once (the base model; the Paint-by-Example model in a sweep
+    that has it) and runs the stage's calls with it."""
 
-    def __init__(self):
+    def __init__(self, stage: Stage):
         check_environment()
         quiet_libraries()
-        self.samplers: dict[tuple[str, bool, str], Sampler] = {}
+        self.stage = stage
+        self.models: dict[tuple, Sampler] = {}
 
-    def sample(self, scene_uri: str, tuned: Tuned | None, samples: str, config: FillConfig, force: bool,
-               stitched: str | None) -> Rows:
-        started, wall = time.perf_counter(), time.time()
-        fault_hooks("sample")
-        model = (config.model, config.by_example, config.sample.precision)  # `tiny` names both tiny models
-        if model not in self.samplers:
-            self.samplers[model] = sampler_for(config)
-        scene = load_scene(scene_uri, config.max_megapixels)
-        folder = samples_folder(samples, scene, tuned.adapter_key if tuned else None, config)
-        rows = sample_scene(self.samplers[model], scene, tuned.adapter_uri if tuned else None, folder,
-                            config, show_progress=False, force=force, stitched=stitched)
-        return Rows(rows, time.perf_counter() - started, wall)
+    def run(self, job: Job) -> Ran:
+        fault_hooks(self.stage.name)
+        model = self.stage.model(job.config)
+        if model not in self.models:
+            self.models[model] = self.stage.load(job.config)
+        return run_timed(self.stage, job, Runtime(sampler=self.models[model]))
 
 
-@ray.remote
-def rank_task(scene_uri: str, rows: list[SampleRow], config: FillConfig) -> Rows:
-    """Rank one scene's samples under one config (reference features computed once for all of them)."""
-    check_environment()
-    started, wall = time.perf_counter(), time.time()
-    fault_hooks("rank")
-    ranked = rank_samples(load_scene(scene_uri, config.max_megapixels), rows, config)
-    return Rows(ranked, time.perf_counter() - started, wall)
+class Tasks:
+    """A stage's calls as Ray tasks, each with the GPUs the plan gives the stage."""
 
-
-@dataclass(eq=False)
-class Unit:
-    """One scene under one variant: what moves through the stages and is recorded at the end."""
-
-    scene_uri: str
-    variant: Variant
-    stitched: str | None = None
-    tuned: Tuned | None = None
-    rows: list[SampleRow] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
+    def __init__(self, stage: Stage, plan: Plan, pipeline: PipelineConfig):
+        self.stage, self.plan, self.pipeline = stage, plan, pipeline
 
     @property
-    def config(self) -> FillConfig:
-        return self.variant.config
+    def gpus(self) -> float:
+        return self.plan.gpus_per_call(self.stage)
 
-    @property
-    def scene_id(self) -> str:
-        return scene_id_of(self.scene_uri)
-
-    @property
-    def label(self) -> str:
-        """How the run's summary names it: the scene, after its variant's name when the run has several."""
-        return f"{self.variant.name}/{self.scene_id}" if self.variant.name else self.scene_id
-
-
-class Stage:
-    """One step every unit of a run goes through, in order. Units with equal keys that need the stage at
-    the same time share one call (its result goes into each of them)."""
-
-    name: str
-    gpus: float = 0.0
-    """GPUs a call holds while it runs: the run's busy GPU-seconds count them."""
-
-    def __init__(self, plan: Plan, pipeline: PipelineConfig):
-        self.plan, self.pipeline = plan, pipeline
-
-    def needed(self, unit: Unit) -> bool:
-        """Whether the unit's method goes through this stage (the driver skips it otherwise)."""
-        return True
-
-    def key(self, unit: Unit) -> str:
-        """By default a unit shares its call with no other."""
-        return str(id(unit))
-
-    def submit(self, unit: Unit) -> ray.ObjectRef | None:
-        """Start the call for unit (and every unit sharing its key); None when there is no capacity now."""
-        raise NotImplementedError
-
-    def apply(self, unit: Unit, result) -> None:
-        """Take the call's result into a unit."""
-        raise NotImplementedError
+    def submit(self, job: Job) -> ray.ObjectRef:
+        return stage_task.options(num_gpus=self.gpus, max_retries=self.pipeline.retries).remote(
+            self.stage, job, self.pipeline.verbose)
 
     def finished(self, ref: ray.ObjectRef, error: BaseException | None) -> None:
-        """A call ended (with its result, or error): give back what it held."""
+        """A call ended: nothing to give back."""
 
     def cancel(self, ref: ray.ObjectRef) -> None:
         ray.cancel(ref, force=True)
 
     def close(self) -> None:
-        """The run is over: release what the stage holds."""
+        """Tasks hold nothing between calls."""
 
 
-class StitchStage(Stage):
-    """CPU tasks: the stitch method's image, or the stitch result that init stitch starts sampling from."""
-
-    name = "stitch"
-
-    def __init__(self, plan: Plan, pipeline: PipelineConfig, samples: str):
-        super().__init__(plan, pipeline)
-        self.samples = samples
-
-    def needed(self, unit: Unit) -> bool:
-        return unit.config.stitches
-
-    def key(self, unit: Unit) -> str:
-        return records.stitching_key(unit.scene_uri, unit.config)
-
-    def submit(self, unit: Unit) -> ray.ObjectRef:
-        return stitch_task.options(max_retries=self.pipeline.retries).remote(
-            unit.scene_uri, self.samples, unit.config, self.pipeline.force)
-
-    def apply(self, unit: Unit, result: Stitched) -> None:
-        unit.stitched, unit.seconds["stitch"] = result.uri, result.seconds
-        if not unit.config.samples:
-            unit.rows = stitch_rows(unit.scene_id, result.uri, unit.config)
-
-
-class TuneStage(Stage):
-    name = "tune"
-
-    def __init__(self, plan: Plan, pipeline: PipelineConfig, adapters: str):
-        super().__init__(plan, pipeline)
-        self.adapters, self.gpus = adapters, plan.gpus_per_tune
-
-    def needed(self, unit: Unit) -> bool:
-        return unit.config.tunes
-
-    def key(self, unit: Unit) -> str:
-        return records.training_key(unit.scene_uri, unit.config)
-
-    def submit(self, unit: Unit) -> ray.ObjectRef:
-        return tune_task.options(num_gpus=self.gpus, max_retries=self.pipeline.retries).remote(
-            unit.scene_uri, self.adapters, unit.config, self.pipeline.force, unit.stitched, self.pipeline.verbose)
-
-    def apply(self, unit: Unit, result: Tuned) -> None:
-        unit.tuned, unit.seconds["tune"] = result, result.seconds
-
-
-class SampleStage(Stage):
-    """A pool of sampler actors, each holding the base model and its GPU for its lifetime. One call makes
-    the images of every variant that shares them (the most seeds any of them asks for).
+class ModelPool:
+    """A pool of actors that hold a stage's model, each with its GPU for its lifetime.
 
     The pool is elastic within the plan's limits, so that GPUs go where the work is: its target size is the
-    share of the GPUs that sampling's backlog is of all GPU work in flight or waiting (in seconds, from the
-    calls measured so far). It grows when a unit waits for a sampler and the pool is below target, and gives
-    a sampler's GPU back when the pool is above it."""
+    share of the GPUs that this stage's backlog is of all GPU work in flight or waiting (in seconds, from the
+    calls measured so far). It grows when a call waits for an actor and the pool is below target, and gives
+    an actor's GPU back when the pool is above it."""
 
-    name = "sample"
-
-    def __init__(self, plan: Plan, pipeline: PipelineConfig, samples: str, seeds_needed: dict[str, int], backlog):
-        super().__init__(plan, pipeline)
-        self.samples, self.gpus = samples, plan.gpus_per_sampler
-        self.seeds_needed, self.backlog = seeds_needed, backlog
+    def __init__(self, stage: Stage, plan: Plan, pipeline: PipelineConfig, backlog):
+        self.stage, self.plan, self.pipeline = stage, plan, pipeline
+        self.backlog = backlog
         """backlog(): the run's Backlog now."""
         self.idle = deque(self.new_actor() for _ in range(plan.samplers))
         self.size = plan.samplers
         self.busy: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
 
+    @property
+    def gpus(self) -> float:
+        return self.plan.gpus_per_call(self.stage)
+
     def new_actor(self) -> ray.actor.ActorHandle:
         retries = self.pipeline.retries
-        return SamplerActor.options(num_gpus=self.gpus, max_restarts=retries, max_task_retries=retries).remote()
+        return ModelActor.options(num_gpus=self.gpus, max_restarts=retries,
+                                  max_task_retries=retries).remote(self.stage)
 
     def target(self) -> int:
         return samplers_wanted(self.plan, self.backlog())
 
-    def needed(self, unit: Unit) -> bool:
-        return unit.config.samples
-
-    def key(self, unit: Unit) -> str:
-        return records.sampling_key(unit.scene_uri, unit.config)
-
-    def submit(self, unit: Unit) -> ray.ObjectRef | None:
+    def submit(self, job: Job) -> ray.ObjectRef | None:
         if not self.idle and self.size < self.target():
             self.idle.append(self.new_actor())  # it takes the next GPU that frees up
             self.size += 1
         if not self.idle:
             return None
         actor = self.idle.popleft()
-        config = replace(unit.config, sample=replace(unit.config.sample, num_samples=self.seeds_needed[self.key(unit)]))
-        ref = actor.sample.remote(unit.scene_uri, unit.tuned, self.samples, config, self.pipeline.force,
-                                  unit.stitched)
+        ref = actor.run.remote(job)
         self.busy[ref] = actor
         return ref
-
-    def apply(self, unit: Unit, result: Rows) -> None:
-        wanted = set(records.seeds(unit.config))
-        unit.rows, unit.seconds["sample"] = [row for row in result.rows if row.seed in wanted], result.seconds
 
     def finished(self, ref: ray.ObjectRef, error: BaseException | None) -> None:
         actor = self.busy.pop(ref)
         if self.size > self.target():
-            ray.kill(actor)  # its GPU goes to the tune calls
+            ray.kill(actor)  # its GPU goes to the other stages' calls
             self.size -= 1
         else:
             self.idle.append(self.new_actor() if isinstance(error, ray.exceptions.RayActorError) else actor)
@@ -338,21 +182,3 @@ class SampleStage(Stage):
             ray.kill(actor)
         self.idle.clear()
         self.busy.clear()
-
-
-class RankStage(Stage):
-    """Tasks, one per unit (on CPUs unless gpus_per_rank): ranking is what differs between variants that
-    share images."""
-
-    name = "rank"
-
-    def __init__(self, plan: Plan, pipeline: PipelineConfig):
-        super().__init__(plan, pipeline)
-        self.gpus = pipeline.gpus_per_rank
-
-    def submit(self, unit: Unit) -> ray.ObjectRef:
-        return rank_task.options(max_retries=self.pipeline.retries, num_gpus=self.gpus).remote(
-            unit.scene_uri, unit.rows, unit.config)
-
-    def apply(self, unit: Unit, result: Rows) -> None:
-        unit.rows, unit.seconds["rank"] = result.rows, result.seconds

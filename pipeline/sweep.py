@@ -9,10 +9,11 @@ in OUT/variants/NAME/.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pyarrow as pa
 
-from pipeline.config import PipelineConfig, Variant
+from pipeline.config import PipelineConfig
 from pipeline.driver import RunSummary, run_variants
 from realfill.config import EvalConfig, FillConfig
 from realfill.data import manifest, storage
@@ -20,6 +21,7 @@ from realfill.data.layout import Output
 from realfill.data.records import SceneRow, run_key
 from realfill.evaluation.evaluate import LEADERBOARD_SCHEMA, evaluate_run, leaderboard, leaderboard_rows
 from realfill.evaluation.metrics import Evaluator
+from realfill.stages import Variant
 
 
 def outcome_counts(variant: Variant) -> tuple[int, int]:
@@ -48,7 +50,7 @@ def run_sweep(scenes_root: str, out_uri: str, configs: dict[str, FillConfig], fi
         unavailable.update(missing)
         rows += leaderboard_rows(variant.name, json.dumps(fields[variant.name], sort_keys=True), table,
                                  *outcome_counts(variant))
-    manifest.write_arrow(output.sweep, pa.Table.from_pylist(rows, LEADERBOARD_SCHEMA))
+    manifest.write_arrow(output.sweep, pa.Table.from_pylist([asdict(row) for row in rows], LEADERBOARD_SCHEMA))
     board = leaderboard(rows, unavailable)
     storage.write_bytes(output.leaderboard, (board + "\n").encode())
     return summary, board

@@ -1,25 +1,32 @@
-"""The `realfill` command: one typed function per subcommand.
+"""realfill: complete a photo's missing region with what was really there, learned from your other photos of
+the same place (RealFill), on one machine or a Ray cluster.
 
 Its flags are the fields of the config dataclasses, typed and documented from them by jsonargparse, with
 one name per field, the same in flags, config files and sweep grids: `--seed`, `--tune.train_steps`,
-`--sample.steps`, `--rank.keep`. Defaults live in realfill.config alone.
+`--sample.steps`, `--rank.keep`. Flags, config files and grid variants are typed by the same parser, and
+its errors are said in words. Defaults live in realfill.config alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import logging
+import re
 import shlex
 import signal
 import sys
 import threading
+import types
+import typing
 from dataclasses import fields
+from typing import Any, Literal
 
-from jsonargparse import ArgumentParser, Namespace, set_parsing_settings
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace, set_parsing_settings
 
 from realfill.config import (
     FAST_SAMPLING,
-    SECTIONS,
     EvalConfig,
     FillConfig,
     LibraryConfig,
@@ -27,7 +34,7 @@ from realfill.config import (
     ReportConfig,
     expand_grid,
     read_config_file,
-    with_fields,
+    shown,
 )
 from realfill.data import manifest, storage
 from realfill.data.layout import Output
@@ -42,19 +49,166 @@ ADAPTERS_HELP = ("adapter store (default: OUT/adapters); runs that share one reu
                  "whenever scene, tune config, seed and base model match")
 
 
+# --- values in words -----------------------------------------------------------------------------------
+
+
+def in_words(hint: Any) -> str:
+    """A field's type as people say it: 'an integer', 'one of ddpm, dpm', 'a number or null'."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(in_words(arm) for arm in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {typing.get_args(hint)[0].__name__}"
+    if typing.get_origin(hint) is Literal:
+        return f"one of {', '.join(map(str, typing.get_args(hint)))}"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def field_hints(config_type: type, prefix: str = "") -> dict[str, Any]:
+    """Every field of a config dataclass by its dotted name (sections' fields as SECTION.FIELD), with its type."""
+    hints, found = typing.get_type_hints(config_type), {}
+    for item in fields(config_type):
+        if dataclasses.is_dataclass(hints[item.name]):
+            found.update(field_hints(hints[item.name], f"{prefix}{item.name}."))
+        else:
+            found[prefix + item.name] = hints[item.name]
+    return found
+
+
+def pipeline_type() -> type:
+    from pipeline.config import PipelineConfig
+
+    return PipelineConfig
+
+
+def known_fields() -> dict[str, Any]:
+    """The fields any command takes, by the dotted name its flag has (`--eval.device`, `--rank.keep`)."""
+    found = {**field_hints(FillConfig), **field_hints(EvalConfig, "eval."), **field_hints(LibraryConfig),
+             **field_hints(ReportConfig), **field_hints(pipeline_type())}
+    return found
+
+
+class PeopleHelp(DefaultHelpFormatter):
+    """jsonargparse's help, with each flag's type in words rather than Python's spelling."""
+
+    def _get_type_str(self, action: argparse.Action) -> str | None:
+        hint = getattr(action, "_typehint", None)
+        return in_words(hint) if hint is not None else super()._get_type_str(action)
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def people_text(exc: BaseException, parser: ArgumentParser | None = None, values: dict | None = None) -> str:
+    """A parser error said for people: the flag as typed and its type in words (`--method must be one of
+    realfill, stitch, ...; got Stitch`), a misspelt flag with the one meant. values: a file's or a grid
+    variant's fields, whose errors name the field and quote the value given."""
+    text = one_line(exc)
+    wrong = re.match(r'Parser key "([^"]+)":', text)
+    if wrong:
+        key = wrong[1]
+        hint = known_fields().get(key)
+        if hint is not None and values is not None:
+            return f"{key.rpartition('.')[2]} must be {in_words(hint)} (got {shown(values.get(key))})"
+        given = re.search(r"(?:Given|Got) value: (.*?)\.?$", text)
+        if hint is not None:
+            return f"--{key} must be {in_words(hint)}; got {given[1] if given else 'another value'}"
+    unknown = re.match(r"Group '([^']+)' does not accept option '([^']+)'", text) or re.match(
+        r"Option '([^']+)' is not accepted", text)
+    if unknown:
+        name = ".".join(unknown.groups())
+        return f"unknown field '{name}' (fields are named like seed, tune.train_steps, sample.steps, rank.keep)"
+    required = re.match(r"the following arguments are required: (.*)", text)
+    if required:
+        names = [name.strip().partition(".")[2] or name.strip() for name in required[1].split(",")]
+        options = {option for action in parser._actions for option in action.option_strings} if parser else set()
+        return " and ".join(f"--{name}" if f"--{name}" in options else name.upper() for name in names) + \
+            (" are required" if len(names) > 1 else " is required")
+    choice = re.match(r"argument command: invalid choice: '([^']*)' \(choose from (.*)\)", text)
+    if choice:
+        commands = re.findall(r"'([^']+)'", choice[2])
+        meant = difflib.get_close_matches(choice[1], commands, n=1)
+        return (f"unknown command '{choice[1]}'" + (f"; did you mean {meant[0]}?" if meant else "")
+                + f" (commands: {', '.join(commands)})")
+    unrecognized = re.match(r"unrecognized arguments: (.*)", text)
+    if unrecognized and parser is not None:
+        options = [option for action in parser._actions for option in action.option_strings]
+        flags = [token.partition("=")[0] for token in unrecognized[1].split() if token.startswith("-")]
+        lines = []
+        for flag in flags or unrecognized[1].split()[:1]:
+            meant = difflib.get_close_matches(flag.replace("-", "_").replace("__", "--", 1), options, n=1) or \
+                difflib.get_close_matches(flag, options, n=1)
+            lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant[0]}?" if meant else ""))
+        return "; ".join(lines)
+    return text
+
+
+# --- the config: one typed path for flags, files and grid variants -----------------------------------
+
+
 def new_parser(**kwargs) -> ArgumentParser:
     """Errors are raised (and printed by main as one line), not printed with the usage."""
-    return ArgumentParser(exit_on_error=False, **kwargs)
+    return ArgumentParser(exit_on_error=False, formatter_class=PeopleHelp, **kwargs)
+
+
+FAST_HELP = ("fast sampling preset: DPM-Solver++ in 25 steps rather than DDPM in 200 (" +
+             " ".join(f"--{name} {value}" for name, value in FAST_SAMPLING.items()) +
+             "); a config file and explicit flags still win")
 
 
 def add_config(parser: ArgumentParser) -> None:
     """FillConfig's fields as flags, under the fast preset and a config file (explicit flags win over both)."""
-    parser.add_argument("--fast", action="store_true",
-                        help=f"fast sampling preset: {FAST_SAMPLING} (a config file and explicit flags still win)")
+    parser.add_argument("--fast", action="store_true", help=FAST_HELP)
     parser.add_argument("--config", metavar="FILE",
                         help="YAML/JSON of config fields, named as the flags are: `seed: 1`, `tune.train_steps: "
                              "100` or `tune: {train_steps: 100}`; `fast: true` applies the preset")
     parser.add_class_arguments(FillConfig, None, fail_untyped=True)
+
+
+def config_parser() -> ArgumentParser:
+    """A parser of FillConfig's fields alone: what types a config file's and a grid variant's values, as the
+    flags are typed."""
+    parser = new_parser()
+    parser.add_class_arguments(FillConfig, None, fail_untyped=True)
+    return parser
+
+
+SECTIONS = {name for name, hint in typing.get_type_hints(FillConfig).items() if dataclasses.is_dataclass(hint)}
+
+
+def typed_fields(fields_given: dict, source: str, base: FillConfig | None = None) -> FillConfig:
+    """A config from fields (a file's, a grid variant's) over base: `fast: true` applies the preset first, then
+    the parser types every value and the dataclasses check them. Errors name the source and the field."""
+    fields_given = dict(fields_given)
+    fast = fields_given.pop("fast", False)
+    if not isinstance(fast, bool):
+        raise ValueError(f"{source}: fast must be true or false (got {shown(fast)})")
+    flat = {}
+    for key, value in fields_given.items():  # a section's mapping as its dotted fields, in the order given
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: '{key}' must be a mapping of field names to values (got {shown(value)})")
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    parser = config_parser()
+    try:
+        namespace = parser.parse_object((base or FillConfig()).to_dict())
+        if fast:
+            namespace = parser.parse_object(FAST_SAMPLING, namespace=namespace)
+        return fill_config(parser.parse_object(flat, namespace=namespace))
+    except argparse.ArgumentError as exc:
+        raise ValueError(f"{source}: {people_text(exc, values=flat)}") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def file_defaults(args: Namespace) -> dict:
+    """Defaults, then --fast, then the config file, as parser defaults that explicit flags are parsed over."""
+    data = read_config_file(args.config) if args.config else {}
+    config = typed_fields({"fast": args.fast, **data} if args.fast else data, args.config or "--fast")
+    return config_parser().parse_object(config.to_dict()).as_flat().__dict__
 
 
 def add_pipeline(parser: ArgumentParser) -> None:
@@ -68,23 +222,6 @@ def add_pipeline(parser: ArgumentParser) -> None:
     docs = {param.arg_name: param.description for param in docstring_parser.parse_from_object(PipelineConfig).params}
     for name in sorted(switches):
         parser.add_argument(f"--{name}", action="store_true", help=docs[name])
-
-
-def base_config(args: Namespace) -> FillConfig:
-    """Defaults, then --fast, then the config file: what explicit flags are applied over."""
-    data = read_config_file(args.config) if args.config else {}
-    try:
-        return with_fields(FillConfig(), {"fast": args.fast, **data} if args.fast else data)
-    except ValueError as exc:
-        raise ValueError(f"{args.config}: {exc}") from None
-
-
-def config_defaults(config: FillConfig) -> dict:
-    """A config as parser defaults: one dotted name per field."""
-    values = {item.name: getattr(config, item.name) for item in fields(config) if item.name not in SECTIONS}
-    for section in SECTIONS:
-        values.update({f"{section}.{name}": value for name, value in getattr(config, section).__dict__.items()})
-    return values
 
 
 def fill_config(args: Namespace) -> FillConfig:
@@ -196,10 +333,7 @@ def sweep_configs(args: Namespace, argv: list[str]) -> tuple[dict[str, FillConfi
     base, configs, own = fill_config(args), {}, {}
     if args.grid:
         for name, given in expand_grid(read_config_file(args.grid), args.grid).items():
-            try:
-                configs[name] = with_fields(base, given)
-            except ValueError as exc:
-                raise ValueError(f"{args.grid}: variant '{name}': {exc}") from None
+            configs[name] = typed_fields(given, f"{args.grid}: variant '{name}'", base)
             own[name] = given
     for spec in args.variant:
         name, _, flags = spec.partition(":")
@@ -302,7 +436,7 @@ def run_parser(source: str, source_help: str, out_help: str) -> ArgumentParser:
 
 def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     """The command's parser, and each subcommand's."""
-    parser = new_parser(prog="realfill", description=__doc__.splitlines()[0])
+    parser = new_parser(prog="realfill", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--version", action="version", version=f"realfill {version()}")
     commands: dict[str, tuple[ArgumentParser, str]] = {}
 
@@ -379,11 +513,15 @@ def parse(argv: list[str]) -> tuple[str, Namespace]:
     """The subcommand and its arguments. Where it takes a config, the fast preset and the config file are
     the defaults that explicit flags are parsed over."""
     parser, subparsers = make_parser()
-    args = parser.parse_args(argv)
-    command = args.command
-    if "config" in args[command] and (args[command].config or args[command].fast):
-        subparsers[command].set_defaults(config_defaults(base_config(args[command])))
+    try:
         args = parser.parse_args(argv)
+        command = args.command
+        if "config" in args[command] and (args[command].config or args[command].fast):
+            subparsers[command].set_defaults(file_defaults(args[command]))
+            args = parser.parse_args(argv)
+    except argparse.ArgumentError as exc:
+        command = next((token for token in argv if token in subparsers), None)
+        raise argparse.ArgumentError(None, people_text(exc, subparsers.get(command, parser))) from None
     return command, args[command]
 
 

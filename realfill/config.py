@@ -1,6 +1,8 @@
 """Every default of the RealFill recipe, in one place.
 
-The CLI, the Ray jobs and the manifests read these dataclasses; nothing else restates a default.
+The CLI, the Ray jobs and the manifests read these dataclasses; nothing else restates a default. Values from
+flags, config files and sweep grids are typed by the CLI's parser (jsonargparse, from these annotations); each
+dataclass checks how its fields relate.
 """
 
 from __future__ import annotations
@@ -8,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import reprlib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,46 +40,6 @@ def shown(value: Any) -> str:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def _conforms(value: Any, expected: Any) -> bool:
-    """Whether value has the declared type (bool is not an int here, an int is a float)."""
-    if typing.get_origin(expected) in (typing.Union, types.UnionType):
-        return any(_conforms(value, arm) for arm in typing.get_args(expected))
-    if expected is type(None):
-        return value is None
-    if typing.get_origin(expected) is Literal:
-        return value in typing.get_args(expected)
-    if typing.get_origin(expected) is tuple:
-        return isinstance(value, tuple) and all(_conforms(item, typing.get_args(expected)[0]) for item in value)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def _type_name(expected: Any) -> str:
-    if typing.get_origin(expected) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(arm) for arm in typing.get_args(expected))
-    if typing.get_origin(expected) is tuple:
-        return f"a list of {typing.get_args(expected)[0].__name__}"
-    if typing.get_origin(expected) is Literal:
-        return f"one of {', '.join(map(str, typing.get_args(expected)))}"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
-    return names.get(expected, expected.__name__)
-
-
-def check_types(config: Any) -> None:
-    """Every field of a config dataclass holds its declared type, so that a config file's `"two"`, `2.5` or
-    `true` for an integer is refused by name before any work starts. Floats given as integers become floats."""
-    hints = typing.get_type_hints(type(config))
-    for item in dataclasses.fields(config):
-        value, expected = getattr(config, item.name), hints[item.name]
-        if not _conforms(value, expected):
-            raise ValueError(f"{item.name} must be {_type_name(expected)} (got {shown(value)})")
-        if expected is float:
-            setattr(config, item.name, float(value))
 
 
 @dataclass
@@ -143,7 +103,6 @@ class TuneConfig:
         for name in ("unet_lora_targets", "text_lora_targets"):
             if isinstance(getattr(self, name), list):
                 setattr(self, name, tuple(getattr(self, name)))
-        check_types(self)
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
         _check(self.train_steps >= 1, "train_steps must be >= 1")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
@@ -159,8 +118,8 @@ class TuneConfig:
         _check(0 <= self.stitch_view_weight <= 1, "stitch_view_weight must be in [0, 1]")
 
 
-FAST_SAMPLING = {"scheduler": "dpm", "steps": 25}
-"""The fast preset: DPM-Solver++ in 25 steps instead of DDPM in 200."""
+FAST_SAMPLING = {"sample.scheduler": "dpm", "sample.steps": 25}
+"""The fast preset: DPM-Solver++ in 25 steps instead of DDPM in 200 (config fields, as a file names them)."""
 
 
 @dataclass
@@ -188,13 +147,34 @@ class SampleConfig:
     """... and then blended into the known pixels over this many more."""
 
     def __post_init__(self) -> None:
-        check_types(self)
         _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
         _check(self.num_samples >= 1, "num_samples must be >= 1")
         _check(self.steps >= 1, "steps must be >= 1")
         _check(self.guidance_scale >= 1.0, "guidance_scale must be >= 1")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(self.dilate_px >= 0 and self.feather_px >= 0, "dilate_px and feather_px must be >= 0")
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """What a feature matcher is built from: the matcher of the known region to the references that stitch,
+    ranking and reference picking share (each of their sections says which features it uses)."""
+
+    features: Features = "sift"
+    """The detector and matcher (see RankConfig.features)."""
+    weights: str | None = None
+    """LoFTR weights (see RankConfig.weights)."""
+    max_features: int | None = None
+    """Most keypoints kept per image; unset: 4000 for OpenCV features, 1024 for learned ones."""
+    max_side: int = 1024
+    """Images are downscaled so their long side is at most this before feature detection."""
+    ratio: float = 0.8
+    """Lowe's ratio test for OpenCV features."""
+
+    def keypoints(self) -> int:
+        if self.max_features is not None:
+            return self.max_features
+        return 4000 if self.features in ("sift", "orb", "akaze") else 1024
 
 
 @dataclass
@@ -208,7 +188,7 @@ class RankConfig:
     """LoFTR weights: a safetensors file, local or any fsspec URI (the other learned matchers use the
     weights shipped in their packages)."""
     max_features: int | None = None
-    """Most keypoints kept per image; None: 4000 for OpenCV features, 1024 for learned ones (whose
+    """Most keypoints kept per image; unset: 4000 for OpenCV features, 1024 for learned ones (whose
     matching costs grow with the square of the count)."""
     max_side: int = 1024
     """Images are downscaled so their long side is at most this before feature detection."""
@@ -224,7 +204,6 @@ class RankConfig:
     """Keep this fraction of samples, at least one (paper: top 25%)."""
 
     def __post_init__(self) -> None:
-        check_types(self)
         _check((self.max_features is None or self.max_features >= 8) and self.max_side >= 64,
                "max_features >= 8 and max_side >= 64")
         _check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
@@ -235,10 +214,9 @@ class RankConfig:
         _check(self.keep is None or self.keep >= 1, "keep must be >= 1")
         _check(0 < self.keep_fraction <= 1, "keep_fraction must be in (0, 1]")
 
-    def keypoints(self) -> int:
-        if self.max_features is not None:
-            return self.max_features
-        return 4000 if self.features in ("sift", "orb", "akaze") else 1024
+    @property
+    def match(self) -> MatchConfig:
+        return MatchConfig(self.features, self.weights, self.max_features, self.max_side, self.ratio)
 
     def keep_count(self, total: int) -> int:
         if self.keep is not None:
@@ -274,7 +252,6 @@ class StitchConfig:
     """Radius of the OpenCV Telea inpainting that fills what no warp covers or fits."""
 
     def __post_init__(self) -> None:
-        check_types(self)
         _check(self.features != "loftr", "stitch.features cannot be loftr (it needs weights); use another")
         _check(self.max_planes >= 1 and self.min_inliers >= 4, "need max_planes >= 1 and min_inliers >= 4")
         _check(self.ransac_px > 0 and self.reach_px > 0 and self.correction_px > 0,
@@ -282,6 +259,11 @@ class StitchConfig:
         _check(self.judge_px >= 4, "judge_px must be >= 4")
         _check(self.softness >= 0, "softness must be >= 0")
         _check(self.inpaint_radius >= 1, "inpaint_radius must be >= 1")
+
+    @property
+    def match(self) -> MatchConfig:
+        """Its features, with the matcher's default detector settings."""
+        return MatchConfig(features=self.features)
 
 
 @dataclass
@@ -328,7 +310,6 @@ class FillConfig:
             self.rank = RankConfig(**self.rank)
         if isinstance(self.stitch, dict):
             self.stitch = StitchConfig(**self.stitch)
-        check_types(self)
         _check(bool(self.base_model) and bool(self.example_model), "base_model and example_model must not be empty")
         _check(0 < self.init_strength <= 1, "init_strength must be in (0, 1]")
         _check(self.init == "noise" or self.method in ("realfill", "sd-inpaint"),
@@ -384,9 +365,6 @@ class EvalConfig:
     device: Device = "auto"
     """auto, cpu or cuda."""
 
-    def __post_init__(self) -> None:
-        check_types(self)
-
 
 @dataclass
 class LibraryConfig:
@@ -409,7 +387,6 @@ class LibraryConfig:
     known pixels is a near-duplicate (a burst shot, an edited copy) and is not used."""
 
     def __post_init__(self) -> None:
-        check_types(self)
         _check(self.max_refs >= 1 and self.min_matches >= 8, "need max_refs >= 1 and min_matches >= 8")
         _check(self.shortlist >= self.max_refs, "shortlist must be >= max_refs")
         _check(self.near_hours >= 0 and self.near_km >= 0, "near_hours and near_km must be >= 0")
@@ -430,7 +407,6 @@ class ReportConfig:
     """Threads that read images and write thumbnails (storage and image decoding wait, the GIL does not)."""
 
     def __post_init__(self) -> None:
-        check_types(self)
         _check(self.top >= 1 and self.per_page >= 1 and self.workers >= 1, "top, per_page and workers must be >= 1")
         _check(32 <= self.thumb_px <= 2048, "thumb_px must be in [32, 2048]")
 
@@ -492,36 +468,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: config must be a mapping of field names to values")
     return data
-
-
-SECTIONS = {"tune": TuneConfig, "sample": SampleConfig, "rank": RankConfig, "stitch": StitchConfig}
-"""FillConfig's sections: a field of one is named SECTION.FIELD (sample.steps), in files and grids alike."""
-
-
-def with_fields(config: FillConfig, fields: dict[str, Any]) -> FillConfig:
-    """config with fields replaced. A field is named by its path: `seed`, `sample.steps`; a section may also
-    be given as a mapping (`sample: {steps: 25}`); `fast: true` applies the fast sampling preset first.
-    Unknown names and invalid values raise ValueError naming the field."""
-    values = config.to_dict()
-    fields = dict(fields)
-    fast = fields.pop("fast", False)
-    _check(isinstance(fast, bool), f"fast must be true or false (got {shown(fast)})")
-    if fast:
-        values["sample"].update(FAST_SAMPLING)
-    for key, value in fields.items():
-        if key in SECTIONS:
-            _check(isinstance(value, dict), f"'{key}' must be a mapping of field names to values (got {shown(value)})")
-            for name, item in value.items():
-                fields_known = SECTIONS[key].__dataclass_fields__
-                _check(name in fields_known, f"unknown field '{key}.{name}' (known: {', '.join(fields_known)})")
-                values[key][name] = item
-            continue
-        section, _, name = key.rpartition(".")
-        known = SECTIONS[section].__dataclass_fields__ if section in SECTIONS else FillConfig.__dataclass_fields__
-        _check((not section or section in SECTIONS) and name in known and name not in SECTIONS,
-               f"unknown field '{key}' (fields are named like seed, tune.train_steps, sample.steps, rank.keep)")
-        (values[section] if section else values)[name] = value
-    return FillConfig(**values)
 
 
 MAX_VARIANTS = 1000

@@ -144,7 +144,41 @@ def test_flags_are_the_config_fields_one_name_each(capsys):
     shown = capsys.readouterr().out
     for field in ("--tune.train_steps", "--sample.steps", "--rank.keep_fraction", "--max_megapixels"):
         assert field in shown
-    assert "Optimizer steps. (type: int, default: 2000)" in " ".join(shown.split()), "documented from the dataclass"
+    assert "Optimizer steps. (type: an integer, default: 2000)" in " ".join(shown.split()), "from the dataclass"
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["fill", "s", "--out", "o", "--method", "Stitch"],
+     "--method must be one of realfill, stitch, sd-inpaint, paint-by-example; got Stitch"),
+    (["fill", "s", "--out", "o", "--rank.keep", "1.5"], "--rank.keep must be an integer or null; got 1.5"),
+    (["fill", "s", "--out", "o", "--base-model", "tiny"],
+     "unrecognized argument --base-model; did you mean --base_model?"),
+    (["run", "s", "--out", "o", "--max-in-flight", "2"],
+     "unrecognized argument --max-in-flight; did you mean --max_in_flight?"),
+    (["fill", "s"], "--out is required"),
+    (["fill", "--out", "o"], "SCENE is required"),
+    (["flil", "s"], "unknown command 'flil'; did you mean fill? (commands: fill, run, library, sweep, rank, eval, "
+                    "report, tiny-model, example)"),
+])
+def test_cli_errors_are_said_for_people(argv, line, capsys):
+    """One line naming the flag as it is typed, its type in words, and the flag meant when one was misspelt."""
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [f"realfill: {line}"]
+
+
+def test_help_says_what_the_tool_does_and_types_in_words(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    assert "complete a photo's missing region with what was really there" in top and "typed function" not in top
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--fast fast sampling preset: DPM-Solver++ in 25 steps rather than DDPM in 200 (--sample.scheduler dpm " \
+           "--sample.steps 25)" in text
+    assert "(type: a number or null, default: null)" in text and "(type: one of ddpm, dpm, default: ddpm)" in text
+    for python in ("typing.", "Literal[", "| null", "NoneType", "samplers_wanted", "`plan`", "{'"):
+        assert python not in text, python
 
 
 def test_relative_paths_are_recorded_absolute_and_the_last_lines_say_where(tmp_path, monkeypatch, capsys,
@@ -261,7 +295,7 @@ def test_the_half_precision_recipe_runs_end_to_end_on_a_cpu(tmp_path, example_sc
     checkpoints, preempted after its first checkpoint and resumed, bf16 sampling, ranking. The resumed run
     makes the uninterrupted run's adapter and images, byte for byte."""
     import realfill.method.tune as tune_module
-    from realfill.method.tune import read_adapter_info
+    from realfill.method.adapter import read_adapter_info
 
     flags = [*TINY_FLAGS, "--tune.train_steps", "4", "--tune.checkpoint_every", "2", "--tune.mixed_precision",
              "bf16", "--tune.gradient_checkpointing", "on", "--sample.precision", "bf16"]

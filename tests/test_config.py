@@ -2,6 +2,7 @@ import re
 
 import pytest
 
+from realfill.cli import typed_fields
 from realfill.config import (
     EvalConfig,
     FillConfig,
@@ -11,9 +12,13 @@ from realfill.config import (
     StitchConfig,
     TuneConfig,
     expand_grid,
-    with_fields,
 )
 from realfill.data.records import adapter_key, image_key, run_key, sampling_key, seeds, stitch_key, training_key
+
+
+def config_with(fields: dict, base: FillConfig | None = None) -> FillConfig:
+    """A config from fields, as a config file or a grid variant gives them (through the CLI's parser)."""
+    return typed_fields(fields, "f", base)
 
 
 def test_defaults_are_the_paper_recipe():
@@ -31,11 +36,11 @@ def test_defaults_are_the_paper_recipe():
         (lambda: TuneConfig(resolution=100), "resolution must be a positive multiple of 8"),
         (lambda: TuneConfig(batch_size=0), "batch_size must be >= 1"),
         (lambda: TuneConfig(mask_min_side=0.3), "need 0 < mask_min_side < mask_max_side <= 1"),
-        (lambda: TuneConfig(mixed_precision="fp8"), "mixed_precision must be one of auto, no, fp16, bf16"),
-        (lambda: SampleConfig(scheduler="euler"), "scheduler must be one of ddpm, dpm (got 'euler')"),
+        (lambda: config_with({"tune.mixed_precision": "fp8"}), "mixed_precision must be one of auto, no, fp16, bf16"),
+        (lambda: config_with({"sample": {"scheduler": "euler"}}), "scheduler must be one of ddpm, dpm (got 'euler')"),
         (lambda: SampleConfig(num_samples=0), "num_samples must be >= 1"),
-        (lambda: FillConfig(device="tpu"), "device must be one of auto, cpu, cuda (got 'tpu')"),
-        (lambda: FillConfig(method="dall-e"), "method must be one of realfill, stitch, sd-inpaint, paint-by-example"),
+        (lambda: config_with({"device": "tpu"}), "device must be one of auto, cpu, cuda (got 'tpu')"),
+        (lambda: config_with({"method": "dall-e"}), "method must be one of realfill, stitch, sd-inpaint"),
         (lambda: FillConfig(method="paint-by-example", init="stitch"), "not method paint-by-example"),
         (lambda: FillConfig(method="stitch", init="stitch"), "not method stitch"),
         (lambda: FillConfig(init="stitch", init_strength=0.0), "init_strength must be in (0, 1]"),
@@ -57,15 +62,15 @@ def test_run_key_tracks_every_field_and_image_key_only_pixels():
     assert run_key(FillConfig()) != run_key(FillConfig(sample=SampleConfig(steps=199)))
     assert run_key(FillConfig()) != run_key(FillConfig(sample=SampleConfig(num_samples=8)))
     base = image_key("adapter", FillConfig())
-    assert base == image_key("adapter", with_fields(FillConfig(), {"sample.num_samples": 8, "sample.batch_size": 1})), \
+    assert base == image_key("adapter", config_with({"sample.num_samples": 8, "sample.batch_size": 1})), \
         "seed count and batch: same pixels"
-    assert base != image_key("adapter", with_fields(FillConfig(), {"sample.steps": 199}))
+    assert base != image_key("adapter", config_with({"sample.steps": 199}))
     assert base != image_key("other", FillConfig())
 
 
 def test_image_keys_follow_what_each_method_conditions_on():
     def key(**fields):
-        return image_key("source", with_fields(FillConfig(), fields))
+        return image_key("source", config_with(fields))
 
     realfill = key()
     assert key(stitch={"softness": 2.0}, rank={"keep": 3}) == realfill, "realfill from noise: no stitch, no ranking"
@@ -80,19 +85,19 @@ def test_image_keys_follow_what_each_method_conditions_on():
     assert started != realfill and key(init="stitch", init_strength=0.5) != started
     assert key(init="stitch", stitch={"softness": 2.0}) != started
     # the Ray pipeline's sharing keys agree with the stored keys on what they separate
-    first, second = with_fields(FillConfig(), {"method": "sd-inpaint"}), with_fields(FillConfig(), {})
+    first, second = config_with({"method": "sd-inpaint"}), config_with({})
     assert sampling_key("scene", first) != sampling_key("scene", second)
 
 
 def test_stitch_view_and_stitch_keys():
-    config = with_fields(FillConfig(), {"init": "stitch"})
-    viewed = with_fields(config, {"tune.stitch_view_weight": 0.5})
+    config = config_with({"init": "stitch"})
+    viewed = config_with({"tune.stitch_view_weight": 0.5}, config)
     assert training_key("scene", config) == training_key("scene", FillConfig()), "init alone does not change training"
     assert training_key("scene", viewed) != training_key("scene", config)
     assert adapter_key("f", config.tune, 0, "m") != adapter_key("f", config.tune, 0, "m", view="stitch")
-    assert stitch_key("f", config) != stitch_key("f", with_fields(config, {"stitch.max_planes": 2}))
-    assert stitch_key("f", config) == stitch_key("f", with_fields(config, {"sample.steps": 3, "seed": 4}))
-    assert seeds(with_fields(FillConfig(), {"method": "stitch", "sample.num_samples": 8, "seed": 3})) == [3], \
+    assert stitch_key("f", config) != stitch_key("f", config_with({"stitch.max_planes": 2}, config))
+    assert stitch_key("f", config) == stitch_key("f", config_with({"sample.steps": 3, "seed": 4}, config))
+    assert seeds(config_with({"method": "stitch", "sample.num_samples": 8, "seed": 3})) == [3], \
         "stitch makes one image"
 
 
@@ -145,16 +150,14 @@ def test_bad_values_stop_a_run_before_ray_starts(tmp_path):
 
 
 def test_numbers_and_lists_are_taken_in_their_natural_spelling():
-    tune = TuneConfig(unet_lr=1, unet_lora_targets=["to_q"])
+    tune = config_with({"tune.unet_lr": 1, "tune.unet_lora_targets": ["to_q"]}).tune
     assert tune.unet_lr == 1.0 and isinstance(tune.unet_lr, float) and tune.unet_lora_targets == ("to_q",)
-    with pytest.raises(ValueError, match="unet_lora_targets must be a list of str"):
-        TuneConfig(unet_lora_targets=("to_q", 3))
+    with pytest.raises(ValueError, match=re.escape("f: unet_lora_targets must be a list of str (got ['to_q', 3])")):
+        config_with({"tune": {"unet_lora_targets": ["to_q", 3]}})
 
 
 def test_fields_are_named_by_their_path_and_unknown_ones_are_refused():
-    from realfill.config import with_fields
-
-    config = with_fields(FillConfig(), {"seed": 3, "sample.steps": 7, "rank": {"keep": 2}, "fast": True})
+    config = config_with({"seed": 3, "sample.steps": 7, "rank": {"keep": 2}, "fast": True})
     assert (config.seed, config.sample.steps, config.sample.scheduler, config.rank.keep) == (3, 7, "dpm", 2)
     for fields, words in (({"sample.stepz": 1}, "unknown field 'sample.stepz'"),
                           ({"tune": {"steps": 1}}, "unknown field 'tune.steps'"),
@@ -162,7 +165,7 @@ def test_fields_are_named_by_their_path_and_unknown_ones_are_refused():
                           ({"sample.steps": "two"}, "steps must be an integer (got 'two')"),
                           ({"fast": "yes"}, "fast must be true or false")):
         with pytest.raises(ValueError, match=re.escape(words)):
-            with_fields(FillConfig(), fields)
+            config_with(fields)
 
 
 def test_grid_expands_to_every_combination_plus_named_variants():

@@ -15,8 +15,10 @@ from PIL import Image
 from realfill.cli import main
 from realfill.config import LibraryConfig, RankConfig
 from realfill.data import manifest
-from realfill.data.library import RequestsError, list_library, photo_descriptor, prepare_scene, read_requests
-from realfill.example import library_from_scenes
+from realfill.data.photos import list_library
+from realfill.data.requests import RequestsError, read_requests
+from realfill.selection.picking import photo_descriptor, prepare_scene
+from synthetic import library_from_scenes
 
 FLAGS = ["--method", "stitch", "--quiet"]
 TAKEN = "2024:06:01 12:30:00"
@@ -162,7 +164,7 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
                             ("my motorcycle", "middlebury_motorcycle")):
         row = rows[scene_id]
         assert row["status"] == "ok" and Path(row["filled_uri"]).is_file(), row
-        refs = json.loads(row["refs"])
+        refs = list(row["refs"])
         assert refs and all(Path(ref["uri"]).name.startswith(place) and ref["matches"] >= 30 for ref in refs)
         assert "oxford_graffiti.jpg" not in {Path(ref["uri"]).name for ref in refs}, "its twin is a near-duplicate"
         assert json.loads(row["request"])["target"] in str(row["target"])
@@ -183,7 +185,7 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
 
 
 def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path, monkeypatch):
-    from realfill.data.library import open_photo, read_photo
+    from realfill.data.photos import open_photo, read_photo
     from realfill.data.scene import SceneError
 
     pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is not installed")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from realfill.data import manifest
-from realfill.data.records import SampleRow, SceneRow
+from realfill.data.records import SCHEMA_VERSION, SampleRow, SceneRow
 
 KEY_A, KEY_B = "0123456789abcdef", "fedcba9876543210"
 
@@ -30,7 +30,7 @@ def test_schemas_are_derived_from_the_rows():
     assert manifest.SAMPLES.field("seed").type == pa.int64() and not manifest.SAMPLES.field("seed").nullable
     assert manifest.SAMPLES.field("rank").type == pa.int32() and manifest.SAMPLES.field("rank").nullable
     assert manifest.SCENES.field("created_at").type == pa.timestamp("ms", tz="UTC")
-    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"4", b"realfill.table": b"scenes"}
+    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"5", b"realfill.table": b"scenes"}
 
 
 def test_any_scene_id_gets_a_visible_bounded_part(tmp_path):
@@ -240,9 +240,10 @@ def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tm
         "the old layout's folders are folded into the table files"
     assert manifest.read_table(out, "samples").num_rows == 3
 
-    write_version(5, "scenes", "scene-future.parquet", [rows("future", KEY_A)[1]])
-    with pytest.raises(ValueError, match=r"scene-future.parquet: manifest schema version 5; this realfill reads "
-                                         r"versions 1 to 4 \(upgrade realfill"):
+    newer = SCHEMA_VERSION + 1
+    write_version(newer, "scenes", "scene-future.parquet", [rows("future", KEY_A)[1]])
+    with pytest.raises(ValueError, match=rf"scene-future.parquet: manifest schema version {newer}; this realfill "
+                                         rf"reads versions 1 to {SCHEMA_VERSION} \(upgrade realfill"):
         manifest.read_table(out, "scenes")
 
 

@@ -11,7 +11,7 @@ from realfill.cli import fill_config, main, parse, pipeline_config
 from realfill.config import RankConfig
 from realfill.data import manifest
 from realfill.data.scene import load_scene
-from realfill.selection import matchers
+from realfill.geometry import matchers
 from realfill.selection.decoys import battery
 from realfill.selection.rank import index_scene, rank_key, score_candidate, selection
 
@@ -44,7 +44,7 @@ def test_keypoints_stay_inside_the_mask_and_in_original_pixels(graffiti):
     if not LEARNED_WITH_WEIGHTS:
         pytest.skip("no learned weights package installed (make matchers)")
     config = RankConfig(features=LEARNED_WITH_WEIGHTS[0], max_side=256)
-    found = matchers.matcher(config).detect(graffiti.gt, graffiti.mask)
+    found = matchers.matcher(config.match).detect(graffiti.gt, graffiti.mask)
     assert found.scale == 0.5 and len(found.points) > 0
     columns, rows = np.round(found.points).astype(int).T
     assert graffiti.mask[rows.clip(0, 511), columns.clip(0, 511)].mean() > 0.95

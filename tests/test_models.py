@@ -2,7 +2,9 @@ import fsspec
 import pytest
 from safetensors.torch import load_file
 
-from realfill.method.models import ModelError, build_tiny_model, mixed_precision, pick_device, resolve_model
+from realfill.data.hub import ModelError
+from realfill.devices import mixed_precision, pick_device
+from realfill.method.models import build_tiny_model, resolve_model
 
 
 def test_tiny_model_is_deterministic_and_safetensors_only(tmp_path, tiny_model):

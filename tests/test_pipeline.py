@@ -84,7 +84,7 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     assert result.stdout.strip().splitlines()[-3:] == [*manifest.where_tables(str(out)), f"report: {out}/report.html"]
     for row in samples:
         assert Path(row["uri"]).is_file() and row["rank"] >= 1 and row["score"] is not None
-    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"4"
+    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"5"
     assert not [path for path in (out / "manifest" / "_journal").rglob("*") if path.is_file()], \
         "the run folds every record into the table files"
 
@@ -238,9 +238,10 @@ def test_the_sampler_pool_follows_the_gpu_work_waiting():
 
 
 def test_variants_of_one_run_share_one_device(tmp_path):
-    from pipeline.config import PipelineConfig, Variant
+    from pipeline.config import PipelineConfig
     from pipeline.driver import run_variants
     from realfill.config import FillConfig
+    from realfill.stages import Variant
 
     write_scene(tmp_path / "scenes" / "one")
     variants = [Variant("a", str(tmp_path / "a"), FillConfig(base_model="tiny", device="cpu")),
@@ -409,7 +410,7 @@ def complete_already(root: Path, out: Path) -> None:
     from realfill.cli import fill_config, parse
     from realfill.data.layout import scene_id_of
     from realfill.data.scene import list_scenes
-    from realfill.fill import scene_row
+    from realfill.stages import scene_row
 
     for index in range(2):
         write_scene(root / f"s{index}", seed=index)

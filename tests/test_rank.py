@@ -165,7 +165,7 @@ def test_rank_samples_selects_only_on_evidence(gt_scenes, tmp_path):
     the truth is the best; candidates with none are ranked but nothing is selected and there is no best."""
     from realfill.config import FillConfig
     from realfill.data.records import SampleRow
-    from realfill.fill import rank_samples, scene_row
+    from realfill.stages import rank_samples, scene_row
 
     scene = next(s for s in gt_scenes if s.scene_id == "oxford_graffiti")
     fakes = {fake.label: fake.image for fake in battery(scene, [])}
@@ -177,12 +177,12 @@ def test_rank_samples_selects_only_on_evidence(gt_scenes, tmp_path):
                               run_key="x", width=512, height=512))
     config = FillConfig(rank=RankConfig(keep=2))
     ranked = rank_samples(scene, rows, config)
-    assert ranked[1].rank == 1 and sum(row.selected for row in ranked) == 2 and ranked[1].selected
-    row = scene_row(scene.scene_id, scene.uri, config, samples=ranked)
+    assert ranked.rows[1].rank == 1 and sum(row.selected for row in ranked.rows) == 2 and ranked.rows[1].selected
+    row = scene_row(scene.scene_id, scene.uri, config, ranked=ranked)
     assert row.best_uri == rows[1].uri and row.selection == "geometry"
 
     scene.refs = [scene.refs[0] * 0 + 128]  # references of nothing: no evidence for anyone
     ranked = rank_samples(scene, rows, config)
-    assert all(row.rank == 1 for row in ranked) and not any(row.selected for row in ranked)
-    row = scene_row(scene.scene_id, scene.uri, config, samples=ranked)
+    assert all(row.rank == 1 for row in ranked.rows) and not any(row.selected for row in ranked.rows)
+    row = scene_row(scene.scene_id, scene.uri, config, ranked=ranked)
     assert row.best_uri is None and row.selection == "no evidence"

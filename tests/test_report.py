@@ -15,8 +15,9 @@ from realfill.cli import main
 from realfill.config import ReportConfig
 from realfill.data import storage
 from realfill.evaluation.report import write_report
-from realfill.example import synthetic_run, write_examples
+from realfill.example import write_examples
 from realfill.selection.rank import NO_EVIDENCE_ANYWHERE
+from synthetic import synthetic_run
 
 RUN_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
              "--tune.train_steps", "2", "--tune.batch_size", "2", "--sample.num_samples", "4", "--sample.steps", "2",

@@ -81,4 +81,4 @@ def test_a_run_logs_each_workers_traceback_and_input_errors_as_lines(corrupt_mod
     assert "mask.png: file not found" in bad_input and "WARNING" in bad_input
     failure = text[text.index("tune of good failed"):]
     assert "Traceback (most recent call last)" in failure and "invalid header length" in failure
-    assert "tune_task" in failure, "the worker's own frames are in the log"
+    assert "stage_task" in failure and "in tune_scene" in failure, "the worker's own frames are in the log"

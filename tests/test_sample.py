@@ -94,8 +94,8 @@ def test_a_broken_model_fails_its_samples_not_the_others(tmp_path, tiny_model):
     import torch
 
     from conftest import tiny_config
-    from realfill.fill import SampleError, rank_samples, sample_scene, tune_scene
     from realfill.method.sample import SampleFailure
+    from realfill.stages import SampleError, rank_samples, sample_scene, tune_scene
 
     broken = Sampler(tiny_model, device="cpu")
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_a_broken_model_fails_its_samples_not_the_others(tmp_path, tiny_model):
     with torch.no_grad():
         broken.pipeline.vae.decoder.conv_out.bias[0] = 0.0
     rows = rank_samples(scene, sample_scene(broken, scene, adapter, str(tmp_path / "out"), config,
-                                            show_progress=False), config)
+                                            show_progress=False), config).rows
     assert [row.status for row in rows] == ["failed", "ok", "ok"]
     assert rows[0].error == "seed 0: overflow" and rows[0].rank is None and not rows[0].selected
     assert sorted(row.rank for row in rows[1:]) in ([1, 2], [1, 1])

@@ -8,15 +8,14 @@ from PIL import Image
 
 from conftest import tiny_config, write_scene
 from realfill.config import TuneConfig
-from realfill.data.records import AdapterInfo
+from realfill.data.records import AdapterInfo, adapter_key
 from realfill.data.scene import load_scene
+from realfill.method.adapter import read_adapter_info, save_adapter
 from realfill.method.tune import (
     add_lora,
     load_models,
     lora_parameters,
     make_batch,
-    read_adapter_info,
-    save_adapter,
     training_images,
     training_loss,
     tune,
@@ -95,9 +94,12 @@ def test_a_stitch_view_is_one_more_draw_with_its_own_hole_weight(tmp_path, tiny_
     assert set(batch.hole_weight.tolist()) == {0.0, 0.5}, "references, target and view are all drawn"
     assert (batch.mask >= batch.unknown).all(), "the view's hole is in the conditioning mask, as the target's"
     tiny = TuneConfig(resolution=32, batch_size=2, train_steps=1, checkpoint_every=0)
-    plain = tune(scene, tiny_model, tiny, str(tmp_path / "plain"), device="cpu", show_progress=False)
-    viewed = tune(scene, tiny_model, tiny, str(tmp_path / "viewed"), device="cpu", show_progress=False, view=view)
-    assert plain.key != viewed.key, "what made the view is part of the adapter's identity"
+    plain = tune(scene, tiny_model, tiny, str(tmp_path / "plain"), key="plain", device="cpu", show_progress=False)
+    viewed = tune(scene, tiny_model, tiny, str(tmp_path / "viewed"), key="viewed", device="cpu", show_progress=False,
+                  view=view)
+    assert plain.losses != viewed.losses, "the view is trained on"
+    assert adapter_key(scene.fingerprint, tiny, 0, None) != adapter_key(scene.fingerprint, tiny, 0, None, view.key), \
+        "what made the view is part of the adapter's identity"
 
 
 def test_batch_has_n_independent_draws_with_one_reference(tmp_path):
@@ -124,9 +126,9 @@ def perturbed_adapter(tiny_model, uri: str, seed: int):
         for module in (models.unet, models.text_encoder):
             for parameter in lora_parameters(module):
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    save_adapter(uri, models, AdapterInfo(scene_id="s", scene_fingerprint="f", base_model="tiny", seed=seed,
-                                          key="k", config=TuneConfig(), device="cpu", mixed_precision="no",
-                                          gradient_checkpointing=False))
+    info = AdapterInfo(scene_id="s", scene_fingerprint="f", base_model="tiny", seed=seed, key="k", config=TuneConfig(),
+                       device="cpu", mixed_precision="no", gradient_checkpointing=False)
+    save_adapter(uri, models.unet, models.text_encoder, info)
     models.unet.eval()
     models.text_encoder.eval()
     return models
@@ -197,7 +199,7 @@ def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_mode
     config = tiny_config(train_steps=4, checkpoint_every=2, mixed_precision=precision,
                          gradient_checkpointing=checkpointing).tune
 
-    straight = tune(scene, tiny_model, config, str(tmp_path / "straight"), seed=1, device="cpu",
+    straight = tune(scene, tiny_model, config, str(tmp_path / "straight"), key="k", seed=1, device="cpu",
                     show_progress=False)
     assert (tmp_path / "straight" / "pytorch_lora_weights.safetensors").exists()
     assert len(straight.losses) == 4 and all(np.isfinite(straight.losses))
@@ -213,10 +215,10 @@ def test_tune_writes_a_diffusers_adapter_and_resumes_exactly(tmp_path, tiny_mode
             raise Preempted
 
     with pytest.raises(Preempted):
-        tune(scene, tiny_model, config, str(tmp_path / "resumed"), seed=1, device="cpu", show_progress=False,
-             after_step=preempt)
+        tune(scene, tiny_model, config, str(tmp_path / "resumed"), key="k", seed=1, device="cpu",
+             show_progress=False, after_step=preempt)
     steps_seen = []
-    resumed = tune(scene, tiny_model, config, str(tmp_path / "resumed"), seed=1, device="cpu",
+    resumed = tune(scene, tiny_model, config, str(tmp_path / "resumed"), key="k", seed=1, device="cpu",
                    show_progress=False, after_step=lambda step, loss: steps_seen.append(step))
     assert steps_seen == [3, 4], "resumed from the checkpoint at step 2"
     assert resumed.losses == straight.losses
@@ -256,7 +258,7 @@ def recorded_training(monkeypatch, tiny_model, tmp_path, **tune_overrides):
     monkeypatch.setattr(tune_module, "training_loss", loss_and_state)
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
     config = tiny_config(train_steps=1, **tune_overrides).tune
-    info = tune(scene, tiny_model, config, str(tmp_path / "adapter"), device="cpu", show_progress=False)
+    info = tune(scene, tiny_model, config, str(tmp_path / "adapter"), key="k", device="cpu", show_progress=False)
     return info, seen
 
 
@@ -273,11 +275,11 @@ def test_bf16_on_a_cpu_runs_the_half_precision_path(tmp_path, tiny_model, monkey
 
 
 def test_fp16_on_a_cpu_is_refused_in_one_line(tmp_path, tiny_model):
-    from realfill.method.models import ModelError
+    from realfill.data.hub import ModelError
 
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
     with pytest.raises(ModelError, match=r"^fp16 mixed precision needs a CUDA GPU \(this runs on cpu\): use bf16"):
-        tune(scene, tiny_model, TuneConfig(mixed_precision="fp16", train_steps=1), str(tmp_path / "adapter"),
+        tune(scene, tiny_model, TuneConfig(mixed_precision="fp16", train_steps=1), str(tmp_path / "adapter"), key="k",
              device="cpu", show_progress=False)
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU, and device is cpu"):
         tiny_config(mixed_precision="fp16")
@@ -312,8 +314,8 @@ def test_a_kill_at_any_write_resumes_to_the_same_adapter(tmp_path, tiny_model, m
     the adapter of an uninterrupted run, bit for bit, and leaves no checkpoint behind."""
     import fsspec.implementations.local as local
 
-    from realfill.fill import tune_scene
     from realfill.method.tune import CHECKPOINT
+    from realfill.stages import tune_scene
 
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
     config = tiny_config(train_steps=3, checkpoint_every=1)
@@ -345,8 +347,8 @@ def test_a_kill_at_any_write_resumes_to_the_same_adapter(tmp_path, tiny_model, m
 
 
 def test_a_damaged_adapter_is_retrained_not_reused(tmp_path, tiny_model):
-    from realfill.fill import tune_scene
-    from realfill.method.tune import AdapterError, verified_adapter
+    from realfill.method.adapter import AdapterError, verified_adapter
+    from realfill.stages import tune_scene
 
     scene = load_scene(str(write_scene(tmp_path / "scene", refs=1)))
     config = tiny_config(train_steps=1)
@@ -365,8 +367,8 @@ def test_a_damaged_adapter_is_retrained_not_reused(tmp_path, tiny_model):
 
 
 def test_pickled_adapter_weights_are_refused(tmp_path, tiny_model):
+    from realfill.method.adapter import AdapterError
     from realfill.method.sample import Sampler
-    from realfill.method.tune import AdapterError
 
     uri = str(tmp_path / "adapter")
     perturbed_adapter(tiny_model, uri, seed=0)

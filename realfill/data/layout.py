@@ -54,34 +54,31 @@ def keyed(store: str, scene_id: str, key: str) -> str:
     return storage.join(store, f"{storage_name(scene_id)}-{key}")
 
 
+def _path(*parts: str, doc: str = "") -> property:
+    """A path under the folder, as a read-only attribute."""
+    return property(lambda self: self.join(*parts), doc=doc)
+
+
 @dataclass(frozen=True)
 class SceneFiles:
     """A scene folder: SCENE/ref/*, SCENE/target/{target,mask,gt}.png."""
 
     uri: str
 
-    @property
-    def refs(self) -> str:
-        return storage.join(self.uri, REFS)
+    def join(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
 
-    @property
-    def target(self) -> str:
-        return storage.join(self.uri, TARGET_DIR, "target.png")
-
-    @property
-    def mask(self) -> str:
-        return storage.join(self.uri, TARGET_DIR, "mask.png")
-
-    @property
-    def gt(self) -> str:
-        return storage.join(self.uri, TARGET_DIR, "gt.png")
+    refs = _path(REFS)
+    target = _path(TARGET_DIR, "target.png")
+    mask = _path(TARGET_DIR, "mask.png")
+    gt = _path(TARGET_DIR, "gt.png", doc="The optional ground truth.")
 
     def ref(self, name: str) -> str:
-        return storage.join(self.refs, name)
+        return self.join(REFS, name)
 
     def is_scene(self) -> bool:
         """Whether the folder looks like a scene (it has target/ or ref/)."""
-        return storage.exists(storage.join(self.uri, TARGET_DIR)) or storage.exists(self.refs)
+        return storage.exists(self.join(TARGET_DIR)) or storage.exists(self.refs)
 
 
 def holds_scene_parts(names: list[str]) -> bool:
@@ -98,19 +95,14 @@ class Output:
     def join(self, *parts: str) -> str:
         return storage.join(self.uri, *parts)
 
-    @property
-    def adapters(self) -> str:
-        """The adapter store, unless a run is given one to share."""
-        return self.join("adapters")
-
-    @property
-    def samples(self) -> str:
-        """The image store (samples and stitch results)."""
-        return self.join("samples")
-
-    @property
-    def manifest(self) -> str:
-        return self.join("manifest")
+    adapters = _path("adapters", doc="The adapter store, unless a run is given one to share.")
+    samples = _path("samples", doc="The image store (samples and stitch results).")
+    metrics = _path("metrics.parquet")
+    requests = _path("requests.parquet", doc="A library's requests, as they were read and checked.")
+    scenes = _path("scenes", doc="A library's scenes root: one scene folder per request.")
+    sweep = _path("sweep.parquet")
+    leaderboard = _path("leaderboard.md")
+    report = _path(REPORT_PAGE)
 
     def table(self, name: str) -> str:
         """A manifest table's one Parquet file: what plain readers read."""
@@ -124,35 +116,9 @@ class Output:
         """Where manifests of schema versions 1 to 3 kept a table's parts."""
         return self.join("manifest", name)
 
-    @property
-    def metrics(self) -> str:
-        return self.join("metrics.parquet")
-
-    @property
-    def requests(self) -> str:
-        """A library's requests, as they were read and checked."""
-        return self.join("requests.parquet")
-
-    @property
-    def scenes(self) -> str:
-        """A library's scenes root: one scene folder per request."""
-        return self.join("scenes")
-
     def filled(self, name: str | None = None) -> str:
         """A library's delivered photos, or one of them by its album-relative name."""
         return self.join("filled", name) if name else self.join("filled")
-
-    @property
-    def sweep(self) -> str:
-        return self.join("sweep.parquet")
-
-    @property
-    def leaderboard(self) -> str:
-        return self.join("leaderboard.md")
-
-    @property
-    def report(self) -> str:
-        return self.join(REPORT_PAGE)
 
     def log(self, name: str) -> str:
         return self.join("logs", name)

@@ -30,11 +30,11 @@ import pyarrow.parquet as pq
 from realfill.data import storage
 from realfill.data.layout import Output, storage_name
 from realfill.data.lease import fence
-from realfill.data.records import ROWS, SCHEMA_VERSION, SampleRow, SceneRow, arrow_schema
+from realfill.data.records import ROWS, SCHEMA_VERSION, SampleRow, SceneRow, arrow_schema, from_values
 
 OLDEST_READABLE = 1
-"""Versions 1 to 3 have the columns of 4 (or fewer, read as null): only the layout differs (their parts are
-read from OUT/manifest/TABLE/ as journal parts, and folded into the table files at the next fold)."""
+"""Versions 1 to 4 have the columns of 5 or fewer (read as null); 1 to 3 kept their parts in OUT/manifest/TABLE/
+(read as journal parts, and folded into the table files at the next fold)."""
 TABLES = {table: arrow_schema(row_type, table) for table, row_type in ROWS.items()}
 SAMPLES, SCENES = TABLES["samples"], TABLES["scenes"]
 FAILED = ".failed"
@@ -274,7 +274,7 @@ class Folding:
 
 
 def rows_of(table: pa.Table, row_type: type) -> list:
-    return [row_type(**values) for values in table.to_pylist()]
+    return [from_values(row_type, values) for values in table.to_pylist()]
 
 
 def completed_scenes(out_uri: str, run_key: str) -> dict[str, str | None]:

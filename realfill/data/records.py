@@ -20,11 +20,11 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
-from realfill.config import FillConfig, SampleConfig, TuneConfig
+from realfill.config import FillConfig, Method, SampleConfig, TuneConfig
 
 KEY_LENGTH = 16
 """Hex digits of every key."""
@@ -32,17 +32,25 @@ ADAPTER_FORMAT = 2
 """Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
 NOT_IN_PIXELS = ("num_samples", "batch_size")
 """Sampling settings that do not change any image: how many seeds, and how many per forward pass."""
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the manifest tables. 2: parts named by scene alone and compacted at the end of a run (the
 columns are those of 1). 3: the scenes table's `selection` (older runs read it as null). 4: one file per table
-(OUT/manifest/TABLE.parquet), records in OUT/manifest/_journal/ until folded in (the columns are those of 3)."""
+(OUT/manifest/TABLE.parquet), records in OUT/manifest/_journal/ until folded in (the columns are those of 3).
+5: the scenes table's `method` (older runs read it as null)."""
+
+
+Status = Literal["ok", "failed"]
+"""A sample's, a scene's or a request's outcome."""
+Selection = Literal["geometry", "no evidence"]
+"""What a scene's selection rests on: matches landing where the known pixels say, or nothing."""
 
 
 def digest(payload: Any) -> str:
     """A short stable digest of JSON-able data (dataclasses as their fields)."""
     if dataclasses.is_dataclass(payload):
         payload = asdict(payload)
-    text = json.dumps(payload, sort_keys=True, default=list)
+    text = json.dumps(payload, sort_keys=True, default=lambda value: asdict(value) if dataclasses.is_dataclass(value)
+                      else list(value))
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 
 
@@ -167,23 +175,43 @@ class AdapterInfo:
 
 
 def _arrow(annotation: Any) -> tuple[pa.DataType, bool]:
-    """The Arrow type of a row field's annotation, and whether it may be null (`X | None`)."""
+    """The Arrow type of a row field's annotation, and whether it may be null (`X | None`): a list of records
+    is a list of structs."""
     arms = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
     present = [arm for arm in arms if arm is not type(None)] or [annotation]
+    if typing.get_origin(present[0]) is Literal:  # its values' type: every Literal here is of strings
+        present = [type(typing.get_args(present[0])[0])]
+    if typing.get_origin(present[0]) is list:
+        return pa.list_(pa.struct(_columns(typing.get_args(present[0])[0]))), type(None) in arms
     arrow = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
              datetime: pa.timestamp("ms", tz="UTC")}
     return arrow[present[0]], type(None) in arms
 
 
-def arrow_schema(row_type: type, table: str) -> pa.Schema:
-    """A manifest table's Parquet schema, derived from its row dataclass (a field's metadata may narrow its
-    Arrow type, e.g. to int32), stamped with the schema version and the table's name."""
+def _columns(row_type: type) -> list[pa.Field]:
     hints = typing.get_type_hints(row_type)
     columns = []
     for item in dataclasses.fields(row_type):
         arrow, nullable = _arrow(hints[item.name])
         columns.append(pa.field(item.name, item.metadata.get("arrow", arrow), nullable=nullable))
-    return pa.schema(columns, metadata={"realfill.schema_version": str(SCHEMA_VERSION), "realfill.table": table})
+    return columns
+
+
+def arrow_schema(row_type: type, table: str) -> pa.Schema:
+    """A table's Parquet schema, derived from its row dataclass (a field's metadata may narrow its Arrow type,
+    e.g. to int32), stamped with the schema version and the table's name."""
+    return pa.schema(_columns(row_type), metadata={"realfill.schema_version": str(SCHEMA_VERSION),
+                                                   "realfill.table": table})
+
+
+def from_values(row_type: type, values: dict[str, Any]):
+    """A row dataclass from a table row's values (a list of structs becomes a list of its records)."""
+    hints = typing.get_type_hints(row_type)
+    for item in dataclasses.fields(row_type):
+        if typing.get_origin(hints[item.name]) is list and values.get(item.name) is not None:
+            record = typing.get_args(hints[item.name])[0]
+            values[item.name] = [record(**value) for value in values[item.name]]
+    return row_type(**values)
 
 
 INT32 = {"arrow": pa.int32()}
@@ -197,7 +225,7 @@ class SampleRow:
     seed: int
     uri: str
     """The composited image."""
-    status: str
+    status: Status
     """ok, or failed (then error says why, and the image was never written)."""
     error: str | None = None
     run_key: str
@@ -225,13 +253,15 @@ class SceneRow:
 
     scene_id: str
     scene_uri: str
-    status: str
+    status: Status
     error: str | None = None
     run_key: str
+    method: Method | None = None
+    """The config's method (null in runs recorded before schema version 5)."""
     adapter_uri: str | None = None
     best_uri: str | None = None
     """The top-ranked sample; None when the ranking has no evidence to rest on (see selection)."""
-    selection: str | None = None
+    selection: Selection | None = None
     """What the ranking rests on: "geometry" (matches landing where the known pixels say), or "no
     evidence" (none did: no sample is selected and there is no best; plain match counts, which noise
     has too, only order the ties)."""
@@ -250,6 +280,15 @@ class SceneRow:
         return self.status == "ok"
 
 
+@dataclass
+class Reference:
+    """A reference of a request, and why: its verified correspondences with the target's known pixels (None
+    for a reference the requests table gave)."""
+
+    uri: str
+    matches: int | None
+
+
 @dataclass(kw_only=True)
 class RequestRow:
     """One request of a photo-library run: a row of OUT/requests.parquet."""
@@ -264,10 +303,9 @@ class RequestRow:
     """mask, box, outpaint or aspect."""
     request: str
     """The row as the table gave it, as JSON."""
-    refs: str
-    """The references, as JSON: [{"uri", "matches"}], matches being the verified correspondences with the
-    known pixels that picked it (null for references the table gave)."""
-    status: str
+    refs: list[Reference]
+    """The references, and the verified correspondences with the known pixels that picked each."""
+    status: Status
     """ok (its scene completed), or failed (error says why: bad input, no usable reference, a failed stage)."""
     error: str | None = None
     scene_uri: str | None = None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import typing
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import pyarrow as pa
 from tqdm.auto import tqdm
@@ -10,13 +13,48 @@ from tqdm.auto import tqdm
 from realfill.config import EvalConfig, FillConfig
 from realfill.data import manifest
 from realfill.data.layout import Output
+from realfill.data.records import arrow_schema
 from realfill.data.scene import load_scene, read_image
-from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Evaluator
+from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Evaluator, Metrics
 
-METRICS_SCHEMA = pa.schema(
-    [pa.field("scene_id", pa.string()), pa.field("seed", pa.int64()), pa.field("uri", pa.string()),
-     pa.field("selected", pa.bool_())] + [pa.field(name, pa.float64()) for name in METRICS]
-)
+Group = Literal["all", "selected"]
+"""Every sample, and the samples that selection kept."""
+GROUPS: tuple[Group, ...] = typing.get_args(Group)
+
+@dataclass(kw_only=True)
+class SampleOf:
+    scene_id: str
+    seed: int
+    uri: str
+    selected: bool | None = None
+    """Kept by the run's selection."""
+
+
+@dataclass(kw_only=True)
+class MetricRow(Metrics, SampleOf):
+    """One evaluated sample: a row of OUT/metrics.parquet."""
+
+
+@dataclass(kw_only=True)
+class GroupOf:
+    variant: str
+    group: Group
+    samples: int
+    """Samples of the group that were evaluated."""
+    scenes_done: int
+    scenes_failed: int
+    fields: str
+    """The variant's own settings (what it changed), as the grid or --variant gave them: JSON."""
+
+
+@dataclass(kw_only=True)
+class LeaderboardRow(Metrics, GroupOf):
+    """One variant's means over one group of samples: a row of OUT/sweep.parquet."""
+
+
+METRICS_SCHEMA = arrow_schema(MetricRow, "metrics")
+LEADERBOARD_SCHEMA = arrow_schema(LeaderboardRow, "sweep")
+"""OUT/sweep.parquet: one row per variant and group (all seeds, selected seeds)."""
 
 
 def evaluate_run(
@@ -42,9 +80,9 @@ def evaluate_run(
         if scene.gt is None:
             continue
         values = evaluator(scene.gt, read_image(sample["uri"]), scene.mask)
-        rows.append({"scene_id": scene_id, "seed": sample["seed"], "uri": sample["uri"],
-                     "selected": sample.get("selected"), **values})
-    table = pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
+        rows.append(MetricRow(scene_id=scene_id, seed=sample["seed"], uri=sample["uri"],
+                              selected=sample.get("selected"), **values))
+    table = pa.Table.from_pylist([asdict(row) for row in rows], schema=METRICS_SCHEMA)
     manifest.write_arrow(Output(out_uri).metrics, table)
     return table, evaluator.unavailable, without_gt
 
@@ -54,20 +92,17 @@ def _mean(values: list) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-GROUPS = ("all", "selected")
-"""Every sample, and the samples that selection kept."""
-
-
 def means(table: pa.Table) -> dict[str, dict[str, float | None]]:
     """Mean of each metric over all samples and over the selected ones: {group: {metric: mean}}, plus the
     count of samples of each group under 'samples'."""
-    return means_of(table.to_pylist())
+    return means_of(manifest.rows_of(table, MetricRow))
 
 
-def means_of(rows: list[dict]) -> dict[str, dict[str, float | None]]:
-    """means() of metric rows as dicts (each with `selected` and the metrics' values)."""
-    groups = {"all": rows, "selected": [row for row in rows if row["selected"]]}
-    return {group: {"samples": len(members), **{name: _mean([row[name] for row in members]) for name in METRICS}}
+def means_of(rows: list[MetricRow]) -> dict[str, dict[str, float | None]]:
+    """means() of metric rows."""
+    groups = {"all": rows, "selected": [row for row in rows if row.selected]}
+    return {group: {"samples": len(members), **{name: _mean([getattr(row, name) for row in members])
+                                                for name in METRICS}}
             for group, members in groups.items()}
 
 
@@ -97,33 +132,26 @@ def _notes(unavailable: dict[str, str]) -> list[str]:
     return [""] + notes if notes else []
 
 
-LEADERBOARD_SCHEMA = pa.schema(
-    [pa.field("variant", pa.string()), pa.field("group", pa.string()), pa.field("samples", pa.int64()),
-     pa.field("scenes_done", pa.int64()), pa.field("scenes_failed", pa.int64())]
-    + [pa.field(name, pa.float64()) for name in METRICS] + [pa.field("fields", pa.string())]
-)
-"""OUT/sweep.parquet: one row per variant and group (all seeds, selected seeds)."""
-
-
-def leaderboard_rows(variant: str, fields: str, table: pa.Table, done: int, failed: int) -> list[dict]:
+def leaderboard_rows(variant: str, fields: str, table: pa.Table, done: int, failed: int) -> list[LeaderboardRow]:
     summary = means(table)
-    return [{"variant": variant, "group": group, "scenes_done": done, "scenes_failed": failed, "fields": fields,
-             **summary[group]} for group in GROUPS]
+    return [LeaderboardRow(variant=variant, group=group, scenes_done=done, scenes_failed=failed, fields=fields,
+                           **summary[group]) for group in GROUPS]
 
 
-def leaderboard(rows: list[dict], unavailable: dict[str, str]) -> str:
+def leaderboard(rows: list[LeaderboardRow], unavailable: dict[str, str]) -> str:
     """Variants × metrics, each cell 'all seeds / selected seeds', with the paper's RealFill row last."""
-    by_variant: dict[str, dict[str, dict]] = {}
+    by_variant: dict[str, dict[str, LeaderboardRow]] = {}
     for row in rows:
-        by_variant.setdefault(row["variant"], {})[row["group"]] = row
+        by_variant.setdefault(row.variant, {})[row.group] = row
     header = "| variant | scenes ok / failed | samples (all / selected) | " + " | ".join(map(_arrow_of, METRICS)) + " |"
     lines = [header, "|" + "---|" * (3 + len(METRICS))]
     for variant, groups in by_variant.items():
-        cells = [" / ".join(_cell(name, groups[group][name], unavailable) for group in GROUPS) for name in METRICS]
-        counts = f"{groups['all']['samples']} / {groups['selected']['samples']}"
-        lines.append(f"| {variant} | {groups['all']['scenes_done']} / {groups['all']['scenes_failed']} | {counts} | "
+        cells = [" / ".join(_cell(name, getattr(groups[group], name), unavailable) for group in GROUPS)
+                 for name in METRICS]
+        counts = f"{groups['all'].samples} / {groups['selected'].samples}"
+        lines.append(f"| {variant} | {groups['all'].scenes_done} / {groups['all'].scenes_failed} | {counts} | "
                      + " | ".join(cells) + " |")
     lines.append("| paper RealFill | | | " + " | ".join(str(PAPER_REALFILL[name]) for name in METRICS) + " |")
-    fields = [f"- {variant}: `{groups['all']['fields']}`" for variant, groups in by_variant.items()]
+    fields = [f"- {variant}: `{groups['all'].fields}`" for variant, groups in by_variant.items()]
     return "\n".join(lines + ["", "Cells: mean over all seeds / over the selected seeds.", "", *fields]
                      + _notes(unavailable))

@@ -8,19 +8,41 @@ weights cannot be had is reported unavailable with the reason, never skipped sil
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from realfill.config import EvalConfig
-from realfill.method.models import ModelError, hub_snapshot, pick_device
+from realfill.data.hub import ModelError, hub_snapshot
+from realfill.devices import pick_device
 
 TRANSFORMERS_FILES = ["*.json", "*.txt", "*.safetensors"]
 
+
+
+@dataclass(kw_only=True)
+class Metrics:
+    """The six metrics of one image (None: not measured, or unavailable here)."""
+
+    psnr: float | None = None
+    """Inside the fill region (dB)."""
+    ssim: float | None = None
+    """Inside the fill region."""
+    lpips: float | None = None
+    """On the fill region's bounding box (lower is better)."""
+    dreamsim: float | None = None
+    """Whole image (lower is better)."""
+    dino: float | None = None
+    """Whole image, cosine similarity of DINO's CLS tokens."""
+    clip: float | None = None
+    """Whole image, cosine similarity of CLIP image embeddings."""
+
+
+METRICS = tuple(item.name for item in fields(Metrics))
 PAPER_REALFILL = {"psnr": 14.78, "ssim": 0.424, "lpips": 0.431, "dreamsim": 0.077, "dino": 0.948, "clip": 0.962}
 """RealFill's row of the paper's Table 1, for orientation."""
-METRICS = ("psnr", "ssim", "lpips", "dreamsim", "dino", "clip")
 LOWER_IS_BETTER = {"lpips", "dreamsim"}
 DREAMSIM_UNAVAILABLE = (
     "the dreamsim package publishes only pickled weights (torch.load), and realfill loads safetensors only"

@@ -23,7 +23,7 @@ import os
 import posixpath
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from urllib.parse import quote
 
@@ -37,16 +37,16 @@ from realfill.data.layout import REPORT_DIR, REPORT_PAGE, Output, SceneFiles, st
 from realfill.data.records import RequestRow, SampleRow, SceneRow, digest
 from realfill.data.runlog import describe
 from realfill.data.scene import SceneError, list_refs, read_image
-from realfill.evaluation.evaluate import means_of
-from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL
+from realfill.evaluation.evaluate import LeaderboardRow, MetricRow, means_of
+from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Metrics
 from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
 
 FOLDERS = ("thumbs", "sheets", "plots", "scenes")
 """The report's folders under OUT/report/: what is in them and not part of the newest report is removed."""
 FAILURES_SHOWN = 20
 """Failures listed on the first page; every one is on failures.html."""
-STAGES = {"tune": "tuning", "sample": "making images", "rank": "ranking"}
-"""The scene rows' seconds (tune_s, sample_s, rank_s), as the report names them."""
+TIMINGS = {"tune_s": "tuning", "sample_s": "making images", "rank_s": "ranking"}
+"""The scene rows' timing columns, as the report names them."""
 SHEET_FILLS = 4
 """Best fills on a contact sheet."""
 SHEET_HEIGHT = 240
@@ -149,7 +149,7 @@ class SceneView:
     row: SceneRow
     samples: list[SampleRow]
     """Its good samples, best rank first."""
-    metrics: dict[str, dict[str, float | None]]
+    metrics: dict[str, MetricRow]
     """Each evaluated sample's metrics, by image URI."""
     request: RequestRow | None
     refs: list[Picture] = field(default_factory=list)
@@ -199,9 +199,9 @@ class SceneView:
     def top_score(self) -> float:
         return max((sample.score or 0.0 for sample in self.samples), default=0.0)
 
-    def metric_rows(self) -> list[dict]:
-        """Each evaluated sample's metrics, with whether it was selected (what means_of averages)."""
-        return [{"selected": sample.selected, **self.metrics[sample.uri]} for sample in self.samples
+    def metric_rows(self) -> list[MetricRow]:
+        """Each evaluated sample's metrics, with whether this run selected it (what means_of averages)."""
+        return [replace(self.metrics[sample.uri], selected=sample.selected) for sample in self.samples
                 if sample.uri in self.metrics]
 
     def metric_means(self) -> dict[str, dict[str, float | None]]:
@@ -224,7 +224,7 @@ def picture_sources(view: SceneView, pictures: Pictures, top: int) -> None:
     if view.request is not None:
         view.before = pictures.of(view.request.target)
         view.after = pictures.of(view.request.filled_uri) if view.request.filled_uri else None
-        view.picked = [(pictures.of(ref["uri"]), ref.get("matches")) for ref in json.loads(view.request.refs)]
+        view.picked = [(pictures.of(ref.uri), ref.matches) for ref in view.request.refs]
 
 
 def read_views(out_uri: str) -> list[SceneView]:
@@ -235,10 +235,9 @@ def read_views(out_uri: str) -> list[SceneView]:
         if sample.ok:
             samples.setdefault(sample.scene_id, []).append(sample)
     metrics_uri, requests_uri = Output(out_uri).metrics, Output(out_uri).requests
-    metrics: dict[str, dict[str, float | None]] = {}
+    metrics: dict[str, MetricRow] = {}
     if storage.exists(metrics_uri):
-        for row in manifest.read_arrow(metrics_uri).to_pylist():
-            metrics[row["uri"]] = {name: row.get(name) for name in METRICS}
+        metrics = {row.uri: row for row in manifest.rows_of(manifest.read_arrow(metrics_uri), MetricRow)}
     requests: dict[str, RequestRow] = {}
     if storage.exists(requests_uri):
         requests = {row.scene_id: row for row in manifest.rows_of(manifest.read_arrow(requests_uri), RequestRow)}
@@ -309,8 +308,9 @@ def score_plot(views: list[SceneView]) -> bytes:
     return _png(figure)
 
 
-def present_metrics(rows: list[dict]) -> list[str]:
-    return [name for name in METRICS if any(row.get(name) is not None and not math.isnan(row[name]) for row in rows)]
+def present_metrics(rows: list[Metrics]) -> list[str]:
+    return [name for name in METRICS
+            if any(getattr(row, name) is not None and not math.isnan(getattr(row, name)) for row in rows)]
 
 
 def rank_plot(views: list[SceneView]) -> bytes | None:
@@ -327,7 +327,7 @@ def rank_plot(views: list[SceneView]) -> bytes | None:
         axes = figure.add_subplot(1, len(names), index + 1)
         by_rank: dict[int, list[float]] = {}
         for points in ranked:
-            line = [(rank, values[name]) for rank, values in points if values[name] is not None]
+            line = [(rank, getattr(values, name)) for rank, values in points if getattr(values, name) is not None]
             axes.plot([rank for rank, _ in line], [value for _, value in line], color="#9aa5b1", alpha=0.35, lw=0.8)
             for rank, value in line:
                 by_rank.setdefault(rank, []).append(value)
@@ -340,18 +340,18 @@ def rank_plot(views: list[SceneView]) -> bytes | None:
     return _png(figure)
 
 
-def leaderboard_plot(rows: list[dict]) -> bytes | None:
+def leaderboard_plot(rows: list[LeaderboardRow]) -> bytes | None:
     """A sweep's variants side by side per metric: all seeds and the selected ones."""
     names = present_metrics(rows)
     if not names:
         return None
-    variants = list(dict.fromkeys(row["variant"] for row in rows))
+    variants = list(dict.fromkeys(row.variant for row in rows))
     figure = _figure(max(3.2 * len(names), 6), 0.9 + 0.35 * len(variants) * 2)
     for index, name in enumerate(names):
         axes = figure.add_subplot(1, len(names), index + 1)
         for offset, group, colour in ((-0.2, "all", "#9aa5b1"), (0.2, "selected", "#1f6fd1")):
-            values = [next((row[name] for row in rows if row["variant"] == variant and row["group"] == group
-                            and row[name] is not None), np.nan) for variant in variants]
+            values = [next((getattr(row, name) for row in rows if row.variant == variant and row.group == group
+                            and getattr(row, name) is not None), np.nan) for variant in variants]
             axes.barh(np.arange(len(variants)) + offset, values, height=0.4, color=colour, label=group)
         axes.axvline(PAPER_REALFILL[name], color="#d62728", lw=1, ls="--", label="paper RealFill")
         axes.set_yticks(range(len(variants)), labels=variants if index == 0 else [""] * len(variants), fontsize=8)
@@ -395,8 +395,7 @@ def contact_sheet(title: str, tiles: list[tuple[bytes | None, str]]) -> bytes:
 
 
 def sheet_title(view: SceneView) -> str:
-    method = json.loads(view.row.config).get("method", "realfill") if view.row.config else None
-    return " · ".join(part for part in (view.scene_id, method, view.status) if part)
+    return " · ".join(part for part in (view.scene_id, view.row.method, view.status) if part)
 
 
 def sheet_tiles(view: SceneView, pictures: Pictures) -> list[tuple[Picture | None, str]]:
@@ -446,7 +445,7 @@ class Summary:
 
 def summarize(views: list[SceneView]) -> Summary:
     ok = [view for view in views if view.row.ok]
-    seconds = {label: sum(getattr(view.row, f"{stage}_s") or 0.0 for view in ok) for stage, label in STAGES.items()}
+    seconds = {label: sum(getattr(view.row, column) or 0.0 for view in ok) for column, label in TIMINGS.items()}
     configs = Counter(view.row.config for view in views if view.row.config)
     parsed = {text: json.loads(text) for text in configs}
     metric_rows = [row for view in views for row in view.metric_rows()]
@@ -456,7 +455,7 @@ def summarize(views: list[SceneView]) -> Summary:
         selected=sum(bool(sample.selected) for view in views for sample in view.samples),
         stage_seconds={stage: value for stage, value in seconds.items() if value > 0},
         configs=[(json.dumps(parsed[text], indent=2, sort_keys=True), count) for text, count in configs.most_common()],
-        methods=sorted({parsed[text].get("method", "realfill") for text in configs}),
+        methods=sorted({view.row.method for view in views if view.row.method}),
         metrics=means_of(metric_rows) if metric_rows else {})
 
 
@@ -623,8 +622,8 @@ def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
     """A sweep's report: every variant's own report, and a page comparing them (the leaderboard, its plot,
     and each scene's best fill under each variant)."""
     out_uri = storage.normalize(out_uri)
-    rows = manifest.read_arrow(Output(out_uri).sweep).to_pylist()
-    names = list(dict.fromkeys(row["variant"] for row in rows))
+    rows = manifest.rows_of(manifest.read_arrow(Output(out_uri).sweep), LeaderboardRow)
+    names = list(dict.fromkeys(row.variant for row in rows))
     reports = {name: write_run_report(Output(out_uri).variant(name).uri, config, title=f"{out_uri}: variant {name}")
                for name in names}
     writer = Writer(out_uri, config)

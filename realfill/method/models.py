@@ -7,15 +7,13 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from realfill.data import storage
-from realfill.data.runlog import InputError
+from realfill.data.hub import ModelError, cache_dir, hub_snapshot
 
 TINY = "tiny"
 TINY_VERSION = "tiny-sd-inpaint-v1"
@@ -29,44 +27,6 @@ HUB_FILES = [
 ]
 """What is fetched of a hub model, or copied of one at an fsspec URI: configs, tokenizer files and the fp32
 safetensors weights, never pickles, fp16 variants or single-file checkpoints."""
-
-
-class ModelError(InputError, RuntimeError):
-    """The base model cannot be found or loaded; the message says how to provide it."""
-
-
-def cache_dir() -> Path:
-    """Where built and downloaded models live: $REALFILL_CACHE, else ~/.cache/realfill."""
-    return Path(os.environ.get("REALFILL_CACHE", Path.home() / ".cache" / "realfill"))
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but no CUDA GPU is visible to torch")
-    return torch.device(requested)
-
-
-def mixed_precision(device: torch.device, requested: str = "auto") -> str:
-    """The precision to run in: with auto, bf16 on a CUDA GPU that has it, else fp16, and fp32 ('no') on CPU;
-    an explicit request is honoured (CPUs autocast bf16, so CI runs the half-precision path too) or refused
-    with one line when the device cannot run it."""
-    if requested == "auto":
-        if device.type != "cuda":
-            return "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if requested == "fp16" and device.type != "cuda":
-        raise ModelError(f"fp16 mixed precision needs a CUDA GPU (this runs on {device.type}): use bf16, which "
-                         f"CPUs run, or no")
-    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ModelError(f"bf16 was asked for, but {torch.cuda.get_device_name(device)} has no bf16: use fp16 "
-                         f"or auto")
-    return requested
-
-
-def torch_dtype(precision: str) -> torch.dtype:
-    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def quiet_libraries() -> None:
@@ -212,35 +172,6 @@ def _from_uri(uri: str) -> Path:
         raise ModelError(f"{uri}: not a diffusers model folder (no model_index.json)")
     copy = cache_dir() / "models" / f"uri-{key}"
     return publish(lambda scratch: storage.download_dir(uri, scratch, HUB_FILES), copy)
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A quick connect to the hub, so an offline machine fails in seconds instead of minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
-
-
-def hub_snapshot(repo_id: str, allow_patterns: list[str]) -> Path:
-    """A hub repo's files from the local Hugging Face cache, else downloaded; ModelError when neither works."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=True))
-    except Exception:  # not cached (the hub client raises several types for this)
-        pass
-    if not hub_reachable():
-        raise ModelError(f"'{repo_id}' is not in the local Hugging Face cache and the hub is unreachable")
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
-    except Exception as exc:  # gated, missing, network errors: one line is enough
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"'{repo_id}' could not be downloaded ({reason})") from None
 
 
 def _from_hub(repo_id: str, flag: str) -> Path:

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from realfill.method.models import byte_level_vocabulary, cache_dir, publish
+from realfill.data.hub import cache_dir
+from realfill.method.models import byte_level_vocabulary, publish
 
 LAYOUTS = Path(__file__).parent / "layouts"
 SD2_INPAINTING = "stable-diffusion-2-inpainting"

@@ -21,9 +21,9 @@ from PIL import Image
 from realfill.config import SampleConfig
 from realfill.data.records import AdapterInfo
 from realfill.data.scene import Scene
+from realfill.devices import mixed_precision, pick_device, torch_dtype
+from realfill.method.adapter import ADAPTER_WEIGHTS, verified_adapter
 from realfill.method.masks import composite, composite_alpha
-from realfill.method.models import mixed_precision, pick_device, torch_dtype
-from realfill.method.tune import ADAPTER_WEIGHTS, verified_adapter
 
 ADAPTER_NAME = "scene"
 

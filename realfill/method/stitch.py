@@ -1,7 +1,7 @@
 """The stitch method: geometry only, no model, no GPU, seconds per scene on one core.
 
 Read top to bottom:
-1. match the target's known pixels to each reference (the matchers of `realfill.selection.matchers`, `known_matches`);
+1. match the target's known pixels to each reference (`realfill.geometry`: matchers, `known_matches`);
 2. fit planes, one after another on the matches the previous planes left (sequential RANSAC), so a scene
    with depth is covered by several homographies, and warp the reference through each (`plane_warps`);
 3. compensate each warp's colour on the known pixels around the hole: one affine RGB map, then the
@@ -17,15 +17,15 @@ and so is not used where it fails.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from realfill.config import RankConfig, StitchConfig
+from realfill.config import StitchConfig
 from realfill.data.scene import Scene
-from realfill.selection.matchers import matcher
-from realfill.selection.rank import known_region
+from realfill.geometry.known import known_matches, planes
+from realfill.geometry.matchers import matcher
 
 MIN_JUDGES = 200
 """Known pixels a warp must cover near the hole to be judged at all."""
@@ -70,32 +70,12 @@ def spread(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(values * weights, (0, 0), sigma) / reach
 
 
-def planes(target_points: np.ndarray, ref_points: np.ndarray, config: StitchConfig) -> list[tuple[np.ndarray, int]]:
-    """Homographies (reference -> target) fitted one after another, each on the matches the previous ones
-    left, with how many matches each explains."""
-    found = []
-    left = np.arange(len(target_points))
-    for _ in range(config.max_planes):
-        if len(left) < config.min_inliers:
-            break
-        matrix, flags = cv2.findHomography(ref_points[left], target_points[left], cv2.USAC_MAGSAC,
-                                           config.ransac_px, maxIters=2000, confidence=0.999)
-        if matrix is None or flags is None:
-            break
-        inliers = flags.ravel().astype(bool)
-        if inliers.sum() < config.min_inliers:
-            break
-        found.append((matrix, int(inliers.sum())))
-        left = left[~inliers]
-    return found
-
-
-def known_matches(scene: Scene, config: StitchConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per reference, its matches to the target's known pixels (target points, reference points), with the
-    rank section's default detector settings."""
-    features = matcher(RankConfig(features=config.features))
-    target = features.detect(scene.target, known_region(scene.mask))
-    return [features.match(target, features.detect(ref, None)) for ref in scene.refs]
+def scene_planes(scene: Scene, config: StitchConfig, max_planes: int) -> list[list[tuple[np.ndarray, int]]]:
+    """Per reference, the planes (reference -> target homographies, with their inliers) that its matches to
+    the target's known pixels fix."""
+    matches = known_matches(matcher(config.match), scene.target, scene.mask, scene.refs)
+    return [planes(target_points, ref_points, max_planes, config.min_inliers, config.ransac_px)
+            for target_points, ref_points in matches]
 
 
 def window(hole: np.ndarray, config: StitchConfig) -> tuple[slice, slice]:
@@ -115,8 +95,8 @@ def plane_warps(scene: Scene, config: StitchConfig, crop: tuple[slice, slice]) -
     offset = np.array([[1, 0, -crop[1].start], [0, 1, -crop[0].start], [0, 0, 1]], np.float64)
     height, width = scene.mask[crop].shape
     warps = []
-    for ref, (target_points, ref_points) in zip(scene.refs, known_matches(scene, config)):
-        for matrix, inliers in planes(target_points, ref_points, config):
+    for ref, found in zip(scene.refs, scene_planes(scene, config, config.max_planes)):
+        for matrix, inliers in found:
             matrix = offset @ matrix
             image = cv2.warpPerspective(ref, matrix, (width, height), flags=cv2.INTER_LINEAR)
             covered = cv2.warpPerspective(np.ones(ref.shape[:2], np.uint8), matrix, (width, height),
@@ -130,8 +110,7 @@ def exemplar(scene: Scene, config: StitchConfig) -> np.ndarray:
     """The reference that best matches the known pixels (most matches on one plane), cropped to where the
     hole lands in it, with as much context again around it; the first reference whole when none matches."""
     best = (0, 0, None)
-    for index, (target_points, ref_points) in enumerate(known_matches(scene, config)):
-        found = planes(target_points, ref_points, replace(config, max_planes=1))
+    for index, found in enumerate(scene_planes(scene, config, max_planes=1)):
         if found and found[0][1] > best[1]:
             best = (index, found[0][1], found[0][0])
     index, _, matrix = best

@@ -7,11 +7,9 @@ Every step's randomness is derived from (seed, step), so a resumed run continues
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,14 +23,12 @@ from tqdm.auto import tqdm
 
 from realfill.config import TuneConfig
 from realfill.data import storage
-from realfill.data.records import AdapterInfo, WeightsRecord, adapter_key
-from realfill.data.runlog import InputError
+from realfill.data.records import AdapterInfo
 from realfill.data.scene import Scene
+from realfill.devices import mixed_precision, pick_device, torch_dtype
+from realfill.method.adapter import safetensors_metadata, save_adapter
 from realfill.method.masks import draw_mask, render_mask
-from realfill.method.models import mixed_precision, pick_device, torch_dtype
 
-ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
-ADAPTER_INFO = "realfill_adapter.json"
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -253,12 +249,6 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The string metadata in a safetensors file's header (8-byte length, then JSON)."""
-    size = int.from_bytes(data[:8], "little")
-    return json.loads(data[8 : 8 + size]).get("__metadata__", {})
-
-
 def save_checkpoint(uri: str, models: Models, optimizer, progress: dict) -> None:
     tensors = {f"lora.{name}": tensor for name, tensor in _lora_state(models).items()}
     tensors.update({f"optimizer.{name}": tensor for name, tensor in _optimizer_state(optimizer).items()})
@@ -280,69 +270,6 @@ def load_checkpoint(uri: str, key: str, models: Models, optimizer) -> dict | Non
     return progress
 
 
-# --- the adapter ----------------------------------------------------------------------------------
-
-
-class AdapterError(InputError, ValueError):
-    """A stored adapter that cannot be used as it is (missing, truncated, replaced, pickled, too old)."""
-
-
-def save_adapter(uri: str, models: Models, info: AdapterInfo) -> AdapterInfo:
-    """Diffusers LoRA format (loadable by `pipeline.load_lora_weights`) plus a JSON of how it was made, with
-    the weights' size and digest (checked before every reuse). The JSON is written last: an adapter without
-    it is unfinished. Weights are kept in float32, the LoRA training precision, so loading them is exact."""
-    from diffusers import StableDiffusionInpaintPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import get_peft_model_state_dict
-
-    layers = {
-        name: convert_state_dict_to_diffusers(get_peft_model_state_dict(module, save_embedding_layers=False))
-        for name, module in (("unet", models.unet), ("text_encoder", models.text_encoder))
-    }
-    with tempfile.TemporaryDirectory() as scratch:
-        StableDiffusionInpaintPipeline.save_lora_weights(
-            scratch,
-            unet_lora_layers=layers["unet"],
-            text_encoder_lora_layers=layers["text_encoder"],
-            unet_lora_adapter_metadata=models.unet.peft_config["default"].to_dict(),
-            text_encoder_lora_adapter_metadata=models.text_encoder.peft_config["default"].to_dict(),
-        )
-        weights = (Path(scratch) / ADAPTER_WEIGHTS).read_bytes()
-    dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in load(weights).values()})
-    info = replace(info, weights=WeightsRecord(file=ADAPTER_WEIGHTS, bytes=len(weights),
-                                               sha256=hashlib.sha256(weights).hexdigest(), dtype=",".join(dtypes)))
-    storage.write_bytes(storage.join(uri, ADAPTER_WEIGHTS), weights)
-    storage.write_bytes(storage.join(uri, ADAPTER_INFO), info.to_json())
-    return info
-
-
-def read_adapter_info(uri: str) -> AdapterInfo:
-    return AdapterInfo.from_json(storage.read_bytes(storage.join(uri, ADAPTER_INFO)))
-
-
-def verified_adapter(uri: str) -> tuple[AdapterInfo, bytes]:
-    """The adapter's info and its weights' bytes, checked against the size and digest it was saved with;
-    AdapterError (one line naming the adapter) when they cannot be trusted. Only safetensors is accepted."""
-    try:
-        info = read_adapter_info(uri)
-    except FileNotFoundError:
-        raise AdapterError(f"{uri}: not a finished adapter (no {ADAPTER_INFO})") from None
-    except ValueError as exc:
-        raise AdapterError(f"{uri}: {ADAPTER_INFO}: {exc}") from None
-    try:
-        weights = storage.read_bytes(storage.join(uri, ADAPTER_WEIGHTS))
-    except FileNotFoundError:
-        pickled = [name for name in storage.list_dir(uri) if name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-        what = f"only pickle weights ({', '.join(pickled)})" if pickled else "no weights"
-        raise AdapterError(f"{uri}: holds {what}, not {ADAPTER_WEIGHTS}; realfill loads safetensors only") from None
-    record = info.weights
-    if record is None or len(weights) != record.bytes or hashlib.sha256(weights).hexdigest() != record.sha256:
-        raise AdapterError(f"{uri}: {ADAPTER_WEIGHTS} is {len(weights)} bytes with another digest than the "
-                           f"{record.bytes if record else '(unrecorded)'} bytes it was saved with (truncated or "
-                           f"replaced)")
-    return info, weights
-
-
 def fresh_accelerator(precision: str, device: torch.device):
     """An Accelerator for one tuning run. Accelerate keeps its state per process and refuses a second
     precision or device; a process tunes many scenes (a Ray worker serves every task sent to it, and a sweep's
@@ -360,6 +287,7 @@ def tune(
     config: TuneConfig,
     out_uri: str,
     *,
+    key: str,
     seed: int = 0,
     device: str = "auto",
     base_model: str | None = None,
@@ -367,7 +295,8 @@ def tune(
     after_step: Callable[[int, float], None] | None = None,
     view: ExtraView | None = None,
 ) -> AdapterInfo:
-    """Fine-tune LoRA on one scene and write the adapter to out_uri; resumes from out_uri/checkpoint.
+    """Fine-tune LoRA on one scene and write the adapter to out_uri; resumes from out_uri/checkpoint when it was
+    made by a run of the same key (the adapter's identity, records.adapter_key: its caller names the adapter by it).
 
     after_step(step, loss) runs after each optimizer step (progress reporting, fault injection in tests).
     Returns the adapter info that is also written next to the weights.
@@ -404,7 +333,6 @@ def tune(
     models.unet.train()
     models.text_encoder.train()
 
-    key = adapter_key(scene.fingerprint, config, seed, base_model, view.key if view else None)
     checkpoint_uri = storage.join(out_uri, CHECKPOINT)
     progress = load_checkpoint(checkpoint_uri, key, models, optimizer) or {"key": key, "step": 0, "losses": []}
     load_seconds = time.perf_counter() - started
@@ -452,6 +380,6 @@ def tune(
             "total_s": round(time.perf_counter() - started, 3),
         },
     )
-    info = save_adapter(out_uri, models, info)
+    info = save_adapter(out_uri, models.unet, models.text_encoder, info)
     storage.remove(checkpoint_uri)  # the adapter is complete: resuming is no longer needed
     return info

@@ -29,17 +29,24 @@ nothing is selected.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from realfill.config import RankConfig
+from realfill.data.records import Selection
 from realfill.data.scene import Scene, SceneError, read_image
-from realfill.selection.matchers import Features, Matcher, matcher
+from realfill.geometry.known import (
+    apply_homography,
+    epipolar_distance,
+    fundamental_inliers,
+    homography,
+    known_features,
+)
+from realfill.geometry.matchers import Features, Matcher, matcher
 
-KNOWN_MARGIN_PX = 8
-"""Known-region features keep this far from the hole, so no descriptor sees hole pixels."""
 REACH_FRACTIONS = (0.0, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 """Leave-out radii of the calibration, as fractions of the target's diagonal."""
 MIN_RESIDUALS = 8
@@ -50,7 +57,7 @@ COLOUR_SIGMA_PX = 2.0
 """Colours are compared on images blurred this much (at detection resolution), so a one-pixel
 misalignment at an edge is not a colour miss."""
 
-GEOMETRY, NO_EVIDENCE = "geometry", "no evidence"
+GEOMETRY, NO_EVIDENCE = typing.get_args(Selection)
 """What a scene's selection rests on (the scene row's `selection`)."""
 NO_EVIDENCE_TEXT = "no sample matched the references, so none is selected and there is no best"
 NO_EVIDENCE_ANYWHERE = ("no scene has evidence: every sample's score is 0 (a random model, or references of "
@@ -140,31 +147,6 @@ class Score:
     """Evidence (nats) that the fill's matches land where, and in the colours, the known region says."""
 
 
-def fundamental_inliers(a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[np.ndarray | None, np.ndarray]:
-    """A RANSAC fundamental matrix and its inlier flags ((None, all False) when there is none)."""
-    none = np.zeros(len(a), bool)
-    if len(a) < 8:
-        return None, none
-    try:
-        matrix, flags = cv2.findFundamentalMat(a, b, cv2.FM_RANSAC, threshold, 0.999)
-    except cv2.error:
-        return None, none
-    if matrix is None or flags is None or matrix.shape != (3, 3):
-        return None, none
-    return matrix, flags.ravel().astype(bool)
-
-
-def epipolar_distance(a: np.ndarray, b: np.ndarray, fundamental: np.ndarray) -> np.ndarray:
-    """Distance of each b from the epipolar line of its a (pixels of the reference)."""
-    lines = cv2.computeCorrespondEpilines(a.reshape(-1, 1, 2), 1, fundamental).reshape(-1, 3)
-    return np.abs(np.sum(lines[:, :2] * b, axis=1) + lines[:, 2]) / np.linalg.norm(lines[:, :2], axis=1).clip(1e-9)
-
-
-def known_region(hole: np.ndarray) -> np.ndarray:
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * KNOWN_MARGIN_PX + 1,) * 2)
-    return cv2.dilate(hole.astype(np.uint8), kernel) == 0
-
-
 def blurred(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), COLOUR_SIGMA_PX / scale).astype(np.float32)
 
@@ -176,18 +158,6 @@ def colours_at(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     maps = points.astype(np.float32).reshape(-1, 1, 2)
     sampled = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return sampled.reshape(-1, 3)
-
-
-def homography(target_points: np.ndarray, ref_points: np.ndarray, threshold: float) -> np.ndarray:
-    """The plane that best explains the known correspondences (a least-squares fit when RANSAC finds none)."""
-    matrix, _ = cv2.findHomography(target_points, ref_points, cv2.RANSAC, threshold)
-    if matrix is None:
-        matrix, _ = cv2.findHomography(target_points, ref_points, 0)
-    return matrix
-
-
-def apply_homography(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return cv2.perspectiveTransform(points.reshape(-1, 1, 2).astype(np.float64), matrix).reshape(-1, 2)
 
 
 def spread_1d(values: np.ndarray, floor: float) -> float:
@@ -257,10 +227,10 @@ def fit_known(target_points: np.ndarray, ref_points: np.ndarray, threshold: floa
 
 def index_scene(scene: Scene, config: RankConfig) -> SceneIndex:
     """Reference features and the known-region geometry: everything a candidate is scored against."""
-    features = matcher(config)
+    features = matcher(config.match)
     refs = [features.detect(ref, None) for ref in scene.refs]
     ref_images = [blurred(ref, found.scale) for ref, found in zip(scene.refs, refs)]
-    target = features.detect(scene.target, known_region(scene.mask))
+    target = known_features(features, scene.target, scene.mask)
     target_image = blurred(scene.target, target.scale)
     diagonal = float(np.hypot(*scene.mask.shape))
     known = [fit_known(*features.match(target, ref), config.ransac_px / target.scale, config.neighbours,
@@ -336,7 +306,7 @@ def rank_scores(scores: list[Score]) -> list[int]:
     return [sum(other > key for other in keys) + 1 for key in keys]
 
 
-def selection(scores: list[Score]) -> str:
+def selection(scores: list[Score]) -> Selection:
     """What the ranking of these candidates rests on: geometry, or nothing. Plain verified counts are no
     evidence of authenticity: a fill of noise has some (eight matches always fit a fundamental matrix)."""
     return GEOMETRY if any(score.score > 0 for score in scores) else NO_EVIDENCE

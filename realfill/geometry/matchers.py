@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from realfill.config import RankConfig
+from realfill.config import MatchConfig
 from realfill.data.runlog import InputError
 
 LEARNED = ("disk", "aliked", "xfeat", "loftr")
@@ -100,7 +100,7 @@ class OpenCVMatcher:
     """SIFT (float descriptors, matched through a FLANN index per reference), ORB or AKAZE (binary,
     brute force), with Lowe's ratio test."""
 
-    def __init__(self, config: RankConfig) -> None:
+    def __init__(self, config: MatchConfig) -> None:
         self.config = config
 
     def _detector(self):
@@ -161,7 +161,7 @@ def load_state(path: Path) -> dict:
 class LearnedMatcher:
     """kornia models on torch: keypoint detectors matched by a LightGlue, or detector-free LoFTR."""
 
-    def __init__(self, config: RankConfig) -> None:
+    def __init__(self, config: MatchConfig) -> None:
         try:
             import kornia  # noqa: F401
             import torch
@@ -297,5 +297,5 @@ def build_models(features: str, weights: str | None, device: str):
     return extractor.eval().to(device), glue.eval().to(device)
 
 
-def matcher(config: RankConfig) -> Matcher:
+def matcher(config: MatchConfig) -> Matcher:
     return LearnedMatcher(config) if config.features in LEARNED else OpenCVMatcher(config)
