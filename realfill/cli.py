@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
+import json
 import logging
 import re
 import shlex
@@ -75,17 +77,12 @@ def field_hints(config_type: type, prefix: str = "") -> dict[str, Any]:
     return found
 
 
-def pipeline_type() -> type:
-    from pipeline.config import PipelineConfig
-
-    return PipelineConfig
-
-
 def known_fields() -> dict[str, Any]:
     """The fields any command takes, by the dotted name its flag has (`--eval.device`, `--rank.keep`)."""
-    found = {**field_hints(FillConfig), **field_hints(EvalConfig, "eval."), **field_hints(LibraryConfig),
-             **field_hints(ReportConfig), **field_hints(pipeline_type())}
-    return found
+    from pipeline.config import PipelineConfig
+
+    return {**field_hints(FillConfig), **field_hints(EvalConfig, "eval."), **field_hints(LibraryConfig),
+            **field_hints(ReportConfig), **field_hints(PipelineConfig)}
 
 
 class PeopleHelp(DefaultHelpFormatter):
@@ -98,6 +95,10 @@ class PeopleHelp(DefaultHelpFormatter):
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
+
+
+def option_strings(parser: ArgumentParser | None) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings] if parser else []
 
 
 def people_text(exc: BaseException, parser: ArgumentParser | None = None, values: dict | None = None) -> str:
@@ -122,7 +123,7 @@ def people_text(exc: BaseException, parser: ArgumentParser | None = None, values
     required = re.match(r"the following arguments are required: (.*)", text)
     if required:
         names = [name.strip().partition(".")[2] or name.strip() for name in required[1].split(",")]
-        options = {option for action in parser._actions for option in action.option_strings} if parser else set()
+        options = option_strings(parser)
         return " and ".join(f"--{name}" if f"--{name}" in options else name.upper() for name in names) + \
             (" are required" if len(names) > 1 else " is required")
     choice = re.match(r"argument command: invalid choice: '([^']*)' \(choose from (.*)\)", text)
@@ -133,7 +134,7 @@ def people_text(exc: BaseException, parser: ArgumentParser | None = None, values
                 + f" (commands: {', '.join(commands)})")
     unrecognized = re.match(r"unrecognized arguments: (.*)", text)
     if unrecognized and parser is not None:
-        options = [option for action in parser._actions for option in action.option_strings]
+        options = option_strings(parser)
         flags = [token.partition("=")[0] for token in unrecognized[1].split() if token.startswith("-")]
         lines = []
         for flag in flags or unrecognized[1].split()[:1]:
@@ -166,12 +167,20 @@ def add_config(parser: ArgumentParser) -> None:
     parser.add_class_arguments(FillConfig, None, fail_untyped=True)
 
 
+@functools.cache
 def config_parser() -> ArgumentParser:
     """A parser of FillConfig's fields alone: what types a config file's and a grid variant's values, as the
-    flags are typed."""
+    flags are typed. Built once: building it costs more than parsing with it, and a grid has many variants."""
     parser = new_parser()
     parser.add_class_arguments(FillConfig, None, fail_untyped=True)
     return parser
+
+
+@functools.lru_cache(maxsize=8)
+def config_namespace(config_json: str) -> Namespace:
+    """A config (as its JSON) as the config parser's namespace: parsed once for all the variants of a grid
+    over it, each of which is parsed over a clone of it."""
+    return config_parser().parse_object(json.loads(config_json))
 
 
 SECTIONS = {name for name, hint in typing.get_type_hints(FillConfig).items() if dataclasses.is_dataclass(hint)}
@@ -194,7 +203,7 @@ def typed_fields(fields_given: dict, source: str, base: FillConfig | None = None
             flat[key] = value
     parser = config_parser()
     try:
-        namespace = parser.parse_object((base or FillConfig()).to_dict())
+        namespace = config_namespace(json.dumps((base or FillConfig()).to_dict(), sort_keys=True)).clone()
         if fast:
             namespace = parser.parse_object(FAST_SAMPLING, namespace=namespace)
         return fill_config(parser.parse_object(flat, namespace=namespace))
@@ -363,8 +372,6 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
 
 
 def cmd_rank(args: Namespace) -> int:
-    import json
-
     from realfill.data.scene import load_scene
     from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_TEXT, rank_scores, score_images, selection
 
@@ -549,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
         return cmd_sweep(args, argv) if command == "sweep" else COMMANDS[command](args)
     except argparse.ArgumentError as exc:
-        print(f"realfill: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"realfill: {one_line(exc)}", file=sys.stderr)
         return 2
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"realfill: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ The manifest rows are typed here too (`SampleRow`, `SceneRow`); their Parquet sc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -204,14 +205,19 @@ def arrow_schema(row_type: type, table: str) -> pa.Schema:
                                                    "realfill.table": table})
 
 
+@functools.cache
+def _record_lists(row_type: type) -> dict[str, type]:
+    """A row type's fields that hold lists of records, with the record's type (read once per type: rows are many)."""
+    hints = typing.get_type_hints(row_type)
+    return {item.name: typing.get_args(hints[item.name])[0] for item in dataclasses.fields(row_type)
+            if typing.get_origin(hints[item.name]) is list}
+
+
 def from_values(row_type: type, values: dict[str, Any]):
     """A row dataclass from a table row's values (a list of structs becomes a list of its records)."""
-    hints = typing.get_type_hints(row_type)
-    for item in dataclasses.fields(row_type):
-        if typing.get_origin(hints[item.name]) is list and values.get(item.name) is not None:
-            record = typing.get_args(hints[item.name])[0]
-            values[item.name] = [record(**value) for value in values[item.name]]
-    return row_type(**values)
+    lists = {name: [record(**value) for value in values[name]] for name, record in _record_lists(row_type).items()
+             if values.get(name) is not None}
+    return row_type(**{**values, **lists})
 
 
 INT32 = {"arrow": pa.int32()}
