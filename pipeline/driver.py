@@ -422,9 +422,9 @@ class Driver:
         self.progress.advance(stage.name)
         self.advance(unit, self.position[unit] + 1)
 
-    def release(self, key: tuple[Stage, str], count: int = 1) -> None:
-        """count more units of key took its result (or will never need it): forget it once none is left."""
-        self.shared[key].left -= count
+    def release(self, key: tuple[Stage, str]) -> None:
+        """One more unit of key took its result (or will never need it): forget it once none is left."""
+        self.shared[key].left -= 1
         if self.shared[key].left <= 0:
             del self.shared[key]
 
@@ -503,7 +503,7 @@ class Driver:
             if not error:
                 self.progress.failed += 1
             error = f"{error + '; ' if error else ''}could not record its outcome: {recording}"
-        self.position.pop(unit, None)
+        del self.position[unit]
         if error:
             self.summary.failed[unit.label] = error
         else:

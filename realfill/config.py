@@ -158,7 +158,8 @@ class SampleConfig:
 @dataclass(frozen=True)
 class MatchConfig:
     """What a feature matcher is built from: the matcher of the known region to the references that stitch,
-    ranking and reference picking share (each of their sections says which features it uses)."""
+    ranking and reference picking share (each of their sections says which features it uses, and takes its
+    defaults from here)."""
 
     features: Features = "sift"
     """The detector and matcher (see RankConfig.features)."""
@@ -181,18 +182,18 @@ class MatchConfig:
 class RankConfig:
     """Seed selection by geometrically verified feature correspondences to the references."""
 
-    features: Features = "sift"
+    features: Features = MatchConfig.features
     """sift, orb or akaze (OpenCV, no extra); disk or aliked (+LightGlue), xfeat (+LighterGlue) or loftr
     (the matchers extra; learned models run on CUDA when there is a GPU)."""
-    weights: str | None = None
+    weights: str | None = MatchConfig.weights
     """LoFTR weights: a safetensors file, local or any fsspec URI (the other learned matchers use the
     weights shipped in their packages)."""
-    max_features: int | None = None
+    max_features: int | None = MatchConfig.max_features
     """Most keypoints kept per image; unset: 4000 for OpenCV features, 1024 for learned ones (whose
     matching costs grow with the square of the count)."""
-    max_side: int = 1024
+    max_side: int = MatchConfig.max_side
     """Images are downscaled so their long side is at most this before feature detection."""
-    ratio: float = 0.8
+    ratio: float = MatchConfig.ratio
     """Lowe's ratio test for OpenCV features: best match distance / second best must be below this."""
     ransac_px: float = 3.0
     """RANSAC threshold for verifying known-region matches, in pixels at detection resolution."""
@@ -229,7 +230,7 @@ class StitchConfig:
     """The stitch method: references warped through the geometry of the target's known pixels, each warp
     judged by those pixels, blended, and classical inpainting wherever no warp fits better."""
 
-    features: Features = "sift"
+    features: Features = MatchConfig.features
     """Matcher of the known region to each reference (the rank section's detector settings apply)."""
     max_planes: int = 4
     """Planes fitted per reference, one after another on the matches the previous ones left (RANSAC): a
