@@ -37,9 +37,11 @@ from realfill.data.scene import Scene, load_scene
 from realfill.example import write_example
 from realfill.method.adapter import ADAPTER_WEIGHTS
 from realfill.method.models import quiet_libraries
-from realfill.method.replicas import SD2_INPAINTING, build_replica
 from realfill.method.sample import Condition, SampleFailure, Sampler
 from realfill.method.tune import fresh_accelerator, make_batch, training_images, tune
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from replicas import SD2_INPAINTING, build_replica  # noqa: E402  (shared with the tests)
 
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "H800": 989.4, "A100": 312.0, "A800": 312.0, "L40S": 362.1,
                     "L40": 181.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.2, "RTX 6000 Ada": 364.2}

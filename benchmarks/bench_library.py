@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 
-from realfill.config import LibraryConfig, RankConfig
+from realfill.config import GeometryConfig, LibraryConfig
 from realfill.data.photos import list_library
 from realfill.data.requests import read_requests
 from realfill.selection.picking import photo_descriptor, prepare_scene
@@ -51,7 +51,7 @@ def measure(scenes_root: str, root: Path, truth: dict[str, set[str]], config: Li
     with tempfile.TemporaryDirectory() as scenes:
         for request in requests:
             started = time.perf_counter()
-            prepared = prepare_scene(request, scenes, {p.uri: p for p in photos}, descriptors, config, RankConfig())
+            prepared = prepare_scene(request, scenes, {p.uri: p for p in photos}, descriptors, config, GeometryConfig())
             seconds.append(time.perf_counter() - started)
             picked = {pick.uri for pick in prepared.picks}
             right, wrong = right + len(picked & truth[request.target]), wrong + len(picked - truth[request.target])

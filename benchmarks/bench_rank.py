@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import torch
 
-from realfill.config import RankConfig
+from realfill.config import GeometryConfig
 from realfill.data.scene import list_scenes, load_scene
-from realfill.selection.decoys import SCALE_FREE, UNITS, Fake, battery, smallest_beaten
 from realfill.selection.rank import index_scene, rank_key, score_candidate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from decoys import SCALE_FREE, UNITS, Fake, battery, smallest_beaten  # noqa: E402  (shared with the tests)
 
 
 @dataclass
@@ -50,7 +54,7 @@ def one_per_magnitude(fakes: list[Fake]) -> list[Fake]:
 
 
 def measure(features: str, scenes, quick: bool) -> Result:
-    config = RankConfig(features=features)
+    config = GeometryConfig(features=features)
     result = Result(features)
     for scene in scenes:
         others = [other.gt for other in scenes if other is not scene]
@@ -102,7 +106,7 @@ def main() -> None:
     fakes = ", ".join(f"{r.features} {len(r.outcomes) // max(1, r.scenes)}" for r in results)
 
     print(f"\n{len(scenes)} scenes with a ground truth, fakes per scene: {fakes}; 1 core "
-          f"(torch and OpenCV single-threaded), long side at most {RankConfig().max_side} px.\n")
+          f"(torch and OpenCV single-threaded), long side at most {GeometryConfig().max_side} px.\n")
     print("| matcher | truth strictly first (geometry score) | (plain count) | smallest margin | closest fake there "
           "| candidates/s/core | scene index s |")
     print("|---|---|---|---|---|---|---|")
@@ -126,7 +130,7 @@ def main() -> None:
                  f"[{threshold_text(family, e.get(family))}]" for g, p, e in zip(geometry, plain, evident)]
         print(f"| {family} | " + " | ".join(cells) + " |")
 
-    config = RankConfig(features=args.features[0])
+    config = GeometryConfig(features=args.features[0])
     candidates = [(scene, fake.image) for scene in scenes[:2] for fake in battery(scene, [])[:10]]
     indexes = {id(scene): index_scene(scene, config) for scene in scenes[:2]}
     started = time.perf_counter()

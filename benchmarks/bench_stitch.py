@@ -14,17 +14,21 @@ import time
 import cv2
 import numpy as np
 
-from realfill.config import StitchConfig
+from realfill.config import GeometryConfig, StitchConfig
 from realfill.data.scene import Scene, list_scenes, load_scene
 from realfill.evaluation.metrics import psnr_in_region, ssim_in_region
-from realfill.method.stitch import band, inpaint, known_matches, planes, stitch
+from realfill.geometry.known import known_matches, planes
+from realfill.geometry.matchers import matcher
+from realfill.method.stitch import band, inpaint, stitch
 
 
-def plain_stitch(scene: Scene, config: StitchConfig) -> np.ndarray:
+def plain_stitch(scene: Scene, config: StitchConfig, geometry: GeometryConfig) -> np.ndarray:
     """One homography from the reference with the most matches on it, gain-compensated on the band of known
     pixels around the hole, pasted into the hole; inpainting where the warp has no pixels."""
     fallback = inpaint(scene.target, scene.mask, config.inpaint_radius)
-    best = max(((planes(*pair, config)[:1], ref) for pair, ref in zip(known_matches(scene, config), scene.refs)),
+    matches = known_matches(matcher(geometry), scene.target, scene.mask, scene.refs)
+    best = max(((planes(*pair, 1, config.min_inliers, config.ransac_px), ref)
+                for pair, ref in zip(matches, scene.refs)),
                key=lambda found: found[0][0][1] if found[0] else 0)
     if not best[0]:
         return fallback
@@ -42,7 +46,7 @@ def plain_stitch(scene: Scene, config: StitchConfig) -> np.ndarray:
 def main() -> None:
     cv2.setNumThreads(1)  # one core, as the goal is stated
     root = os.environ["REALFILL_SCENES"]
-    config = StitchConfig()
+    config, geometry = StitchConfig(), GeometryConfig()
     scenes = [scene for scene in (load_scene(uri) for uri in list_scenes(root)) if scene.gt is not None]
     print("| scene | Telea PSNR | plain stitch PSNR | stitch PSNR | gain over Telea | Telea SSIM | stitch SSIM |"
           " filled by warps | stitch s |")
@@ -50,9 +54,9 @@ def main() -> None:
     totals = []
     for scene in scenes:
         telea = inpaint(scene.target, scene.mask, config.inpaint_radius)
-        plain = plain_stitch(scene, config)
+        plain = plain_stitch(scene, config, geometry)
         started = time.perf_counter()
-        result = stitch(scene, config)
+        result = stitch(scene, config, geometry)
         seconds = time.perf_counter() - started
         row = [psnr_in_region(scene.gt, telea, scene.mask), psnr_in_region(scene.gt, plain, scene.mask),
                psnr_in_region(scene.gt, result.image, scene.mask), ssim_in_region(scene.gt, telea, scene.mask),

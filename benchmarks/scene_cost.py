@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from realfill.config import SampleConfig, TuneConfig
-from realfill.method.replicas import SD2_INPAINTING, build_component, layout_files
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from replicas import SD2_INPAINTING, build_component, layout_files  # noqa: E402  (shared with the tests)
 
 GPUS = {"H100/H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 """Dense bf16 peaks in TFLOP/s (vendor datasheets)."""

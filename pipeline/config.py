@@ -24,7 +24,7 @@ class PipelineConfig:
     """GPUs each sampler actor holds for its lifetime; unset: 1 when the cluster has GPUs at the start, else 0."""
     gpus_per_rank: float = 0.0
     """GPUs per ranking task: 0 ranks on CPUs (OpenCV features); a share such as 0.25 lets learned matchers
-    (--rank.features disk, aliked, xfeat, loftr) run on a GPU."""
+    (--geometry.features disk, aliked, xfeat, loftr) run on a GPU."""
     samplers: int | None = None
     """Sampler actors, each holding the base model: a fixed pool of this size. Unset: an elastic pool that
     follows the cluster's GPUs and the share of the GPU work waiting that is sampling."""

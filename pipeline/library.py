@@ -49,7 +49,7 @@ def prepare_task(request: Request, scenes_root: str, photos: dict[str, Photo], d
     """Pick one request's references and write its scene (CPU)."""
     check_environment()
     fault_hooks("pick")
-    return prepare_scene(request, scenes_root, photos, descriptors, config, fill.rank)
+    return prepare_scene(request, scenes_root, photos, descriptors, config, fill.geometry)
 
 
 @dataclass

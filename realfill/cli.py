@@ -31,8 +31,8 @@ from realfill.config import (
     FAST_SAMPLING,
     EvalConfig,
     FillConfig,
+    GeometryConfig,
     LibraryConfig,
-    RankConfig,
     ReportConfig,
     expand_grid,
     read_config_file,
@@ -375,7 +375,7 @@ def cmd_rank(args: Namespace) -> int:
     from realfill.data.scene import load_scene
     from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_TEXT, rank_scores, score_images, selection
 
-    config = RankConfig(**args.rank.as_dict())
+    config = GeometryConfig(**args.geometry.as_dict())
     scores = score_images(load_scene(args.scene, FillConfig().max_megapixels), args.images, config)
     basis = selection(scores)
     results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank, "selection": basis}
@@ -487,7 +487,7 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     rank.add_argument("scene", help="scene folder or URI")
     rank.add_argument("images", nargs="+", help="completed images (target size), from any generator")
     rank.add_argument("--json", action="store_true", help="one JSON object per line: path, matches, score, rank")
-    rank.add_class_arguments(RankConfig, "rank", fail_untyped=True)
+    rank.add_class_arguments(GeometryConfig, "geometry", fail_untyped=True)
     commands["rank"] = rank, "rank completions of a scene by correspondence to its references"
 
     evaluate = new_parser()

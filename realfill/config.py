@@ -156,53 +156,28 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
-class MatchConfig:
-    """What a feature matcher is built from: the matcher of the known region to the references that stitch,
-    ranking and reference picking share (each of their sections says which features it uses, and takes its
-    defaults from here)."""
+class GeometryConfig:
+    """How the target's known region is matched to other photos, and the fits those matches are verified by:
+    one matcher and one set of fits, shared by stitch, ranking and reference picking."""
 
     features: Features = "sift"
-    """The detector and matcher (see RankConfig.features)."""
+    """sift, orb or akaze (OpenCV, no extra); disk or aliked (+LightGlue), xfeat (+LighterGlue) or loftr
+    (the matchers extra; learned models run on CUDA when there is a GPU)."""
     weights: str | None = None
-    """LoFTR weights (see RankConfig.weights)."""
+    """LoFTR weights: a safetensors file, local or any fsspec URI (the other learned matchers use the
+    weights shipped in their packages)."""
     max_features: int | None = None
-    """Most keypoints kept per image; unset: 4000 for OpenCV features, 1024 for learned ones."""
+    """Most keypoints kept per image; unset: 4000 for OpenCV features, 1024 for learned ones (whose
+    matching costs grow with the square of the count)."""
     max_side: int = 1024
     """Images are downscaled so their long side is at most this before feature detection."""
     ratio: float = 0.8
-    """Lowe's ratio test for OpenCV features."""
-
-    def keypoints(self) -> int:
-        if self.max_features is not None:
-            return self.max_features
-        return 4000 if self.features in ("sift", "orb", "akaze") else 1024
-
-
-@dataclass
-class RankConfig:
-    """Seed selection by geometrically verified feature correspondences to the references."""
-
-    features: Features = MatchConfig.features
-    """sift, orb or akaze (OpenCV, no extra); disk or aliked (+LightGlue), xfeat (+LighterGlue) or loftr
-    (the matchers extra; learned models run on CUDA when there is a GPU)."""
-    weights: str | None = MatchConfig.weights
-    """LoFTR weights: a safetensors file, local or any fsspec URI (the other learned matchers use the
-    weights shipped in their packages)."""
-    max_features: int | None = MatchConfig.max_features
-    """Most keypoints kept per image; unset: 4000 for OpenCV features, 1024 for learned ones (whose
-    matching costs grow with the square of the count)."""
-    max_side: int = MatchConfig.max_side
-    """Images are downscaled so their long side is at most this before feature detection."""
-    ratio: float = MatchConfig.ratio
     """Lowe's ratio test for OpenCV features: best match distance / second best must be below this."""
     ransac_px: float = 3.0
-    """RANSAC threshold for verifying known-region matches, in pixels at detection resolution."""
+    """RANSAC threshold of the fundamental-matrix fits that verify matches (ranking, picking), in pixels at
+    detection resolution."""
     neighbours: int = 12
-    """Known-region correspondences used to predict where a fill point must land in a reference."""
-    keep: int | None = None
-    """Keep the top this many samples (overrides keep_fraction)."""
-    keep_fraction: float = 0.25
-    """Keep this fraction of samples, at least one (paper: top 25%)."""
+    """Known-region correspondences used to predict where a fill point must land in a reference (ranking)."""
 
     def __post_init__(self) -> None:
         _check((self.max_features is None or self.max_features >= 8) and self.max_side >= 64,
@@ -212,12 +187,25 @@ class RankConfig:
         _check((self.features == "loftr") == (self.weights is not None),
                "features loftr needs weights (a safetensors file), and only loftr takes weights")
         _check(self.neighbours >= 3, "neighbours must be >= 3")
+
+    def keypoints(self) -> int:
+        if self.max_features is not None:
+            return self.max_features
+        return 4000 if self.features in ("sift", "orb", "akaze") else 1024
+
+
+@dataclass
+class RankConfig:
+    """Seed selection: how many of the samples, ranked by their geometric evidence, are kept."""
+
+    keep: int | None = None
+    """Keep the top this many samples (overrides keep_fraction)."""
+    keep_fraction: float = 0.25
+    """Keep this fraction of samples, at least one (paper: top 25%)."""
+
+    def __post_init__(self) -> None:
         _check(self.keep is None or self.keep >= 1, "keep must be >= 1")
         _check(0 < self.keep_fraction <= 1, "keep_fraction must be in (0, 1]")
-
-    @property
-    def match(self) -> MatchConfig:
-        return MatchConfig(self.features, self.weights, self.max_features, self.max_side, self.ratio)
 
     def keep_count(self, total: int) -> int:
         if self.keep is not None:
@@ -230,8 +218,6 @@ class StitchConfig:
     """The stitch method: references warped through the geometry of the target's known pixels, each warp
     judged by those pixels, blended, and classical inpainting wherever no warp fits better."""
 
-    features: Features = MatchConfig.features
-    """Matcher of the known region to each reference (the rank section's detector settings apply)."""
     max_planes: int = 4
     """Planes fitted per reference, one after another on the matches the previous ones left (RANSAC): a
     scene with depth is several planes."""
@@ -253,18 +239,12 @@ class StitchConfig:
     """Radius of the OpenCV Telea inpainting that fills what no warp covers or fits."""
 
     def __post_init__(self) -> None:
-        _check(self.features != "loftr", "stitch.features cannot be loftr (it needs weights); use another")
         _check(self.max_planes >= 1 and self.min_inliers >= 4, "need max_planes >= 1 and min_inliers >= 4")
         _check(self.ransac_px > 0 and self.reach_px > 0 and self.correction_px > 0,
                "ransac_px, reach_px and correction_px must be positive")
         _check(self.judge_px >= 4, "judge_px must be >= 4")
         _check(self.softness >= 0, "softness must be >= 0")
         _check(self.inpaint_radius >= 1, "inpaint_radius must be >= 1")
-
-    @property
-    def match(self) -> MatchConfig:
-        """Its features, with the matcher's default detector settings."""
-        return MatchConfig(features=self.features)
 
 
 @dataclass
@@ -294,6 +274,8 @@ class FillConfig:
     """Fine-tuning settings."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Sampling and compositing settings."""
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    """Matching the known region to the references (stitch, ranking, reference picking)."""
     rank: RankConfig = field(default_factory=RankConfig)
     """Seed selection settings."""
     stitch: StitchConfig = field(default_factory=StitchConfig)
@@ -307,6 +289,8 @@ class FillConfig:
             self.tune = TuneConfig(**self.tune)
         if isinstance(self.sample, dict):
             self.sample = SampleConfig(**self.sample)
+        if isinstance(self.geometry, dict):
+            self.geometry = GeometryConfig(**self.geometry)
         if isinstance(self.rank, dict):
             self.rank = RankConfig(**self.rank)
         if isinstance(self.stitch, dict):

@@ -331,7 +331,7 @@ def stitch_scene(scene: Scene, samples: str, config: FillConfig, force: bool = F
     """Make (or reuse) the scene's stitch result in the samples store; returns its URI."""
     uri = stitch_uri(samples, scene, config)
     if force or not storage.exists(uri):
-        storage.write_png(uri, stitch(scene, config.stitch).image)
+        storage.write_png(uri, stitch(scene, config.stitch, config.geometry).image)
     return uri
 
 
@@ -389,7 +389,7 @@ def condition(sampler: Sampler, scene: Scene, adapter: str | None, config: FillC
                           f"({'a Paint-by-Example' if sampler.by_example else 'an inpainting'} pipeline)")
     init = {} if config.init == "noise" else {"init": read_image(stitched), "strength": config.init_strength}
     if config.by_example:
-        return Condition(exemplar=exemplar(scene, config.stitch), **init)
+        return Condition(exemplar=exemplar(scene, config.stitch, config.geometry), **init)
     sampler.use_adapter(adapter if config.tunes else None)
     prompt = sampler.adapter_info.config.prompt if config.tunes else config.prompt
     return Condition(prompt=prompt, **init)
@@ -439,7 +439,7 @@ def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> Ran
     good = [row for row in rows if row.ok]
     if not good:
         raise SampleError(f"every sample failed; {rows[0].error if rows else 'no samples'}")
-    scores = score_images(scene, [row.uri for row in good], config.rank)
+    scores = score_images(scene, [row.uri for row in good], config.geometry)
     basis = selection(scores)
     ranks = rank_scores(scores)
     order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i].seed))

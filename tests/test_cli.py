@@ -131,13 +131,13 @@ def test_the_library_never_imports_ray():
 
 def test_flags_are_the_config_fields_one_name_each(capsys):
     """Every field is a flag named by its path, typed from its annotation (a choice field takes its choices)."""
-    for flag in ("--sample.scheduler", "--rank.features", "--device"):
+    for flag in ("--sample.scheduler", "--geometry.features", "--device"):
         assert main(["fill", "scene", "--out", "o", flag, "nope"]) == 2
         error = capsys.readouterr().err
         assert len(error.strip().splitlines()) == 1 and "nope" in error and flag.lstrip("-") in error
-    config = fill_config(parse(["fill", "s", "--out", "o", "--sample.scheduler", "dpm", "--rank.features", "orb",
+    config = fill_config(parse(["fill", "s", "--out", "o", "--sample.scheduler", "dpm", "--geometry.features", "orb",
                                 "--device", "cpu", "--tune.unet_lora_targets", "[to_q, to_v]"])[1])
-    assert (config.sample.scheduler, config.rank.features, config.device) == ("dpm", "orb", "cpu")
+    assert (config.sample.scheduler, config.geometry.features, config.device) == ("dpm", "orb", "cpu")
     assert config.tune.unet_lora_targets == ("to_q", "to_v")
     with pytest.raises(SystemExit):
         main(["fill", "--help"])

@@ -6,6 +6,7 @@ from realfill.cli import typed_fields
 from realfill.config import (
     EvalConfig,
     FillConfig,
+    GeometryConfig,
     LibraryConfig,
     RankConfig,
     SampleConfig,
@@ -45,7 +46,8 @@ def test_defaults_are_the_paper_recipe():
         (lambda: FillConfig(method="stitch", init="stitch"), "not method stitch"),
         (lambda: FillConfig(init="stitch", init_strength=0.0), "init_strength must be in (0, 1]"),
         (lambda: FillConfig(tune=TuneConfig(stitch_view_weight=0.5)), "tune.stitch_view_weight needs init stitch"),
-        (lambda: StitchConfig(features="loftr"), "stitch.features cannot be loftr"),
+        (lambda: config_with({"geometry.features": "loftr"}), "features loftr needs weights"),
+        (lambda: config_with({"geometry": {"ransac_px": 0}}), "ransac_px must be positive"),
         (lambda: StitchConfig(softness=-1.0), "softness must be >= 0"),
         (lambda: LibraryConfig(max_refs=0), "need max_refs >= 1 and min_matches >= 8"),
         (lambda: LibraryConfig(max_refs=5, shortlist=3), "shortlist must be >= max_refs"),
@@ -107,8 +109,8 @@ def test_every_field_is_documented():
 
     from pipeline.config import PipelineConfig
 
-    for cls in (TuneConfig, SampleConfig, RankConfig, StitchConfig, FillConfig, EvalConfig, LibraryConfig,
-                PipelineConfig):
+    for cls in (TuneConfig, SampleConfig, GeometryConfig, RankConfig, StitchConfig, FillConfig, EvalConfig,
+                LibraryConfig, PipelineConfig):
         documented = {param.arg_name for param in docstring_parser.parse_from_object(cls).params if param.description}
         assert documented == set(cls.__dataclass_fields__), cls
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from realfill.cli import main
-from realfill.config import LibraryConfig, RankConfig
+from realfill.config import GeometryConfig, LibraryConfig
 from realfill.data import manifest
 from realfill.data.photos import list_library
 from realfill.data.requests import RequestsError, read_requests
@@ -75,7 +75,7 @@ def test_picked_references_are_all_of_the_right_place(library, scenes_root):
     right = missed = 0
     for request in requests:
         prepared = prepare_scene(request, str(root.parent / "scenes"), {p.uri: p for p in photos}, descriptors,
-                                 LibraryConfig(), RankConfig())
+                                 LibraryConfig(), GeometryConfig())
         picked = {pick.uri for pick in prepared.picks}
         assert not picked - truth[request.target], f"{request.scene_id} picked another place's photos"
         assert "opensfm_lund_street-edited.jpg" not in {Path(uri).name for uri in picked}, "a near-duplicate"
@@ -211,7 +211,7 @@ def test_a_photo_that_cannot_be_decoded_fails_its_request_alone(library, tmp_pat
     (request,) = read_requests(str(tmp_path / "library"), photos,
                                str(write_table(tmp_path / "r.csv", [{"target": "trip/broken.jpg", "box": "1,1,9,9"}])))
     prepared = prepare_scene(request, str(tmp_path / "scenes"), {p.uri: p for p in photos}, {}, LibraryConfig(),
-                             RankConfig())
+                             GeometryConfig())
     assert prepared.scene_uri is None and "broken.jpg" in prepared.error and "\n" not in prepared.error
 
 

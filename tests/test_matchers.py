@@ -7,12 +7,12 @@ from PIL import Image
 from test_cli import TINY_FLAGS
 
 from conftest import write_scene
+from decoys import battery
 from realfill.cli import fill_config, main, parse, pipeline_config
-from realfill.config import RankConfig
+from realfill.config import GeometryConfig
 from realfill.data import manifest
 from realfill.data.scene import load_scene
 from realfill.geometry import matchers
-from realfill.selection.decoys import battery
 from realfill.selection.rank import index_scene, rank_key, score_candidate, selection
 
 kornia = pytest.importorskip("kornia", reason="the matchers extra is not installed (make matchers)")
@@ -29,7 +29,7 @@ def graffiti(scenes_root):
 def test_learned_matcher_ranks_the_truth_first(graffiti, features):
     if features not in LEARNED_WITH_WEIGHTS:
         pytest.skip(f"weights package {matchers.WEIGHT_PACKAGES[features]} not installed (make matchers)")
-    config = RankConfig(features=features)
+    config = GeometryConfig(features=features)
     index = index_scene(graffiti, config)
     assert all(known is not None and len(known.geometry.target_points) > 50 for known in index.known)
     fakes = {fake.label: fake.image for fake in battery(graffiti, [])}
@@ -43,8 +43,8 @@ def test_learned_matcher_ranks_the_truth_first(graffiti, features):
 def test_keypoints_stay_inside_the_mask_and_in_original_pixels(graffiti):
     if not LEARNED_WITH_WEIGHTS:
         pytest.skip("no learned weights package installed (make matchers)")
-    config = RankConfig(features=LEARNED_WITH_WEIGHTS[0], max_side=256)
-    found = matchers.matcher(config.match).detect(graffiti.gt, graffiti.mask)
+    config = GeometryConfig(features=LEARNED_WITH_WEIGHTS[0], max_side=256)
+    found = matchers.matcher(config).detect(graffiti.gt, graffiti.mask)
     assert found.scale == 0.5 and len(found.points) > 0
     columns, rows = np.round(found.points).astype(int).T
     assert graffiti.mask[rows.clip(0, 511), columns.clip(0, 511)].mean() > 0.95
@@ -60,7 +60,7 @@ def test_loftr_loads_weights_from_a_safetensors_uri(graffiti, tmp_path):
     torch.manual_seed(0)
     saved = LoFTR(pretrained=None)
     save_model(saved, str(tmp_path / "loftr.safetensors"))
-    config = RankConfig(features="loftr", weights=f"file://{tmp_path / 'loftr.safetensors'}", max_side=128)
+    config = GeometryConfig(features="loftr", weights=f"file://{tmp_path / 'loftr.safetensors'}", max_side=128)
     _, loaded = matchers.build_models(config.features, config.weights, "cpu")
     for name, tensor in saved.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -83,9 +83,9 @@ def test_loftr_weights_are_checked(tmp_path):
     with pytest.raises(matchers.MatcherError, match="other.safetensors: not weights for this model"):
         matchers.load_loftr(str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="loftr needs weights"):
-        RankConfig(features="loftr")
+        GeometryConfig(features="loftr")
     with pytest.raises(ValueError, match="only loftr takes weights"):
-        RankConfig(features="sift", weights="x.safetensors")
+        GeometryConfig(features="sift", weights="x.safetensors")
 
 
 def test_missing_weights_package_says_how_to_install(monkeypatch):
@@ -99,19 +99,19 @@ def test_the_commands_take_a_learned_matcher(scenes_root, tmp_path, capsys):
     scene = scenes_root / "oxford_graffiti"
     blurred = tmp_path / "blurred.png"
     Image.fromarray(next(f.image for f in battery(load_scene(str(scene)), []) if f.label == "blur σ4")).save(blurred)
-    assert main(["rank", str(scene), str(blurred), str(scene / "target" / "gt.png"), "--rank.features", "xfeat",
+    assert main(["rank", str(scene), str(blurred), str(scene / "target" / "gt.png"), "--geometry.features", "xfeat",
                  "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["path"].endswith("gt.png") and lines[0]["rank"] == 1 and lines[1]["rank"] == 2
 
     out = tmp_path / "out"
     assert main(["fill", str(write_scene(tmp_path / "scene")), "--out", str(out), *TINY_FLAGS,
-                 "--rank.features", "xfeat"]) == 0
+                 "--geometry.features", "xfeat"]) == 0
     scenes = manifest.read_table(str(out), "scenes").to_pylist()
-    assert json.loads(scenes[0]["config"])["rank"]["features"] == "xfeat"
+    assert json.loads(scenes[0]["config"])["geometry"]["features"] == "xfeat"
 
-    command, args = parse(["run", "SCENES", "--out", "OUT", "--rank.features", "disk", "--gpus_per_rank", "0.25"])
-    assert fill_config(args).rank.features == "disk" and pipeline_config(args).gpus_per_rank == 0.25
+    command, args = parse(["run", "SCENES", "--out", "OUT", "--geometry.features", "disk", "--gpus_per_rank", "0.25"])
+    assert fill_config(args).geometry.features == "disk" and pipeline_config(args).gpus_per_rank == 0.25
 
 
 def test_bad_loftr_weights_stop_the_command_with_one_line_naming_the_file(scenes_root, tmp_path, capsys):
@@ -119,7 +119,7 @@ def test_bad_loftr_weights_stop_the_command_with_one_line_naming_the_file(scenes
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     for weights, words in ((tmp_path / "bad.safetensors", "bad.safetensors: not a safetensors file"),
                            (tmp_path / "missing.safetensors", "missing.safetensors: LoFTR weights not found")):
-        assert main(["rank", str(scene), str(scene / "target" / "gt.png"), "--rank.features", "loftr",
-                     "--rank.weights", str(weights)]) != 0
+        assert main(["rank", str(scene), str(scene / "target" / "gt.png"), "--geometry.features", "loftr",
+                     "--geometry.weights", str(weights)]) != 0
         error = capsys.readouterr().err.strip()
         assert words in error and len(error.splitlines()) == 1 and "Traceback" not in error

@@ -361,7 +361,7 @@ def test_run_ranks_with_a_learned_matcher_in_its_workers(scenes_root, tmp_path):
     root = tmp_path / "scenes"
     root.mkdir()
     (root / "oxford_graffiti").symlink_to(scenes_root / "oxford_graffiti", target_is_directory=True)
-    result = realfill_run(root, tmp_path / "out", "--rank.features", "xfeat")
+    result = realfill_run(root, tmp_path / "out", "--geometry.features", "xfeat")
     assert result.returncode == 0, result.stdout + result.stderr
     samples = manifest.read_table(str(tmp_path / "out"), "samples").to_pylist()
     assert len(samples) == 3 and all(row["rank"] is not None for row in samples)

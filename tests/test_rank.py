@@ -5,13 +5,13 @@ import pytest
 from PIL import Image
 
 from conftest import png_header, write_scene
+from decoys import UNITS, battery, smallest_beaten
 from realfill.cli import main
-from realfill.config import RankConfig
+from realfill.config import GeometryConfig, RankConfig
 from realfill.data.scene import list_scenes, load_scene
-from realfill.selection.decoys import UNITS, battery, smallest_beaten
 from realfill.selection.rank import NO_EVIDENCE, Score, index_scene, rank_key, rank_scores, score_candidate, selection
 
-CONFIG = RankConfig()
+CONFIG = GeometryConfig()
 MEASURED = {"warp": 2, "exposure": 0.05, "blur": 1, "mirror": 0, "other scene": 0, "inpainting": 0}
 """Per family, the smallest perturbation SIFT's geometry score ranks below the truth in every scene
 (BENCHMARKS.md): a change that makes any of them worse fails here."""
@@ -100,7 +100,7 @@ def test_calibration_is_measured_from_the_known_region(gt_scenes):
 @pytest.mark.parametrize("features", ["orb", "akaze"])
 def test_other_feature_types_run(gt_scenes, features):
     scene = gt_scenes[0]
-    config = RankConfig(features=features)
+    config = GeometryConfig(features=features)
     index = index_scene(scene, config)
     true = score_candidate(index, scene.gt, config)
     hole = score_candidate(index, scene.target, config)

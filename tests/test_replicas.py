@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from realfill.method.replicas import (
+from replicas import (
     LEGACY_PREFIXES,
     PAINT_BY_EXAMPLE,
     SD2_INPAINTING,
@@ -227,7 +227,7 @@ def test_refresh_takes_every_config_of_a_hub_snapshot_and_no_vocabulary(tmp_path
     in for the hub's snapshot at that revision)."""
     import huggingface_hub
 
-    from realfill.method import replicas as module
+    import replicas as module
 
     asked = []
 

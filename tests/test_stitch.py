@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import write_scene
-from realfill.config import StitchConfig
+from realfill.config import GeometryConfig, StitchConfig
 from realfill.data.scene import Scene, load_scene
 from realfill.evaluation.metrics import psnr_in_region
 from realfill.method.stitch import Blend, exemplar, inpaint, stitch
@@ -38,7 +38,7 @@ def test_blend_is_the_softmin_of_all_candidates_at_once():
 
 def test_shifted_references_fill_the_hole_with_what_was_there(tmp_path):
     scene = load_scene(str(write_scene(tmp_path / "s", size=(192, 128), ref_size=(200, 140))))
-    result = stitch(scene, StitchConfig())
+    result = stitch(scene, StitchConfig(), GeometryConfig())
     known = ~scene.mask
     np.testing.assert_array_equal(result.image[known], scene.target[known])
     assert result.warps >= 2 and result.from_warps > 0.95
@@ -50,7 +50,7 @@ def test_references_of_another_place_leave_inpainting_alone(tmp_path):
     scene = load_scene(str(write_scene(tmp_path / "s", size=(192, 128), ref_size=(200, 140))))
     elsewhere = load_scene(str(write_scene(tmp_path / "other", size=(192, 128), ref_size=(200, 140), seed=7)))
     scene.refs = elsewhere.refs
-    result = stitch(scene, StitchConfig())
+    result = stitch(scene, StitchConfig(), GeometryConfig())
     assert result.from_warps == 0.0
     np.testing.assert_array_equal(result.image, telea(scene))
 
@@ -64,7 +64,7 @@ def test_on_the_real_scenes_stitch_beats_inpainting_by_3_db_and_loses_nowhere(re
     """The quality goal, on every ground-truth scene (BENCHMARKS.md has the table)."""
     gains = {}
     for name, scene in real.items():
-        filled = stitch(scene, StitchConfig()).image
+        filled = stitch(scene, StitchConfig(), GeometryConfig()).image
         gains[name] = psnr_in_region(scene.gt, filled, scene.mask) - psnr_in_region(scene.gt, telea(scene), scene.mask)
     assert np.mean(list(gains.values())) >= 3.0, gains
     assert min(gains.values()) >= -0.5, gains
@@ -72,14 +72,14 @@ def test_on_the_real_scenes_stitch_beats_inpainting_by_3_db_and_loses_nowhere(re
 
 def test_a_reference_of_another_scene_is_judged_by_the_known_pixels_and_not_used(real):
     scene = real["oxford_graffiti"]
-    alone = psnr_in_region(scene.gt, stitch(scene, StitchConfig()).image, scene.mask)
+    alone = psnr_in_region(scene.gt, stitch(scene, StitchConfig(), GeometryConfig()).image, scene.mask)
     decoyed = Scene(**{**scene.__dict__, "refs": [*real["yfcc_sacre_coeur"].refs, *scene.refs]})
-    assert psnr_in_region(scene.gt, stitch(decoyed, StitchConfig()).image, scene.mask) > alone - 0.3
+    assert psnr_in_region(scene.gt, stitch(decoyed, StitchConfig(), GeometryConfig()).image, scene.mask) > alone - 0.3
 
 
 def test_the_exemplar_is_where_the_hole_lands_in_the_best_reference(real, tmp_path):
     scene = real["middlebury_motorcycle"]
-    crop = exemplar(scene, StitchConfig())
+    crop = exemplar(scene, StitchConfig(), GeometryConfig())
     ref = scene.refs[0]
     assert crop.shape[0] < ref.shape[0] and crop.shape[1] < ref.shape[1]
     rows, columns = np.nonzero(scene.mask)
@@ -90,4 +90,5 @@ def test_the_exemplar_is_where_the_hole_lands_in_the_best_reference(real, tmp_pa
                if np.array_equal(ref[y, x], crop[0, 0])), "a crop of the reference itself"
     nowhere = load_scene(str(write_scene(tmp_path / "noise", refs=1)))
     nowhere.refs = [np.zeros((40, 50, 3), np.uint8)]
-    assert exemplar(nowhere, StitchConfig()).shape == (40, 50, 3), "no match: the first reference whole"
+    crop = exemplar(nowhere, StitchConfig(), GeometryConfig())
+    assert crop.shape == (40, 50, 3), "no match: the first reference whole"

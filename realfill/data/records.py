@@ -5,7 +5,7 @@ what changes the output it names:
 - an image: its adapter (for untuned methods, the scene and model), the sampling settings that change
   pixels (not how many seeds, not the batch they are generated in), what the method conditions on, and its
   seed; so raising `num_samples` makes only the new seeds;
-- a stitch result: the scene's content and the stitch settings;
+- a stitch result: the scene's content, the stitch settings and the geometry section;
 - a run: its complete config (what a resume compares).
 
 The manifest rows are typed here too (`SampleRow`, `SceneRow`); their Parquet schemas are derived from them.
@@ -70,9 +70,14 @@ def adapter_key(scene_fingerprint: str, tune: TuneConfig, seed: int, base_model:
     return digest({"scene": scene_fingerprint, **_training(tune, seed, base_model, view)})
 
 
+def stitching(config: FillConfig) -> dict[str, Any]:
+    """What decides a stitch result besides the scene: the stitch settings and the geometry it warps by."""
+    return {"stitch": asdict(config.stitch), "geometry": asdict(config.geometry)}
+
+
 def training_view(config: FillConfig) -> str | None:
     """What makes the stitch training view, when the tune config asks for one."""
-    return digest(config.stitch) if config.tune.stitch_view_weight > 0 else None
+    return digest(stitching(config)) if config.tune.stitch_view_weight > 0 else None
 
 
 def training_key(scene_uri: str, config: FillConfig) -> str:
@@ -83,13 +88,13 @@ def training_key(scene_uri: str, config: FillConfig) -> str:
 
 
 def stitch_key(scene_fingerprint: str, config: FillConfig) -> str:
-    """A stitch result: the scene's content and the stitch settings (it has no seed)."""
-    return digest({"scene": scene_fingerprint, "stitch": asdict(config.stitch)})
+    """A stitch result: the scene's content and what stitching takes (it has no seed)."""
+    return digest({"scene": scene_fingerprint, **stitching(config)})
 
 
 def stitching_key(scene_uri: str, config: FillConfig) -> str:
     """Which (scene, variant) pairs of one run share a stitch result, known before the scene is read."""
-    return digest({"scene_uri": scene_uri, "stitch": asdict(config.stitch)})
+    return digest({"scene_uri": scene_uri, **stitching(config)})
 
 
 def _pixels(sample: SampleConfig) -> dict[str, Any]:
@@ -105,9 +110,9 @@ def _generation(config: FillConfig) -> dict[str, Any]:
     if config.method == "sd-inpaint":
         parts["prompt"] = config.prompt
     if config.by_example:
-        parts["exemplar"] = asdict(config.stitch)  # the exemplar is found by the stitch's matches
+        parts["exemplar"] = stitching(config)  # the exemplar is found by the stitch's matches
     if config.init == "stitch":
-        parts["init"] = {"stitch": asdict(config.stitch), "strength": config.init_strength}
+        parts["init"] = {**stitching(config), "strength": config.init_strength}
     return parts
 
 

