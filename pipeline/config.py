@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from realfill.config import check
+
 if TYPE_CHECKING:
     from realfill.stages import Stage
 
@@ -41,14 +43,10 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_tune", "gpus_per_sampler", "gpus_per_rank"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        if self.samplers is not None and self.samplers < 1:
-            raise ValueError("samplers must be >= 1")
-        if self.max_in_flight is not None and self.max_in_flight < 1:
-            raise ValueError("max_in_flight must be >= 1")
-        if self.retries < 0:
-            raise ValueError("retries must be >= 0")
+            check(getattr(self, name) is None or getattr(self, name) >= 0, f"{name} must be >= 0")
+        for name in ("samplers", "max_in_flight"):
+            check(getattr(self, name) is None or getattr(self, name) >= 1, f"{name} must be >= 1")
+        check(self.retries >= 0, "retries must be >= 0")
 
 
 @dataclass
@@ -102,16 +100,10 @@ def plan(resources: dict[str, float], pipeline: PipelineConfig, start: Plan | No
     minimum = pipeline.samplers if fixed else 1
     uses_gpus = gpus_per_tune > 0 or gpus_per_sampler > 0
     in_flight = max(2, 2 * (gpus if uses_gpus else cpus)) + (PENDING_GPU_SCENES if uses_gpus else 0)
-    return Plan(
-        gpus=gpus,
-        gpus_per_tune=gpus_per_tune,
-        gpus_per_sampler=gpus_per_sampler,
-        gpus_per_rank=pipeline.gpus_per_rank,
-        samplers=samplers,
-        min_samplers=minimum,
-        max_samplers=minimum if fixed or not gpus_per_sampler else max(minimum, int(gpus // gpus_per_sampler)),
-        max_in_flight=given_or(pipeline.max_in_flight, in_flight),
-    )
+    return Plan(gpus=gpus, gpus_per_tune=gpus_per_tune, gpus_per_sampler=gpus_per_sampler,
+                gpus_per_rank=pipeline.gpus_per_rank, samplers=samplers, min_samplers=minimum,
+                max_samplers=minimum if fixed or not gpus_per_sampler else max(minimum, int(gpus // gpus_per_sampler)),
+                max_in_flight=given_or(pipeline.max_in_flight, in_flight))
 
 
 @dataclass

@@ -7,8 +7,9 @@ cross process boundaries, never images.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
-import time
 from collections import deque
 
 import ray
@@ -20,43 +21,27 @@ from realfill.method.models import quiet_libraries
 from realfill.method.sample import Sampler
 from realfill.stages import Job, Ran, Runtime, Stage, run_timed
 
-CRASH_ONCE = "REALFILL_TEST_CRASH_ONCE"
-"""Test-only fault hook: 'STAGE:MARKER' makes the first STAGE call that finds no MARKER file create it
-and kill its own worker process, as a preempted or OOM-killed worker would die."""
-HOLD_ONCE = "REALFILL_TEST_HOLD_ONCE"
-"""Test-only hook: 'STAGE:MARKER' makes the first STAGE call that finds no MARKER write its node's id there
-and wait (for its node to be taken away by the test); its retry finds the MARKER and goes on."""
-GATHER = "REALFILL_TEST_GATHER"
-"""Test-only hook: 'STAGE:FOLDER:N' makes every STAGE call wait until N calls of it have started (at most
-HOOK_WAIT_S): it can go on only if the run had N of them running at once."""
-HOOK_WAIT_S = 300.0
+FAULTS = "REALFILL_FAULTS"
+"""Tests only: a Python file whose at_call(STAGE) every stage call (and tuning step) runs first, so that a test
+can kill, hold or gather workers there, as a preemption or a lost node would (tests/faults.py)."""
 
 
-def hooks(name: str, stage: str) -> list[str]:
-    """The arguments of a test hook's specs (comma-separated 'STAGE:ARG[:ARG]') that name this stage."""
-    return [spec.split(":", 1)[1] for spec in os.environ.get(name, "").split(",")
-            if spec.partition(":")[0] == stage and ":" in spec]
+@functools.cache
+def fault_injector():
+    """The injector REALFILL_FAULTS names, loaded once per worker process (None: no faults, the usual case)."""
+    path = os.environ.get(FAULTS)
+    if not path:
+        return None
+    spec = importlib.util.spec_from_file_location("realfill_faults", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.at_call
 
 
 def fault_hooks(stage: str) -> None:
-    """Where a stage call meets the test hooks above (nothing happens unless one is set)."""
-    for marker in hooks(CRASH_ONCE, stage):
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            os._exit(1)
-    for marker in hooks(HOLD_ONCE, stage):
-        if not os.path.exists(marker):
-            with open(f"{marker}.tmp", "w") as handle:
-                handle.write(ray.get_runtime_context().get_node_id())
-            os.replace(f"{marker}.tmp", marker)
-            time.sleep(HOOK_WAIT_S)
-    for spec in hooks(GATHER, stage):
-        folder, _, count = spec.rpartition(":")
-        os.makedirs(folder, exist_ok=True)
-        open(os.path.join(folder, ray.get_runtime_context().get_task_id()), "w").close()  # once per call
-        deadline = time.monotonic() + HOOK_WAIT_S
-        while len(os.listdir(folder)) < int(count) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    injector = fault_injector()
+    if injector is not None:
+        injector(stage)
 
 
 def step_reporter(stage: Stage, job: Job, verbose: bool):

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace, set_parsing_settings
 
+from pipeline.config import PipelineConfig
 from realfill.config import (
     FAST_SAMPLING,
     EvalConfig,
@@ -79,8 +80,6 @@ def field_hints(config_type: type, prefix: str = "") -> dict[str, Any]:
 
 def known_fields() -> dict[str, Any]:
     """The fields any command takes, by the dotted name its flag has (`--eval.device`, `--rank.keep`)."""
-    from pipeline.config import PipelineConfig
-
     return {**field_hints(FillConfig), **field_hints(EvalConfig, "eval."), **field_hints(LibraryConfig),
             **field_hints(ReportConfig), **field_hints(PipelineConfig)}
 
@@ -224,8 +223,6 @@ def add_pipeline(parser: ArgumentParser) -> None:
     """PipelineConfig's fields as flags (Ray settings of `realfill run` and `realfill sweep`)."""
     import docstring_parser
 
-    from pipeline.config import PipelineConfig
-
     switches = {"force", "verbose"}  # plain switches, not `--force true`
     parser.add_class_arguments(PipelineConfig, None, fail_untyped=True, skip=switches)
     docs = {param.arg_name: param.description for param in docstring_parser.parse_from_object(PipelineConfig).params}
@@ -244,9 +241,7 @@ def flat_config(config_type: type, args: Namespace):
     return config_type(**{item.name: args[item.name] for item in fields(config_type)})
 
 
-def pipeline_config(args: Namespace):
-    from pipeline.config import PipelineConfig
-
+def pipeline_config(args: Namespace) -> PipelineConfig:
     return flat_config(PipelineConfig, args)
 
 
@@ -431,11 +426,14 @@ def cmd_example(args: Namespace) -> int:
 SCENES_HELP = "scenes root: a folder or URI holding one folder per scene"
 
 
-def run_parser(source: str, source_help: str, out_help: str) -> ArgumentParser:
-    """A command that completes scenes: what it reads, where it writes, progress bars or not."""
+def run_parser(source: str, source_help: str, out_help: str, adapters: bool = True) -> ArgumentParser:
+    """A command that completes scenes: what it reads, where it writes (and its adapters, unless it keeps its
+    own), progress bars or not."""
     parser = new_parser()
     parser.add_argument(source, help=source_help)
     parser.add_argument("--out", required=True, help=out_help)
+    if adapters:
+        parser.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no_report", action="store_true", help="do not write OUT/report.html at the end")
     return parser
@@ -448,14 +446,12 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     commands: dict[str, tuple[ArgumentParser, str]] = {}
 
     fill = run_parser("scene", "scene folder or URI (RealBench layout)", "output folder or URI")
-    fill.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
     fill.add_argument("--verbose", action="store_true",
                       help="full tracebacks on stderr too (they are always in the run's log, OUT/logs/)")
     add_config(fill)
     commands["fill"] = fill, "fine-tune on one scene, sample seeds, write images and manifest"
 
     run = run_parser("scenes", SCENES_HELP, "output folder or URI (shared storage on a cluster)")
-    run.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
     add_pipeline(run)
     add_config(run)
     commands["run"] = run, "complete every scene under a scenes root on a Ray cluster (or locally)"
@@ -466,14 +462,13 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
                          "scene_id, mask, box, outpaint, aspect, refs (';'-separated), album")
     library.add_argument("--outpaint", metavar="RATIO", help="without --requests: uncrop every photo by this ratio")
     library.add_argument("--aspect", metavar="W:H", help="without --requests: uncrop every photo to this aspect")
-    library.add_argument("--adapters", metavar="URI", help=ADAPTERS_HELP)
     library.add_class_arguments(LibraryConfig, None, fail_untyped=True)
     add_pipeline(library)
     add_config(library)
     commands["library"] = library, "fill a photo library: requests to scenes, references picked from the albums"
 
     sweep = run_parser("scenes", SCENES_HELP, "output folder or URI: shared adapters/ and samples/, variants/NAME/, "
-                                              "sweep.parquet, leaderboard.md")
+                                              "sweep.parquet, leaderboard.md", adapters=False)
     sweep.add_argument("--grid", metavar="FILE", help="YAML/JSON: grid: (field: [values], every combination a "
                                                       "variant), variants: (name: fields), base: (fields for all)")
     sweep.add_argument("--variant", action="append", default=[], metavar="NAME:FLAGS",

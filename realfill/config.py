@@ -37,7 +37,7 @@ def shown(value: Any) -> str:
     return quoted.repr(value)
 
 
-def _check(condition: bool, message: str) -> None:
+def check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
 
@@ -103,19 +103,19 @@ class TuneConfig:
         for name in ("unet_lora_targets", "text_lora_targets"):
             if isinstance(getattr(self, name), list):
                 setattr(self, name, tuple(getattr(self, name)))
-        _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
-        _check(self.train_steps >= 1, "train_steps must be >= 1")
-        _check(self.batch_size >= 1, "batch_size must be >= 1")
-        _check(self.resize_max_scale >= 1.0, "resize_max_scale must be >= 1")
-        _check(self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank and lora_alpha must be positive")
-        _check(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
-        _check(self.unet_lr > 0 and self.text_lr >= 0, "learning rates must be positive")
-        _check(1 <= self.mask_min_boxes <= self.mask_max_boxes, "need 1 <= mask_min_boxes <= mask_max_boxes")
-        _check(0 < self.mask_min_side < self.mask_max_side <= 1, "need 0 < mask_min_side < mask_max_side <= 1")
+        check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
+        check(self.train_steps >= 1, "train_steps must be >= 1")
+        check(self.batch_size >= 1, "batch_size must be >= 1")
+        check(self.resize_max_scale >= 1.0, "resize_max_scale must be >= 1")
+        check(self.lora_rank >= 1 and self.lora_alpha > 0, "lora_rank and lora_alpha must be positive")
+        check(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
+        check(self.unet_lr > 0 and self.text_lr >= 0, "learning rates must be positive")
+        check(1 <= self.mask_min_boxes <= self.mask_max_boxes, "need 1 <= mask_min_boxes <= mask_max_boxes")
+        check(0 < self.mask_min_side < self.mask_max_side <= 1, "need 0 < mask_min_side < mask_max_side <= 1")
         for name in ("prompt_dropout", "mask_invert_prob", "mask_full_prob"):
-            _check(0 <= getattr(self, name) <= 1, f"{name} must be a probability")
-        _check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
-        _check(0 <= self.stitch_view_weight <= 1, "stitch_view_weight must be in [0, 1]")
+            check(0 <= getattr(self, name) <= 1, f"{name} must be a probability")
+        check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
+        check(0 <= self.stitch_view_weight <= 1, "stitch_view_weight must be in [0, 1]")
 
 
 FAST_SAMPLING = {"sample.scheduler": "dpm", "sample.steps": 25}
@@ -147,12 +147,12 @@ class SampleConfig:
     """... and then blended into the known pixels over this many more."""
 
     def __post_init__(self) -> None:
-        _check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
-        _check(self.num_samples >= 1, "num_samples must be >= 1")
-        _check(self.steps >= 1, "steps must be >= 1")
-        _check(self.guidance_scale >= 1.0, "guidance_scale must be >= 1")
-        _check(self.batch_size >= 1, "batch_size must be >= 1")
-        _check(self.dilate_px >= 0 and self.feather_px >= 0, "dilate_px and feather_px must be >= 0")
+        check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8")
+        check(self.num_samples >= 1, "num_samples must be >= 1")
+        check(self.steps >= 1, "steps must be >= 1")
+        check(self.guidance_scale >= 1.0, "guidance_scale must be >= 1")
+        check(self.batch_size >= 1, "batch_size must be >= 1")
+        check(self.dilate_px >= 0 and self.feather_px >= 0, "dilate_px and feather_px must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -180,13 +180,13 @@ class GeometryConfig:
     """Known-region correspondences used to predict where a fill point must land in a reference (ranking)."""
 
     def __post_init__(self) -> None:
-        _check((self.max_features is None or self.max_features >= 8) and self.max_side >= 64,
+        check((self.max_features is None or self.max_features >= 8) and self.max_side >= 64,
                "max_features >= 8 and max_side >= 64")
-        _check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
-        _check(self.ransac_px > 0, "ransac_px must be positive")
-        _check((self.features == "loftr") == (self.weights is not None),
+        check(0 < self.ratio <= 1, "ratio must be in (0, 1]")
+        check(self.ransac_px > 0, "ransac_px must be positive")
+        check((self.features == "loftr") == (self.weights is not None),
                "features loftr needs weights (a safetensors file), and only loftr takes weights")
-        _check(self.neighbours >= 3, "neighbours must be >= 3")
+        check(self.neighbours >= 3, "neighbours must be >= 3")
 
     def keypoints(self) -> int:
         if self.max_features is not None:
@@ -204,8 +204,8 @@ class RankConfig:
     """Keep this fraction of samples, at least one (paper: top 25%)."""
 
     def __post_init__(self) -> None:
-        _check(self.keep is None or self.keep >= 1, "keep must be >= 1")
-        _check(0 < self.keep_fraction <= 1, "keep_fraction must be in (0, 1]")
+        check(self.keep is None or self.keep >= 1, "keep must be >= 1")
+        check(0 < self.keep_fraction <= 1, "keep_fraction must be in (0, 1]")
 
     def keep_count(self, total: int) -> int:
         if self.keep is not None:
@@ -239,12 +239,12 @@ class StitchConfig:
     """Radius of the OpenCV Telea inpainting that fills what no warp covers or fits."""
 
     def __post_init__(self) -> None:
-        _check(self.max_planes >= 1 and self.min_inliers >= 4, "need max_planes >= 1 and min_inliers >= 4")
-        _check(self.ransac_px > 0 and self.reach_px > 0 and self.correction_px > 0,
+        check(self.max_planes >= 1 and self.min_inliers >= 4, "need max_planes >= 1 and min_inliers >= 4")
+        check(self.ransac_px > 0 and self.reach_px > 0 and self.correction_px > 0,
                "ransac_px, reach_px and correction_px must be positive")
-        _check(self.judge_px >= 4, "judge_px must be >= 4")
-        _check(self.softness >= 0, "softness must be >= 0")
-        _check(self.inpaint_radius >= 1, "inpaint_radius must be >= 1")
+        check(self.judge_px >= 4, "judge_px must be >= 4")
+        check(self.softness >= 0, "softness must be >= 0")
+        check(self.inpaint_radius >= 1, "inpaint_radius must be >= 1")
 
 
 @dataclass
@@ -295,16 +295,16 @@ class FillConfig:
             self.rank = RankConfig(**self.rank)
         if isinstance(self.stitch, dict):
             self.stitch = StitchConfig(**self.stitch)
-        _check(bool(self.base_model) and bool(self.example_model), "base_model and example_model must not be empty")
-        _check(0 < self.init_strength <= 1, "init_strength must be in (0, 1]")
-        _check(self.init == "noise" or self.method in ("realfill", "sd-inpaint"),
+        check(bool(self.base_model) and bool(self.example_model), "base_model and example_model must not be empty")
+        check(0 < self.init_strength <= 1, "init_strength must be in (0, 1]")
+        check(self.init == "noise" or self.method in ("realfill", "sd-inpaint"),
                f"init stitch starts realfill or sd-inpaint from the stitch result, not method {self.method}")
-        _check(self.tune.stitch_view_weight == 0 or self.init == "stitch",
+        check(self.tune.stitch_view_weight == 0 or self.init == "stitch",
                "tune.stitch_view_weight needs init stitch (the stitch result is the extra training view)")
-        _check(self.seed >= 0, "seed must be >= 0")
-        _check(self.device != "cpu" or "fp16" not in (self.tune.mixed_precision, self.sample.precision),
+        check(self.seed >= 0, "seed must be >= 0")
+        check(self.device != "cpu" or "fp16" not in (self.tune.mixed_precision, self.sample.precision),
                "fp16 needs a CUDA GPU, and device is cpu: use bf16 (which CPUs run) or no")
-        _check(self.max_megapixels > 0, "max_megapixels must be positive")
+        check(self.max_megapixels > 0, "max_megapixels must be positive")
 
     @property
     def tunes(self) -> bool:
@@ -372,10 +372,10 @@ class LibraryConfig:
     known pixels is a near-duplicate (a burst shot, an edited copy) and is not used."""
 
     def __post_init__(self) -> None:
-        _check(self.max_refs >= 1 and self.min_matches >= 8, "need max_refs >= 1 and min_matches >= 8")
-        _check(self.shortlist >= self.max_refs, "shortlist must be >= max_refs")
-        _check(self.near_hours >= 0 and self.near_km >= 0, "near_hours and near_km must be >= 0")
-        _check(0 < self.duplicate_ncc <= 1, "duplicate_ncc must be in (0, 1]")
+        check(self.max_refs >= 1 and self.min_matches >= 8, "need max_refs >= 1 and min_matches >= 8")
+        check(self.shortlist >= self.max_refs, "shortlist must be >= max_refs")
+        check(self.near_hours >= 0 and self.near_km >= 0, "near_hours and near_km must be >= 0")
+        check(0 < self.duplicate_ncc <= 1, "duplicate_ncc must be in (0, 1]")
 
 
 @dataclass
@@ -392,8 +392,8 @@ class ReportConfig:
     """Threads that read images and write thumbnails (storage and image decoding wait, the GIL does not)."""
 
     def __post_init__(self) -> None:
-        _check(self.top >= 1 and self.per_page >= 1 and self.workers >= 1, "top, per_page and workers must be >= 1")
-        _check(32 <= self.thumb_px <= 2048, "thumb_px must be in [32, 2048]")
+        check(self.top >= 1 and self.per_page >= 1 and self.workers >= 1, "top, per_page and workers must be >= 1")
+        check(32 <= self.thumb_px <= 2048, "thumb_px must be in [32, 2048]")
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -430,7 +430,7 @@ def load_yaml(text: str) -> Any:
         if node is None:
             return None
         size = expanded_size(node, {})
-        _check(size <= MAX_CONFIG_VALUES, f"expands to {size:,} values (YAML anchors and aliases), more than the "
+        check(size <= MAX_CONFIG_VALUES, f"expands to {size:,} values (YAML anchors and aliases), more than the "
                                           f"{MAX_CONFIG_VALUES:,} a config may hold")
         return loader.construct_document(node)
     finally:
@@ -442,7 +442,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     what its aliases expand to."""
     try:
         size = Path(path).stat().st_size
-        _check(size <= MAX_CONFIG_BYTES, f"{size:,} bytes, more than a config file may be ({MAX_CONFIG_BYTES:,})")
+        check(size <= MAX_CONFIG_BYTES, f"{size:,} bytes, more than a config file may be ({MAX_CONFIG_BYTES:,})")
         data = load_yaml(Path(path).read_text())
     except RecursionError:
         raise ValueError(f"{path}: cannot read config (nested too deeply)") from None
@@ -469,11 +469,11 @@ def expand_grid(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
         raise ValueError(f"{source}: unknown key '{unknown[0]}' (known: base, grid, variants)")
     base, grid, named = data.get("base") or {}, data.get("grid") or {}, data.get("variants") or {}
     for key, value in (("base", base), ("grid", grid), ("variants", named)):
-        _check(isinstance(value, dict), f"{source}: '{key}' must be a mapping (got {shown(value)})")
+        check(isinstance(value, dict), f"{source}: '{key}' must be a mapping (got {shown(value)})")
     for field_name, options in grid.items():
-        _check(isinstance(options, list) and options, f"{source}: grid '{field_name}' must be a non-empty list")
+        check(isinstance(options, list) and options, f"{source}: grid '{field_name}' must be a non-empty list")
     combinations = math.prod(len(options) for options in grid.values()) if grid else 0
-    _check(combinations <= MAX_VARIANTS, f"{source}: the grid makes {combinations:,} variants, more than the "
+    check(combinations <= MAX_VARIANTS, f"{source}: the grid makes {combinations:,} variants, more than the "
                                          f"{MAX_VARIANTS:,} a sweep may run (split it, or list variants:)")
     variants = {}
     for combination in itertools.product(*grid.values()) if grid else []:
@@ -481,7 +481,7 @@ def expand_grid(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
         name = ",".join(f"{key.rpartition('.')[2]}={value}" for key, value in point.items())
         variants[name] = {**base, **point}
     for name, fields in named.items():
-        _check(isinstance(fields, dict | None), f"{source}: variant '{name}' must be a mapping of fields")
+        check(isinstance(fields, dict | None), f"{source}: variant '{name}' must be a mapping of fields")
         variants[str(name)] = {**base, **(fields or {})}
-    _check(bool(variants), f"{source}: no variants (give grid: and/or variants:)")
+    check(bool(variants), f"{source}: no variants (give grid: and/or variants:)")
     return variants

@@ -17,7 +17,7 @@ import pytest
 from ray.cluster_utils import Cluster
 
 from conftest import write_scene
-from pipeline.stages import GATHER, HOLD_ONCE
+from faults import HOLD_ONCE, faults
 from realfill.data import manifest
 
 FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
@@ -40,6 +40,12 @@ def cluster(tiny_model, monkeypatch):
     yield start
     for harness in started:
         harness.shutdown()
+
+
+def inject(monkeypatch, **hooks: str) -> None:
+    """Faults (tests/faults.py) in the stage calls of the runs the test starts."""
+    for name, value in faults(**hooks).items():
+        monkeypatch.setenv(name, value)
 
 
 def gpu_node(harness: Cluster):
@@ -89,7 +95,7 @@ def test_a_run_grows_onto_gpu_nodes_as_they_join(cluster, tmp_path, monkeypatch)
     another it has three tune calls running at once (each waits until it has two others beside it). Sampling
     runs on CPUs here, so that only tuning asks for GPUs."""
     gathered = tmp_path / "gather"
-    monkeypatch.setenv(GATHER, f"tune:{gathered}:3")
+    inject(monkeypatch, GATHER=f"tune:{gathered}:3")
     harness = cluster()
     run = realfill("run", scenes(tmp_path / "scenes", 3), tmp_path / "out", harness.address,
                    "--gpus_per_sampler", "0")
@@ -108,7 +114,7 @@ def test_nodes_lost_mid_tune_and_mid_sample_cost_only_their_work(cluster, tmp_pa
     joined in their place; every scene ends ok exactly once, every image is there, and the same command
     afterwards redoes nothing."""
     tuned, sampled = tmp_path / "held-tune", tmp_path / "held-sample"
-    monkeypatch.setenv(HOLD_ONCE, f"tune:{tuned},sample:{sampled}")
+    inject(monkeypatch, HOLD_ONCE=f"tune:{tuned},sample:{sampled}")
     harness = cluster()
     gpu_node(harness)
     gpu_node(harness)
@@ -142,7 +148,7 @@ def test_a_library_run_survives_a_node_lost_mid_picking(cluster, tmp_path, monke
     requests = tmp_path / "requests.csv"
     requests.write_text('target,box\nwalls/graffiti.png,"165,140,350,333"\n')
     picked = tmp_path / "held-pick"
-    monkeypatch.setenv(HOLD_ONCE, f"pick:{picked}")
+    inject(monkeypatch, HOLD_ONCE=f"pick:{picked}")
     harness = cluster()
     gpu_node(harness)
     out = tmp_path / "filled"

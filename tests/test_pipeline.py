@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_scene
+from faults import faults
 from realfill.data import manifest
 from realfill.selection.rank import NO_EVIDENCE_TEXT
 
@@ -162,7 +163,7 @@ def test_a_killed_worker_is_retried_and_the_run_completes(scenes_root, tmp_path,
     root.mkdir()
     (root / "oxford_graffiti").symlink_to(scenes_root / "oxford_graffiti", target_is_directory=True)
     marker = tmp_path / "crashed"
-    result = realfill_run(root, tmp_path / "out", env={"REALFILL_TEST_CRASH_ONCE": f"{stage}:{marker}"})
+    result = realfill_run(root, tmp_path / "out", env=faults(CRASH_ONCE=f"{stage}:{marker}"))
     assert marker.exists(), f"the {stage} worker was killed"
     assert result.returncode == 0, result.stdout + result.stderr
     assert "done: 1" in result.stdout

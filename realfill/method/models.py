@@ -18,13 +18,7 @@ from realfill.data.hub import ModelError, cache_dir, hub_snapshot
 TINY = "tiny"
 TINY_VERSION = "tiny-sd-inpaint-v1"
 TINY_EXAMPLE_VERSION = "tiny-paint-by-example-v1"
-HUB_FILES = [
-    "model_index.json",
-    "*/*.json",
-    "*/*.txt",
-    "*/diffusion_pytorch_model.safetensors",
-    "*/model.safetensors",
-]
+HUB_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors"]
 """What is fetched of a hub model, or copied of one at an fsspec URI: configs, tokenizer files and the fp32
 safetensors weights, never pickles, fp16 variants or single-file checkpoints."""
 
@@ -82,39 +76,20 @@ def build_tiny_model(directory: str | Path) -> Path:
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "vocab.json").write_text(json.dumps(vocab))
         (Path(scratch) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges))
-        tokenizer = CLIPTokenizer(
-            vocab=str(Path(scratch) / "vocab.json"), merges=str(Path(scratch) / "merges.txt"), model_max_length=77
-        )
+        tokenizer = CLIPTokenizer(vocab=str(Path(scratch) / "vocab.json"), merges=str(Path(scratch) / "merges.txt"),
+                                  model_max_length=77)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         unet, vae = _tiny_unet_and_vae()
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(vocab),
-                hidden_size=32,
-                intermediate_size=37,
-                projection_dim=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=vocab["<|startoftext|>"],
-                eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"],
-            )
-        )
-    scheduler = DDPMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1
-    )
-    pipeline = StableDiffusionInpaintPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]))
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              steps_offset=1)
+    pipeline = StableDiffusionInpaintPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                              scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                              requires_safety_checker=False)
     pipeline.save_pretrained(directory, safe_serialization=True)
     return directory
 

@@ -150,15 +150,9 @@ def add_lora(models: Models, config: TuneConfig) -> None:
 
     for module, targets in ((models.unet, config.unet_lora_targets), (models.text_encoder, config.text_lora_targets)):
         module.requires_grad_(False)
-        module.add_adapter(
-            LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                init_lora_weights="gaussian",
-                target_modules=list(targets),
-            )
-        )
+        module.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                      lora_dropout=config.lora_dropout, init_lora_weights="gaussian",
+                                      target_modules=list(targets)))
     models.vae.requires_grad_(False)
 
 
@@ -281,20 +275,9 @@ def fresh_accelerator(precision: str, device: torch.device):
     return Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
 
 
-def tune(
-    scene: Scene,
-    base_path: str | Path,
-    config: TuneConfig,
-    out_uri: str,
-    *,
-    key: str,
-    seed: int = 0,
-    device: str = "auto",
-    base_model: str | None = None,
-    show_progress: bool = True,
-    after_step: Callable[[int, float], None] | None = None,
-    view: ExtraView | None = None,
-) -> AdapterInfo:
+def tune(scene: Scene, base_path: str | Path, config: TuneConfig, out_uri: str, *, key: str, seed: int = 0,
+         device: str = "auto", base_model: str | None = None, show_progress: bool = True,
+         after_step: Callable[[int, float], None] | None = None, view: ExtraView | None = None) -> AdapterInfo:
     """Fine-tune LoRA on one scene and write the adapter to out_uri; resumes from out_uri/checkpoint when it was
     made by a run of the same key (the adapter's identity, records.adapter_key: its caller names the adapter by it).
 
@@ -363,23 +346,12 @@ def tune(
 
     models.unet = accelerator.unwrap_model(models.unet)
     models.text_encoder = accelerator.unwrap_model(models.text_encoder)
-    info = AdapterInfo(
-        scene_id=scene.scene_id,
-        scene_fingerprint=scene.fingerprint,
-        base_model=base_model,
-        seed=seed,
-        key=key,
-        config=config,
-        device=str(torch_device),
-        mixed_precision=precision,
-        gradient_checkpointing=checkpointing,
-        losses=progress["losses"],
-        timings={
-            "load_s": round(load_seconds, 3),
-            "train_s": round(time.perf_counter() - train_started, 3),
-            "total_s": round(time.perf_counter() - started, 3),
-        },
-    )
+    timings = {"load_s": load_seconds, "train_s": time.perf_counter() - train_started,
+               "total_s": time.perf_counter() - started}
+    info = AdapterInfo(scene_id=scene.scene_id, scene_fingerprint=scene.fingerprint, base_model=base_model, seed=seed,
+                       key=key, config=config, device=str(torch_device), mixed_precision=precision,
+                       gradient_checkpointing=checkpointing, losses=progress["losses"],
+                       timings={name: round(seconds, 3) for name, seconds in timings.items()})
     info = save_adapter(out_uri, models.unet, models.text_encoder, info)
     storage.remove(checkpoint_uri)  # the adapter is complete: resuming is no longer needed
     return info
