@@ -171,12 +171,14 @@ def peak_concurrency(intervals: list[tuple[float, float, float]]) -> float:
 
 
 def run_pipeline(scenes_root: str, out_uri: str, config: FillConfig, pipeline: PipelineConfig,
-                 show_progress: bool = True, adapters: str | None = None) -> RunSummary:
-    """Complete every scene under scenes_root into out_uri with one config (`realfill run`)."""
+                 show_progress: bool = True, adapters: str | None = None, scene_uris: list[str] | None = None,
+                 leased: bool = False) -> RunSummary:
+    """Complete every scene under scenes_root (or just scene_uris) into out_uri with one config (`realfill run`;
+    leased: see run_variants)."""
     out_uri = storage.normalize(out_uri)
     return run_variants(scenes_root, [Variant("", out_uri, config)], pipeline, show_progress,
                         adapters=storage.normalize(adapters) if adapters else Output(out_uri).adapters,
-                        samples=Output(out_uri).samples)
+                        samples=Output(out_uri).samples, scene_uris=scene_uris, leased=leased)
 
 
 def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineConfig, show_progress: bool,

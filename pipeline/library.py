@@ -16,7 +16,7 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import PipelineConfig
-from pipeline.driver import RunSummary, connect, fold_at_end, root_cause, run_variants
+from pipeline.driver import RunSummary, connect, fold_at_end, root_cause, run_pipeline
 from pipeline.progress import Progress
 from pipeline.stages import fault_hooks
 from realfill.config import FillConfig, LibraryConfig
@@ -29,7 +29,7 @@ from realfill.data.requests import Request, read_requests
 from realfill.data.runlog import log_failure
 from realfill.environment import check_environment
 from realfill.selection.picking import Prepared, photo_descriptor, prepare_scene
-from realfill.stages import Variant, scene_row
+from realfill.stages import scene_row
 
 DESCRIBE_CHUNK = 64
 """Photos per descriptor task."""
@@ -144,9 +144,8 @@ def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: 
         scene_uris = [item.scene_uri for item in prepared if item.scene_uri]
         summary = RunSummary()
         if scene_uris:
-            summary = run_variants(scenes_root, [Variant("", out_uri, config)], pipeline, show_progress,
-                                   adapters=storage.normalize(adapters) if adapters else Output(out_uri).adapters,
-                                   samples=Output(out_uri).samples, scene_uris=scene_uris, leased=True)
+            summary = run_pipeline(scenes_root, out_uri, config, pipeline, show_progress, adapters,
+                                   scene_uris=scene_uris, leased=True)
     finally:
         if started_ray:
             ray.shutdown()

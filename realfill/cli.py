@@ -259,25 +259,24 @@ def cmd_fill(args: Namespace) -> int:
         with RunLog(args.out, args.verbose) as log:
             row = fill_scene(args.scene, args.out, config, show_progress=not args.quiet, adapters=args.adapters)
             LOG.info("%s: %s", row.scene_id, "ok" if row.ok else f"failed: {row.error}")
+        lines = []
         if row.ok:
             tuned = f"{row.tune_s:.1f}s tune + " if row.tune_s is not None else ""
-            print(f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}"
-                  f"{row.sample_s:.1f}s making images + {row.rank_s:.1f}s rank")
-            print("\n".join(manifest.where_tables(args.out)))
-            print(f"{row.selection}: {NO_EVIDENCE_TEXT}" if row.best_uri is None
-                  else f"best: {row.best_uri} (selection by {row.selection})")
-        say_log(log)
-        report_after(args)
+            lines = [f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}"
+                     f"{row.sample_s:.1f}s making images + {row.rank_s:.1f}s rank", *manifest.where_tables(args.out),
+                     f"{row.selection}: {NO_EVIDENCE_TEXT}" if row.best_uri is None
+                     else f"best: {row.best_uri} (selection by {row.selection})"]
+        run_ended(args, log, *lines)
     if not row.ok:
         print(f"realfill: {row.scene_id} failed: {row.error}", file=sys.stderr)
         return 1
     return 0
 
 
-def say_log(log: RunLog) -> None:
-    """The last lines name the run's log, when anything was logged."""
-    if log.written:
-        print(f"run log: {log.uri}")
+def run_ended(args: Namespace, log: RunLog, *lines: str) -> None:
+    """A run's last lines: what it did and where it is, its log (when anything was logged), then its report."""
+    print("\n".join([*lines, *([f"run log: {log.uri}"] if log.written else [])]))
+    report_after(args)
 
 
 def report_after(args: Namespace) -> None:
@@ -309,10 +308,7 @@ def cmd_run(args: Namespace) -> int:
     with RunLog(args.out, args.verbose) as log:
         summary = run_pipeline(args.scenes, args.out, fill_config(args), pipeline_config(args),
                                show_progress=not args.quiet, adapters=args.adapters)
-    print(summary.text())
-    say_log(log)
-    print("\n".join(manifest.where_tables(args.out)))
-    report_after(args)
+    run_ended(args, log, summary.text(), *manifest.where_tables(args.out))
     return exit_code(summary)
 
 
@@ -325,9 +321,7 @@ def cmd_library(args: Namespace) -> int:
         summary = run_library(args.library, args.out, fill_config(args), library, pipeline_config(args),
                               requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
                               show_progress=not args.quiet, adapters=args.adapters)
-    print(summary.text())
-    say_log(log)
-    report_after(args)
+    run_ended(args, log, summary.text())
     return exit_code(summary.run)
 
 
@@ -357,12 +351,8 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
     with RunLog(args.out, args.verbose) as log:
         summary, board = run_sweep(args.scenes, args.out, configs, own, pipeline_config(args), eval_config(args),
                                    show_progress=not args.quiet)
-    print(summary.text())
-    say_log(log)
-    print(board)
-    out = storage.normalize(args.out)
-    print(f"sweep table: {Output(out).sweep}\nleaderboard: {Output(out).leaderboard}")
-    report_after(args)
+    out = Output(storage.normalize(args.out))
+    run_ended(args, log, summary.text(), board, f"sweep table: {out.sweep}", f"leaderboard: {out.leaderboard}")
     return exit_code(summary)
 
 

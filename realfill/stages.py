@@ -322,14 +322,10 @@ STAGES: tuple[Stage, ...] = (STITCH, TUNE, SAMPLE, RANK)
 # --- what the stages do -------------------------------------------------------------------------------
 
 
-def stitch_uri(samples: str, scene: Scene, config: FillConfig) -> str:
-    """A stitch result is stored by the scene's content and the stitch settings."""
-    return storage.join(keyed(samples, scene.scene_id, stitch_key(scene.fingerprint, config)), STITCH_FILE)
-
-
 def stitch_scene(scene: Scene, samples: str, config: FillConfig, force: bool = False) -> str:
-    """Make (or reuse) the scene's stitch result in the samples store; returns its URI."""
-    uri = stitch_uri(samples, scene, config)
+    """Make (or reuse) the scene's stitch result in the samples store, stored by the scene's content and what
+    stitching takes; returns its URI."""
+    uri = storage.join(keyed(samples, scene.scene_id, stitch_key(scene.fingerprint, config)), STITCH_FILE)
     if force or not storage.exists(uri):
         storage.write_png(uri, stitch(scene, config.stitch, config.geometry).image)
     return uri

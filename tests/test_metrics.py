@@ -52,10 +52,10 @@ def test_unavailable_metrics_say_why(tiny_backbones, tmp_path):
     mask = np.zeros(gt.shape[:2], bool)
     mask[8:40, 8:40] = True
     values = evaluator(gt, pred, mask)
-    assert values["dino"] is not None and values["clip"] is None and values["dreamsim"] is None
+    assert values.dino is not None and values.clip is None and values.dreamsim is None
     assert "clip" in evaluator.unavailable and "none" in evaluator.unavailable["clip"]
     assert "pickled weights" in evaluator.unavailable["dreamsim"]
-    assert values["lpips"] is None and "lpips" in evaluator.unavailable, "no LPIPS weights were configured"
+    assert values.lpips is None and "lpips" in evaluator.unavailable, "no LPIPS weights were configured"
 
 
 def test_lpips_with_random_weights(tmp_path):

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from realfill.data.runlog import InputError
+from realfill.data.runlog import InputError, first_line
 
 
 class ModelError(InputError, RuntimeError):
@@ -45,5 +45,4 @@ def hub_snapshot(repo_id: str, allow_patterns: list[str]) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
     except Exception as exc:  # gated, missing, network errors: one line is enough
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"'{repo_id}' could not be downloaded ({reason})") from None
+        raise ModelError(f"'{repo_id}' could not be downloaded ({first_line(exc)})") from None

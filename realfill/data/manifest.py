@@ -99,21 +99,15 @@ def exists(out_uri: str) -> bool:
                                                Output(out_uri).legacy("scenes")))
 
 
-def listed(folder: str) -> dict[str, tuple]:
-    """A folder's Parquet parts (paths in their filesystem) with what identifies their contents (size, and
-    the modification time or ETag the store gives); temporaries and hidden files are not parts."""
-    fs, path = storage.filesystem(folder)
-    with storage.naming("listing", folder):
-        if not fs.exists(path):
-            return {}
-        entries = fs.ls(path, detail=True)
-    return {entry["name"]: (entry.get("size"), entry.get("mtime") or entry.get("LastModified") or entry.get("ETag")
-                            or entry.get("created"))
-            for entry in entries
-            if entry["name"].endswith(".parquet") and not posixpath.basename(entry["name"]).startswith((".", "_"))}
+def listed(folder: str) -> dict[str, str]:
+    """A folder's Parquet parts (paths in their filesystem) with their stamps (storage.stamp); temporaries and
+    hidden files are not parts."""
+    path = storage.filesystem(folder)[1]
+    return {posixpath.join(path, name): stamp for name, stamp in storage.stamped(folder).items()
+            if name.endswith(".parquet") and not name.startswith((".", "_"))}
 
 
-def journal(out_uri: str, table: str) -> dict[str, tuple]:
+def journal(out_uri: str, table: str) -> dict[str, str]:
     """The table's parts not folded yet, with what identifies their contents: an older layout's first (they
     are older), then the journal's."""
     legacy, parts = listed(Output(out_uri).legacy(table)), listed(Output(out_uri).journal(table))

@@ -20,6 +20,7 @@ import numpy as np
 from realfill.data import storage
 from realfill.data.layout import SceneFiles, collision_key, storage_name
 from realfill.data.photos import HEIC_SUFFIXES, Photo, photo_size, read_photo
+from realfill.data.runlog import first_line
 from realfill.data.scene import IMAGE_SUFFIXES, SceneError, read_mask
 
 REQUEST_FILE = "request.json"
@@ -204,7 +205,7 @@ def read_requests(root: str, photos: list[Photo], table: str | None = None, outp
         except FileNotFoundError:
             raise ValueError(f"{table}: file not found") from None
         except Exception as exc:  # a table that cannot be parsed at all (csv, pyarrow and unicode errors)
-            raise ValueError(f"{table}: not a readable CSV or Parquet table ({str(exc).splitlines()[0]})") from None
+            raise ValueError(f"{table}: not a readable CSV or Parquet table ({first_line(exc)})") from None
         source = table
     elif bool(outpaint) != bool(aspect):
         kind, value = ("outpaint", outpaint) if outpaint else ("aspect", aspect)

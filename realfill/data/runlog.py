@@ -29,12 +29,16 @@ class InputError(Exception):
     naming the file or setting and what is wrong), so no traceback is logged for it."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's message in one line (its type's name when it has none)."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def describe(exc: BaseException) -> str:
     """One line: the message alone for our own input errors, the type too for anything else."""
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, InputError):
-        return message
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if isinstance(exc, InputError) or not str(exc):
+        return first_line(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def log_failure(label: str, exc: BaseException, cause: BaseException | None = None) -> str:

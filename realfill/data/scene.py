@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from realfill.data import storage
 from realfill.data.layout import SceneFiles, collision_key, holds_scene_parts, scene_id_of
-from realfill.data.runlog import InputError
+from realfill.data.runlog import InputError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -118,8 +118,7 @@ def read_oriented(uri: str, mode: str = "RGB", max_megapixels: float | None = No
     except Image.DecompressionBombError as exc:
         raise SceneError(f"{uri}: too large to decode safely ({str(exc).split(',')[0]})") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SceneError(f"{uri}: unreadable image ({reason})") from None
+        raise SceneError(f"{uri}: unreadable image ({first_line(exc)})") from None
 
 
 def read_mask(uri: str, max_megapixels: float | None = None) -> np.ndarray:

@@ -201,6 +201,24 @@ def list_dir(uri: str) -> list[str]:
         return sorted(posixpath.basename(entry.rstrip("/")) for entry in fs.ls(path, detail=False))
 
 
+def stamp(entry: dict) -> str:
+    """What identifies a listed file's contents: its size, and the modification time or ETag its store gives."""
+    changed = next((entry[name] for name in ("mtime", "LastModified", "updated", "created", "ETag") if entry.get(name)),
+                   "")
+    return f"{entry.get('size')}:{changed}"
+
+
+def stamped(uri: str) -> dict[str, str]:
+    """A folder's entries by name, each with its stamp, from one listing (none when the folder is not there)."""
+    with naming("listing", uri):
+        fs, path = filesystem(uri)
+        try:
+            entries = fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+    return {posixpath.basename(entry["name"].rstrip("/")): stamp(entry) for entry in entries}
+
+
 def download_dir(uri: str, local_dir: str | Path, patterns: list[str] | None = None) -> None:
     """Copy a folder's files (those whose relative path matches one of patterns, if given) to local_dir,
     each streamed to disk."""

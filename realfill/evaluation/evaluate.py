@@ -81,7 +81,7 @@ def evaluate_run(
             continue
         values = evaluator(scene.gt, read_image(sample["uri"]), scene.mask)
         rows.append(MetricRow(scene_id=scene_id, seed=sample["seed"], uri=sample["uri"],
-                              selected=sample.get("selected"), **values))
+                              selected=sample.get("selected"), **asdict(values)))
     table = pa.Table.from_pylist([asdict(row) for row in rows], schema=METRICS_SCHEMA)
     manifest.write_arrow(Output(out_uri).metrics, table)
     return table, evaluator.unavailable, without_gt
@@ -92,14 +92,9 @@ def _mean(values: list) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def means(table: pa.Table) -> dict[str, dict[str, float | None]]:
+def means_of(rows: list[MetricRow]) -> dict[str, dict[str, float | None]]:
     """Mean of each metric over all samples and over the selected ones: {group: {metric: mean}}, plus the
     count of samples of each group under 'samples'."""
-    return means_of(manifest.rows_of(table, MetricRow))
-
-
-def means_of(rows: list[MetricRow]) -> dict[str, dict[str, float | None]]:
-    """means() of metric rows."""
     groups = {"all": rows, "selected": [row for row in rows if row.selected]}
     return {group: {"samples": len(members), **{name: _mean([getattr(row, name) for row in members])
                                                 for name in METRICS}}
@@ -118,7 +113,7 @@ def _arrow_of(name: str) -> str:
 
 def markdown_summary(table: pa.Table, unavailable: dict[str, str]) -> str:
     """Means per metric over all samples and over the selected ones, beside the paper's RealFill row."""
-    summary = means(table)
+    summary = means_of(manifest.rows_of(table, MetricRow))
     lines = [f"| metric | all ({summary['all']['samples']}) | selected ({summary['selected']['samples']}) | "
              f"paper RealFill |", "|---|---|---|---|"]
     for name in METRICS:
@@ -133,7 +128,7 @@ def _notes(unavailable: dict[str, str]) -> list[str]:
 
 
 def leaderboard_rows(variant: str, fields: str, table: pa.Table, done: int, failed: int) -> list[LeaderboardRow]:
-    summary = means(table)
+    summary = means_of(manifest.rows_of(table, MetricRow))
     return [LeaderboardRow(variant=variant, group=group, scenes_done=done, scenes_failed=failed, fields=fields,
                            **summary[group]) for group in GROUPS]
 

@@ -16,6 +16,7 @@ import torch
 
 from realfill.config import EvalConfig
 from realfill.data.hub import ModelError, hub_snapshot
+from realfill.data.runlog import first_line
 from realfill.devices import pick_device
 
 TRANSFORMERS_FILES = ["*.json", "*.txt", "*.safetensors"]
@@ -93,8 +94,7 @@ class EmbeddingSimilarity:
             self.processor = AutoImageProcessor.from_pretrained(folder)
             self.model = model_class.from_pretrained(folder, use_safetensors=True).to(device).eval()
         except (ModelError, OSError, ValueError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise MetricUnavailable(f"{kind} backbone: {reason}; pass --eval.{kind}_model FOLDER") from None
+            raise MetricUnavailable(f"{kind} backbone: {first_line(exc)}; pass --eval.{kind}_model FOLDER") from None
         self.kind, self.device = kind, device
 
     @torch.no_grad()
@@ -128,7 +128,7 @@ class LpipsDistance:
         try:
             self.model.load_state_dict(load_file(weights))
         except (OSError, RuntimeError) as exc:
-            raise MetricUnavailable(f"{weights}: not LPIPS-{net} weights ({str(exc).splitlines()[0]})") from None
+            raise MetricUnavailable(f"{weights}: not LPIPS-{net} weights ({first_line(exc)})") from None
         self.model.to(device).eval()
         self.device = device
 
@@ -160,12 +160,7 @@ class Evaluator:
             self.unavailable[name] = str(exc)
             return None
 
-    def __call__(self, gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> dict[str, float | None]:
-        return {
-            "psnr": psnr_in_region(gt, pred, mask),
-            "ssim": ssim_in_region(gt, pred, mask),
-            "lpips": self.lpips(gt, pred, mask) if self.lpips else None,
-            "dreamsim": None,
-            "dino": self.dino(gt, pred) if self.dino else None,
-            "clip": self.clip(gt, pred) if self.clip else None,
-        }
+    def __call__(self, gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> Metrics:
+        return Metrics(psnr=psnr_in_region(gt, pred, mask), ssim=ssim_in_region(gt, pred, mask),
+                       lpips=self.lpips(gt, pred, mask) if self.lpips else None,
+                       dino=self.dino(gt, pred) if self.dino else None, clip=self.clip(gt, pred) if self.clip else None)

@@ -85,19 +85,8 @@ class Stamps:
         """The file's stamp, or None when it is not there."""
         parent, name = storage.split(uri)
         if parent not in self.folders:
-            fs, path = storage.filesystem(parent)
-            try:
-                entries = fs.ls(path, detail=True)
-            except (FileNotFoundError, NotADirectoryError):
-                entries = []
-            self.folders[parent] = {posixpath.basename(entry["name"].rstrip("/")): _stamp(entry) for entry in entries}
+            self.folders[parent] = storage.stamped(parent)
         return self.folders[parent].get(name)
-
-
-def _stamp(entry: dict) -> str:
-    changed = next((entry[name] for name in ("mtime", "LastModified", "updated", "created", "ETag") if entry.get(name)),
-                   "")
-    return f"{entry.get('size')}:{changed}"
 
 
 @dataclass
@@ -480,14 +469,7 @@ class Writer:
         self.environment = _environment()
         self.written: set[str] = set()
         """Files of the report, relative to OUT."""
-        self.existing = {folder: self._listing(REPORT_DIR, folder) for folder in FOLDERS}
-
-    def _listing(self, *folder: str) -> set[str]:
-        """Names in a folder of OUT (none when it is not there yet)."""
-        try:
-            return set(storage.list_dir(storage.join(self.out_uri, *folder)))
-        except FileNotFoundError:
-            return set()
+        self.existing = {folder: set(storage.stamped(storage.join(out_uri, REPORT_DIR, folder))) for folder in FOLDERS}
 
     def have(self, path: str) -> bool:
         """Whether a content-named file (relative to OUT) is there from an earlier report."""
@@ -537,7 +519,7 @@ class Writer:
             for name in names:
                 if f"{REPORT_DIR}/{folder}/{name}" not in self.written:
                     storage.remove(storage.join(self.out_uri, REPORT_DIR, folder, name))
-        for name in self._listing(REPORT_DIR):
+        for name in storage.stamped(storage.join(self.out_uri, REPORT_DIR)):
             if name.endswith(".html") and f"{REPORT_DIR}/{name}" not in self.written:
                 storage.remove(storage.join(self.out_uri, REPORT_DIR, name))
 

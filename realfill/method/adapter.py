@@ -44,12 +44,9 @@ def save_adapter(uri: str, unet, text_encoder, info: AdapterInfo) -> AdapterInfo
     }
     with tempfile.TemporaryDirectory() as scratch:
         StableDiffusionInpaintPipeline.save_lora_weights(
-            scratch,
-            unet_lora_layers=layers["unet"],
-            text_encoder_lora_layers=layers["text_encoder"],
+            scratch, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"],
             unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-            text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict(),
-        )
+            text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict())
         weights = (Path(scratch) / ADAPTER_WEIGHTS).read_bytes()
     dtypes = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in load(weights).values()})
     info = replace(info, weights=WeightsRecord(file=ADAPTER_WEIGHTS, bytes=len(weights),
