@@ -62,8 +62,8 @@ class LibrarySummary:
         filled = [row for row in self.rows if row.filled_uri]
         lines = [self.run.text(),
                  f"requests: {len(self.rows)}, filled: {len(filled)}, failed: "
-                 f"{sum(row.status == 'failed' for row in self.rows)}, no evidence (nothing filled): "
-                 f"{sum(row.status == 'ok' and not row.filled_uri for row in self.rows)}",
+                 f"{sum(not row.ok for row in self.rows)}, no evidence (nothing filled): "
+                 f"{sum(row.ok and not row.filled_uri for row in self.rows)}",
                  f"requests table (one row per request, with its references): "
                  f"{Output(self.out_uri).requests}",
                  f"finished photos: {Output(self.out_uri).filled()}"]

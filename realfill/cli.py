@@ -230,15 +230,15 @@ def add_pipeline(parser: ArgumentParser) -> None:
         parser.add_argument(f"--{name}", action="store_true", help=docs[name])
 
 
-def fill_config(args: Namespace) -> FillConfig:
-    values = {item.name: args[item.name] for item in fields(FillConfig)}
-    return FillConfig(**{name: value.as_dict() if isinstance(value, Namespace) else value
-                         for name, value in values.items()})
-
-
 def flat_config(config_type: type, args: Namespace):
-    """A config dataclass whose fields are top-level flags of the command (PipelineConfig, LibraryConfig)."""
-    return config_type(**{item.name: args[item.name] for item in fields(config_type)})
+    """A config dataclass whose fields are flags of the command (a section's fields are its SECTION.FIELD flags)."""
+    values = {item.name: args[item.name] for item in fields(config_type)}
+    return config_type(**{name: value.as_dict() if isinstance(value, Namespace) else value
+                          for name, value in values.items()})
+
+
+def fill_config(args: Namespace) -> FillConfig:
+    return flat_config(FillConfig, args)
 
 
 def pipeline_config(args: Namespace) -> PipelineConfig:

@@ -8,6 +8,7 @@ dataclass checks how its fields relate.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import reprlib
 from dataclasses import dataclass, field
@@ -462,8 +463,6 @@ MAX_VARIANTS = 1000
 def expand_grid(data: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     """The variants of a grid file, by name: `grid:` (field -> list of values; every combination is a
     variant, named after its values) and `variants:` (name -> fields), each applied over `base:` fields."""
-    import itertools
-
     unknown = sorted(set(data) - {"base", "grid", "variants"})
     if unknown:
         raise ValueError(f"{source}: unknown key '{unknown[0]}' (known: base, grid, variants)")

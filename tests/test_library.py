@@ -194,7 +194,7 @@ def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path,
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     pillow_heif.from_bytes(mode="RGB", size=(64, 48), data=pixels.tobytes()).save(str(album / "IMG_0001.HEIC"))
     (photo,) = list_library(str(tmp_path / "library"))
-    assert photo.name == "IMG_0001.HEIC" and read_photo(photo.uri).shape == (48, 64, 3)
+    assert photo.uri.endswith("/IMG_0001.HEIC") and read_photo(photo.uri).shape == (48, 64, 3)
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if the extra were not installed
     with pytest.raises(SceneError, match=r"IMG_0001.HEIC: HEIC photos need the heif extra \(pip install"):
         open_photo(photo.uri)

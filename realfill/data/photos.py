@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from realfill.data import storage
-from realfill.data.scene import IMAGE_SUFFIXES, SceneError, read_image
+from realfill.data.scene import IMAGE_SUFFIXES, SceneError, entries, read_image
 
 HEIC_SUFFIXES = (".heic", ".heif")
 PHOTO_SUFFIXES = IMAGE_SUFFIXES + HEIC_SUFFIXES
@@ -29,10 +29,6 @@ class Photo:
     taken: datetime | None = None
     gps: tuple[float, float] | None = None
     """(latitude, longitude) in degrees."""
-
-    @property
-    def name(self) -> str:
-        return posixpath.basename(self.uri)
 
 
 def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
@@ -84,12 +80,8 @@ def exif_place_and_time(image: Image.Image) -> tuple[datetime | None, tuple[floa
 def list_library(root: str) -> list[Photo]:
     """Every photo of every album (a folder directly under root), with its EXIF time and place."""
     root = storage.normalize(root)
-    try:
-        albums = storage.list_dir(root)
-    except FileNotFoundError:
-        raise SceneError(f"{root}: library not found") from None
     photos = []
-    for album in albums:
+    for album in entries(root, "library not found"):
         folder = storage.join(root, album)
         if not storage.is_dir(folder):
             continue  # a file beside the albums

@@ -228,8 +228,16 @@ def from_values(row_type: type, values: dict[str, Any]):
 INT32 = {"arrow": pa.int32()}
 
 
+class Outcome:
+    """A row whose status says how it ended."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
 @dataclass(kw_only=True)
-class SampleRow:
+class SampleRow(Outcome):
     """One sample of a scene: a row of the samples table."""
 
     scene_id: str
@@ -253,13 +261,9 @@ class SampleRow:
     """Kept by keep / keep_fraction."""
     created_at: datetime | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
 
 @dataclass(kw_only=True)
-class SceneRow:
+class SceneRow(Outcome):
     """The outcome of one scene under one config: a row of the scenes table."""
 
     scene_id: str
@@ -286,10 +290,6 @@ class SceneRow:
     """The run's full config, as JSON."""
     created_at: datetime | None = None
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
 
 @dataclass
 class Reference:
@@ -301,7 +301,7 @@ class Reference:
 
 
 @dataclass(kw_only=True)
-class RequestRow:
+class RequestRow(Outcome):
     """One request of a photo-library run: a row of OUT/requests.parquet."""
 
     scene_id: str

@@ -151,12 +151,17 @@ def check_aligned(uri: str, image: np.ndarray, orientation: int, target_uri: str
                          f"{width}x{height}{shown}")
 
 
+def entries(folder: str, missing: str) -> list[str]:
+    """A folder's entry names, sorted; SceneError naming the folder and saying `missing` when it is not there."""
+    try:
+        return storage.list_dir(folder)
+    except FileNotFoundError:
+        raise SceneError(f"{folder}: {missing}") from None
+
+
 def list_refs(scene_uri: str) -> list[str]:
     ref_dir = SceneFiles(scene_uri).refs
-    try:
-        names = storage.list_dir(ref_dir)
-    except FileNotFoundError:
-        raise SceneError(f"{ref_dir}: missing reference folder") from None
+    names = entries(ref_dir, "missing reference folder")
     refs = [storage.join(ref_dir, name) for name in names if name.lower().endswith(IMAGE_SUFFIXES)]
     if not refs:
         raise SceneError(f"{ref_dir}: no reference images (expected {', '.join(IMAGE_SUFFIXES)})")
@@ -212,10 +217,7 @@ def load_scene(uri: str, max_megapixels: float | None = None) -> Scene:
 def list_scenes(root_uri: str) -> list[str]:
     """Scene folders directly under a scenes root: every folder that has a target/ or ref/ inside."""
     root_uri = str(root_uri).rstrip("/")
-    try:
-        names = storage.list_dir(root_uri)
-    except FileNotFoundError:
-        raise SceneError(f"{root_uri}: scenes root not found") from None
+    names = entries(root_uri, "scenes root not found")
     scenes = []
     for name in names:
         candidate = storage.join(root_uri, name)

@@ -45,9 +45,8 @@ METRICS = tuple(item.name for item in fields(Metrics))
 PAPER_REALFILL = {"psnr": 14.78, "ssim": 0.424, "lpips": 0.431, "dreamsim": 0.077, "dino": 0.948, "clip": 0.962}
 """RealFill's row of the paper's Table 1, for orientation."""
 LOWER_IS_BETTER = {"lpips", "dreamsim"}
-DREAMSIM_UNAVAILABLE = (
-    "the dreamsim package publishes only pickled weights (torch.load), and realfill loads safetensors only"
-)
+DREAMSIM_UNAVAILABLE = ("the dreamsim package publishes only pickled weights (torch.load), and realfill loads "
+                        "safetensors only")
 
 
 class MetricUnavailable(RuntimeError):

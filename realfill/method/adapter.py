@@ -26,6 +26,11 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + size]).get("__metadata__", {})
 
 
+def under(prefix: str, tensors: dict) -> dict:
+    """The tensors whose names start with prefix, named without it (one model's part of a LoRA state)."""
+    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
 class AdapterError(InputError, ValueError):
     """A stored adapter that cannot be used as it is (missing, truncated, replaced, pickled, too old)."""
 

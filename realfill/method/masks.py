@@ -25,10 +25,8 @@ def draw_mask(rng: np.random.Generator, resolution: int, config: TuneConfig) -> 
     count = int(rng.integers(config.mask_min_boxes, config.mask_max_boxes + 1))
     boxes = []
     for _ in range(count):
-        height, width = (
-            max(1, int(side * resolution))
-            for side in rng.uniform(config.mask_min_side, config.mask_max_side, size=2)
-        )
+        height, width = (max(1, int(side * resolution))
+                         for side in rng.uniform(config.mask_min_side, config.mask_max_side, size=2))
         top = int(rng.integers(0, resolution - height + 1))
         left = int(rng.integers(0, resolution - width + 1))
         boxes.append((top, left, height, width))

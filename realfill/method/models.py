@@ -55,13 +55,11 @@ def _tiny_unet_and_vae():
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=9, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-    )
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), norm_num_groups=8,
-        layers_per_block=1, latent_channels=4, sample_size=64,
-    )
+        layers_per_block=1, latent_channels=4, sample_size=64)
     return unet, vae
 
 
@@ -106,13 +104,10 @@ def build_tiny_example_model(directory: str | Path) -> Path:
         unet, vae = _tiny_unet_and_vae()
         encoder = PaintByExampleImageEncoder(CLIPVisionConfig(
             hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
-            image_size=32, patch_size=4,
-        ), proj_size=32)
+            image_size=32, patch_size=4), proj_size=32)
     pipeline = PaintByExamplePipeline(
         vae=vae, image_encoder=encoder, unet=unet, scheduler=PNDMScheduler(skip_prk_steps=True),
-        safety_checker=None, feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
-        requires_safety_checker=False,
-    )
+        safety_checker=None, feature_extractor=CLIPImageProcessor(crop_size=32, size=32), requires_safety_checker=False)
     pipeline.save_pretrained(directory, safe_serialization=True)
     return directory
 

@@ -22,7 +22,7 @@ from realfill.config import SampleConfig
 from realfill.data.records import AdapterInfo
 from realfill.data.scene import Scene
 from realfill.devices import mixed_precision, pick_device, torch_dtype
-from realfill.method.adapter import ADAPTER_WEIGHTS, verified_adapter
+from realfill.method.adapter import ADAPTER_WEIGHTS, under, verified_adapter
 from realfill.method.masks import composite, composite_alpha
 
 ADAPTER_NAME = "scene"
@@ -88,11 +88,8 @@ def load_example_pipeline(path: Path, dtype: torch.dtype):
         image_encoder=PaintByExampleImageEncoder.from_pretrained(path / "image_encoder", use_safetensors=True,
                                                                  dtype=dtype),
         unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True, torch_dtype=dtype),
-        scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
-        safety_checker=None,
-        feature_extractor=AutoImageProcessor.from_pretrained(path / "feature_extractor"),
-        requires_safety_checker=False,
-    )
+        scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler"), safety_checker=None,
+        feature_extractor=AutoImageProcessor.from_pretrained(path / "feature_extractor"), requires_safety_checker=False)
 
 
 class Sampler:
@@ -113,8 +110,7 @@ class Sampler:
         else:
             self.pipeline = StableDiffusionInpaintPipeline.from_pretrained(  # the feature extractor only feeds
                 base_path, dtype=self.dtype, use_safetensors=True, safety_checker=None,  # the safety checker
-                feature_extractor=None, requires_safety_checker=False,
-            ).to(self.device)
+                feature_extractor=None, requires_safety_checker=False).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.base_scheduler_config = self.pipeline.scheduler.config
         self._vae_fp32: torch.nn.Module | None = None
@@ -162,13 +158,8 @@ class Sampler:
 
         tensors = load(weights)
         state, _ = self.pipeline.lora_state_dict(tensors)
-        unet = convert_unet_state_dict_to_peft(
-            {key.removeprefix("unet."): value for key, value in state.items() if key.startswith("unet.")}
-        )
-        text = convert_state_dict_to_peft(convert_state_dict_to_diffusers(
-            {key.removeprefix("text_encoder."): value for key, value in state.items()
-             if key.startswith("text_encoder.")}
-        ))
+        unet = convert_unet_state_dict_to_peft(under("unet.", state))
+        text = convert_state_dict_to_peft(convert_state_dict_to_diffusers(under("text_encoder.", state)))
         try:
             for module, module_state in ((self.pipeline.unet, unet), (self.pipeline.text_encoder, text)):
                 result = set_peft_model_state_dict(module, module_state, adapter_name=ADAPTER_NAME)

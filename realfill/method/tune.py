@@ -26,7 +26,7 @@ from realfill.data import storage
 from realfill.data.records import AdapterInfo
 from realfill.data.scene import Scene
 from realfill.devices import mixed_precision, pick_device, torch_dtype
-from realfill.method.adapter import safetensors_metadata, save_adapter
+from realfill.method.adapter import safetensors_metadata, save_adapter, under
 from realfill.method.masks import draw_mask, render_mask
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -123,26 +123,21 @@ def make_batch(images: list[TrainingImage], config: TuneConfig, rng: np.random.G
         unknown_masks.append(unknown.astype(np.float32))
         hole_weights.append(drawn.hole_weight)
         prompts.append("" if rng.random() < config.prompt_dropout else config.prompt)
-    return Batch(
-        pixels=torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(),
-        mask=torch.from_numpy(np.stack(masks))[:, None],
-        unknown=torch.from_numpy(np.stack(unknown_masks))[:, None],
-        hole_weight=torch.tensor(hole_weights, dtype=torch.float32),
-        prompts=prompts,
-    )
+    return Batch(pixels=torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(),
+                 mask=torch.from_numpy(np.stack(masks))[:, None],
+                 unknown=torch.from_numpy(np.stack(unknown_masks))[:, None],
+                 hole_weight=torch.tensor(hole_weights, dtype=torch.float32), prompts=prompts)
 
 
 def load_models(base_path: str | Path) -> Models:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    return Models(
-        tokenizer=CLIPTokenizer.from_pretrained(base_path, subfolder="tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(base_path, subfolder="text_encoder", use_safetensors=True),
-        vae=AutoencoderKL.from_pretrained(base_path, subfolder="vae", use_safetensors=True),
-        unet=UNet2DConditionModel.from_pretrained(base_path, subfolder="unet", use_safetensors=True),
-        noise_scheduler=DDPMScheduler.from_pretrained(base_path, subfolder="scheduler"),
-    )
+    return Models(tokenizer=CLIPTokenizer.from_pretrained(base_path, subfolder="tokenizer"),
+                  text_encoder=CLIPTextModel.from_pretrained(base_path, subfolder="text_encoder", use_safetensors=True),
+                  vae=AutoencoderKL.from_pretrained(base_path, subfolder="vae", use_safetensors=True),
+                  unet=UNet2DConditionModel.from_pretrained(base_path, subfolder="unet", use_safetensors=True),
+                  noise_scheduler=DDPMScheduler.from_pretrained(base_path, subfolder="scheduler"))
 
 
 def add_lora(models: Models, config: TuneConfig) -> None:
@@ -161,10 +156,8 @@ def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def encode_prompts(models: Models, prompts: list[str], device: torch.device) -> torch.Tensor:
-    ids = models.tokenizer(
-        prompts, padding="max_length", max_length=models.tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids
+    ids = models.tokenizer(prompts, padding="max_length", max_length=models.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids
     return models.text_encoder(ids.to(device))[0]
 
 
@@ -189,9 +182,8 @@ def training_loss(models: Models, batch: Batch, device: torch.device, dtype: tor
     weight = unknown_latent_weight(batch.unknown.to(device, torch.float32), latent_size, batch.hole_weight)
 
     noise = torch.randn_like(latents)
-    timesteps = torch.randint(
-        0, models.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=device
-    ).long()
+    timesteps = torch.randint(0, models.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              device=device).long()
     noisy = models.noise_scheduler.add_noise(latents, noise, timesteps)
     hidden = encode_prompts(models, batch.prompts, device)
     prediction = models.unet(torch.cat([noisy, mask_latent, conditioning], dim=1), timesteps, hidden).sample
@@ -223,16 +215,12 @@ def _restore_lora(models: Models, state: dict[str, torch.Tensor]) -> None:
     from peft import set_peft_model_state_dict
 
     for prefix, module in (("unet.", models.unet), ("text_encoder.", models.text_encoder)):
-        own = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
-        set_peft_model_state_dict(module, own)
+        set_peft_model_state_dict(module, under(prefix, state))
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {
-        f"{index}.{name}": value.detach().cpu().contiguous()
-        for index, entries in optimizer.state_dict()["state"].items()
-        for name, value in entries.items()
-    }
+    return {f"{index}.{name}": value.detach().cpu().contiguous()
+            for index, entries in optimizer.state_dict()["state"].items() for name, value in entries.items()}
 
 
 def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
@@ -259,8 +247,8 @@ def load_checkpoint(uri: str, key: str, models: Models, optimizer) -> dict | Non
         return None
     if progress.get("key") != key:
         return None
-    _restore_lora(models, {name[5:]: t for name, t in tensors.items() if name.startswith("lora.")})
-    _restore_optimizer(optimizer, {name[10:]: t for name, t in tensors.items() if name.startswith("optimizer.")})
+    _restore_lora(models, under("lora.", tensors))
+    _restore_optimizer(optimizer, under("optimizer.", tensors))
     return progress
 
 
@@ -300,18 +288,15 @@ def tune(scene: Scene, base_path: str | Path, config: TuneConfig, out_uri: str, 
     for module in (models.unet, models.text_encoder):
         for parameter in lora_parameters(module):
             parameter.data = parameter.data.float()
-    checkpointing = config.gradient_checkpointing == "on" or (
-        config.gradient_checkpointing == "auto" and torch_device.type == "cuda"
-    )
+    checkpointing = config.gradient_checkpointing == "on" or (config.gradient_checkpointing == "auto"
+                                                               and torch_device.type == "cuda")
     if checkpointing:
         models.unet.enable_gradient_checkpointing()
         models.text_encoder.gradient_checkpointing_enable()
 
     unet_params, text_params = lora_parameters(models.unet), lora_parameters(models.text_encoder)
-    optimizer = torch.optim.AdamW(
-        [{"params": unet_params, "lr": config.unet_lr}, {"params": text_params, "lr": config.text_lr}],
-        weight_decay=config.weight_decay,
-    )
+    optimizer = torch.optim.AdamW([{"params": unet_params, "lr": config.unet_lr},
+                                   {"params": text_params, "lr": config.text_lr}], weight_decay=config.weight_decay)
     models.unet, models.text_encoder, optimizer = accelerator.prepare(models.unet, models.text_encoder, optimizer)
     models.unet.train()
     models.text_encoder.train()
