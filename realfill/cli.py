@@ -273,9 +273,9 @@ def cmd_fill(args: Namespace) -> int:
     return 0
 
 
-def run_ended(args: Namespace, log: RunLog, *lines: str) -> None:
-    """A run's last lines: what it did and where it is, its log (when anything was logged), then its report."""
-    print("\n".join([*lines, *([f"run log: {log.uri}"] if log.written else [])]))
+def run_ended(args: Namespace, log: RunLog, *lines: str, where: tuple[str, ...] = ()) -> None:
+    """A run's last lines: what it did, its log (when anything was logged), where its tables are, its report."""
+    print("\n".join([*lines, *([f"run log: {log.uri}"] if log.written else []), *where]))
     report_after(args)
 
 
@@ -308,7 +308,7 @@ def cmd_run(args: Namespace) -> int:
     with RunLog(args.out, args.verbose) as log:
         summary = run_pipeline(args.scenes, args.out, fill_config(args), pipeline_config(args),
                                show_progress=not args.quiet, adapters=args.adapters)
-    run_ended(args, log, summary.text(), *manifest.where_tables(args.out))
+    run_ended(args, log, summary.text(), where=tuple(manifest.where_tables(args.out)))
     return exit_code(summary)
 
 
@@ -352,7 +352,7 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
         summary, board = run_sweep(args.scenes, args.out, configs, own, pipeline_config(args), eval_config(args),
                                    show_progress=not args.quiet)
     out = Output(storage.normalize(args.out))
-    run_ended(args, log, summary.text(), board, f"sweep table: {out.sweep}", f"leaderboard: {out.leaderboard}")
+    run_ended(args, log, summary.text(), where=(board, f"sweep table: {out.sweep}", f"leaderboard: {out.leaderboard}"))
     return exit_code(summary)
 
 

@@ -59,7 +59,7 @@ def library(scenes_root, tmp_path_factory):
 
 def test_exif_time_and_place_are_read(library):
     root, _ = library
-    photo = {p.name: p for p in list_library(str(root))}["graffiti-camera.jpg"]
+    photo = {Path(p.uri).name: p for p in list_library(str(root))}["graffiti-camera.jpg"]
     assert photo.album == "art" and photo.taken.isoformat() == "2024-06-01T12:30:00"
     assert photo.gps == pytest.approx((48.858333, 2.35), abs=1e-5)
 
