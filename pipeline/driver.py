@@ -30,11 +30,11 @@ from realfill.config import FillConfig
 from realfill.data import manifest, storage
 from realfill.data.layout import Output
 from realfill.data.lease import LeaseLost, OutputLease
-from realfill.data.records import run_key
+from realfill.data.records import SceneRow, run_key
 from realfill.data.runlog import describe, log_failure
 from realfill.data.scene import list_scenes, printable
 from realfill.plan import Plan, plan_run
-from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
+from realfill.selection.rank import NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT, NO_KNOWN_REGION
 from realfill.stages import STAGES, Ran, Stage, Stores, Unit, Variant
 
 LOG = logging.getLogger(__name__)
@@ -57,7 +57,9 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     best: dict[str, str | None] = field(default_factory=dict)
-    """Best-ranked image of every complete scene, done now or skipped."""
+    """Best-ranked image of every complete scene with known pixels, done now or skipped (None: no evidence)."""
+    composed: list[str] = field(default_factory=list)
+    """Complete scenes whose mask is a blank canvas: their samples are variations, none selected."""
     stopped_by: int | None = None
     """The signal (SIGINT, SIGTERM) that stopped the run, if one did."""
     unfinished: list[str] = field(default_factory=list)
@@ -79,6 +81,13 @@ class RunSummary:
     """What went wrong with the run as a whole rather than one scene: its lease lost (it stopped), its
     manifest not folded at its end (what it recorded stays in the journal)."""
     wall_s: float = 0.0
+
+    def completed(self, label: str, row: SceneRow) -> None:
+        """A scene that is complete, done now or skipped: its best image, or that it was composed."""
+        if row.selection == NO_KNOWN_REGION:
+            self.composed.append(label)
+        else:
+            self.best[label] = row.best_uri
 
     def text(self) -> str:
         lines = [f"done: {len(self.done)}, already complete (skipped): {len(self.skipped)}, "
@@ -107,6 +116,10 @@ class RunSummary:
         lines += [f"no evidence {printable(label)}: {NO_EVIDENCE_TEXT}" for label in lacking[:BEST_SHOWN]]
         if len(lacking) > BEST_SHOWN:
             lines.append(f"no evidence in {len(lacking) - BEST_SHOWN} more scenes: the scenes table's selection")
+        if self.composed:
+            lines.append(f"blank canvases (scene composition, their samples are variations, none selected): "
+                         f"{', '.join(printable(label) for label in sorted(self.composed)[:BEST_SHOWN])}"
+                         + (f" and {len(self.composed) - BEST_SHOWN} more" if len(self.composed) > BEST_SHOWN else ""))
         return "\n".join(lines)
 
 
@@ -208,7 +221,7 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
                 if unit.scene_id in finished:
                     done.add((variant.name, uri))
                     summary.skipped.append(unit.label)
-                    summary.best[unit.label] = finished[unit.scene_id]
+                    summary.completed(unit.label, finished[unit.scene_id])
         run_plan = plan_run(scene_uris, variants, done)
         try:
             if run_plan.groups:
@@ -510,7 +523,7 @@ class Driver:
             self.summary.failed[unit.label] = error
         else:
             self.summary.done.append(unit.label)
-            self.summary.best[unit.label] = row.best_uri
+            self.summary.completed(unit.label, row)
         if recorded:  # the fold may raise LeaseLost: the unit is counted by then
             try:
                 self.folding[unit.variant.out_uri].recorded()

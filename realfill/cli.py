@@ -252,7 +252,7 @@ def eval_config(args: Namespace) -> EvalConfig:
 def cmd_fill(args: Namespace) -> int:
     from realfill.data.lease import OutputLease
     from realfill.fill import fill_scene
-    from realfill.selection.rank import NO_EVIDENCE_TEXT
+    from realfill.selection.rank import SELECTION_TEXT
 
     config = fill_config(args)
     with OutputLease(args.out):
@@ -264,7 +264,7 @@ def cmd_fill(args: Namespace) -> int:
             tuned = f"{row.tune_s:.1f}s tune + " if row.tune_s is not None else ""
             lines = [f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}"
                      f"{row.sample_s:.1f}s making images + {row.rank_s:.1f}s rank", *manifest.where_tables(args.out),
-                     f"{row.selection}: {NO_EVIDENCE_TEXT}" if row.best_uri is None
+                     f"{row.selection}: {SELECTION_TEXT[row.selection]}" if row.best_uri is None
                      else f"best: {row.best_uri} (selection by {row.selection})"]
         run_ended(args, log, *lines)
     if not row.ok:
@@ -358,11 +358,12 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
 
 def cmd_rank(args: Namespace) -> int:
     from realfill.data.scene import load_scene
-    from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_TEXT, rank_scores, score_images, selection
+    from realfill.selection.rank import GEOMETRY, SELECTION_TEXT, rank_scores, score_images, selection
 
     config = GeometryConfig(**args.geometry.as_dict())
-    scores = score_images(load_scene(args.scene, FillConfig().max_megapixels), args.images, config)
-    basis = selection(scores)
+    scene = load_scene(args.scene, FillConfig().max_megapixels)
+    scores = score_images(scene, args.images, config)
+    basis = selection(scene, scores)
     results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank, "selection": basis}
                for path, s, rank in zip(args.images, scores, rank_scores(scores))]
     results.sort(key=lambda result: result["rank"])
@@ -374,7 +375,7 @@ def cmd_rank(args: Namespace) -> int:
     print(f"{'rank':>4}  {'score':>9}  {'matches':>7}  path")
     for result in results:
         print(f"{result['rank']:>4}  {result['score']:>9.2f}  {result['matches']:>7}  {result['path']:<{width}}")
-    print(f"{basis}: {NO_EVIDENCE_TEXT}" if basis == NO_EVIDENCE else f"ranked by {basis}")
+    print(f"ranked by {basis}" if basis == GEOMETRY else f"{basis}: {SELECTION_TEXT[basis]}")
     return 0
 
 

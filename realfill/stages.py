@@ -40,7 +40,7 @@ from realfill.method.models import resolve_model
 from realfill.method.sample import Condition, SampleFailure, Sampler, composite_sample
 from realfill.method.stitch import exemplar, stitch
 from realfill.method.tune import ExtraView, tune
-from realfill.selection.rank import NO_EVIDENCE, rank_scores, score_images, selection
+from realfill.selection.rank import GEOMETRY, NO_KNOWN_REGION, rank_scores, score_images, selection
 
 LOG = logging.getLogger(__name__)
 
@@ -435,13 +435,16 @@ def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> Ran
     good = [row for row in rows if row.ok]
     if not good:
         raise SampleError(f"every sample failed; {rows[0].error if rows else 'no samples'}")
-    scores = score_images(scene, [row.uri for row in good], config.geometry)
-    basis = selection(scores)
-    ranks = rank_scores(scores)
-    order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i].seed))
-    kept = set() if basis == NO_EVIDENCE else set(order[: config.rank.keep_count(len(good))])
     height, width = scene.target.shape[:2]
     key = run_key(config)
+    if scene.blank:  # nothing to check a sample against: variations, none scored, ranked or selected
+        return Ranked([replace(row, selected=False, width=width, height=height, run_key=key) for row in rows],
+                      NO_KNOWN_REGION)
+    scores = score_images(scene, [row.uri for row in good], config.geometry)
+    basis = selection(scene, scores)
+    ranks = rank_scores(scores)
+    order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i].seed))
+    kept = set(order[: config.rank.keep_count(len(good))]) if basis == GEOMETRY else set()
     ranked = {row.seed: replace(row, matches=score.matches, score=score.score, rank=rank, selected=i in kept,
                                 width=width, height=height)
               for i, (row, score, rank) in enumerate(zip(good, scores, ranks))}

@@ -57,8 +57,10 @@ def example_scene(tmp_path_factory) -> str:
     return write_example(str(tmp_path_factory.mktemp("example") / "wall"))
 
 
-def write_scene(root: Path, *, size=(96, 64), refs=2, hole_value=0, seed=0, ref_size=(120, 80)) -> Path:
-    """A small synthetic scene: textured target with a rectangular hole, and shifted references."""
+def write_scene(root: Path, *, size=(96, 64), refs=2, hole_value=0, seed=0, ref_size=(120, 80),
+                blank: bool = False) -> Path:
+    """A small synthetic scene: textured target with a rectangular hole (blank: a hole over all of it, a blank
+    canvas), and shifted references."""
     rng = np.random.default_rng(seed)
     width, height = size
     world = rng.integers(0, 256, (height * 2, width * 2, 3), dtype=np.uint8)
@@ -66,6 +68,8 @@ def write_scene(root: Path, *, size=(96, 64), refs=2, hole_value=0, seed=0, ref_
     target = world[:height, :width].copy()
     mask = np.zeros((height, width), np.uint8)
     mask[height // 4 : height // 2, width // 3 : 2 * width // 3] = 255
+    if blank:
+        mask[:] = 255
     gt = target.copy()
     target[mask > 0] = hole_value
     (root / "target").mkdir(parents=True, exist_ok=True)

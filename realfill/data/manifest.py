@@ -271,10 +271,10 @@ def rows_of(table: pa.Table, row_type: type) -> list:
     return [from_values(row_type, values) for values in table.to_pylist()]
 
 
-def completed_scenes(out_uri: str, run_key: str) -> dict[str, str | None]:
-    """Scenes that a run with this config already finished (what a resume skips), with their best image."""
+def completed_scenes(out_uri: str, run_key: str) -> dict[str, SceneRow]:
+    """Scenes that a run with this config already finished (what a resume skips), with their rows."""
     scenes = rows_of(read_table(out_uri, "scenes"), SceneRow)
-    return {row.scene_id: row.best_uri for row in scenes if row.ok and row.run_key == run_key}
+    return {row.scene_id: row for row in scenes if row.ok and row.run_key == run_key}
 
 
 def where_tables(out_uri: str) -> list[str]:

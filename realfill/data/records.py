@@ -42,8 +42,9 @@ columns are those of 1). 3: the scenes table's `selection` (older runs read it a
 
 Status = Literal["ok", "failed"]
 """A sample's, a scene's or a request's outcome."""
-Selection = Literal["geometry", "no evidence"]
-"""What a scene's selection rests on: matches landing where the known pixels say, or nothing."""
+Selection = Literal["geometry", "no evidence", "no known region"]
+"""What a scene's selection rests on: matches landing where the known pixels say, nothing, or no known pixel to
+check against at all (a blank canvas: its samples are variations of the scene, none ranked as more authentic)."""
 
 
 def digest(payload: Any) -> str:
@@ -277,9 +278,9 @@ class SceneRow(Outcome):
     best_uri: str | None = None
     """The top-ranked sample; None when the ranking has no evidence to rest on (see selection)."""
     selection: Selection | None = None
-    """What the ranking rests on: "geometry" (matches landing where the known pixels say), or "no
-    evidence" (none did: no sample is selected and there is no best; plain match counts, which noise
-    has too, only order the ties)."""
+    """What the ranking rests on: "geometry" (matches landing where the known pixels say), "no evidence"
+    (none did: no sample is selected and there is no best; plain match counts, which noise has too, only order
+    the ties), or "no known region" (a blank canvas: the samples are variations, none selected)."""
     num_samples: int | None = field(default=None, metadata=INT32)
     tune_s: float | None = None
     """Fine-tuning seconds (None for methods that do not tune)."""

@@ -2,7 +2,7 @@
 
 SCENE/ref/*.{jpg,jpeg,png,webp}   reference photos
 SCENE/target/target.png           the photo to complete (its hole pixels are never used)
-SCENE/target/mask.png             white = fill, black = keep
+SCENE/target/mask.png             white = fill, black = keep (all white: a blank canvas, scene composition)
 SCENE/target/gt.png               optional ground truth
 """
 
@@ -41,6 +41,12 @@ class Scene:
     ref_uris: list[str]
     gt: np.ndarray | None = None
     """H x W x 3 uint8 ground truth, when the scene has one."""
+
+    @property
+    def blank(self) -> bool:
+        """A blank canvas: the mask covers the whole target, so there is no known pixel (the paper's scene
+        composition: the generative methods make variations of the scene from its references alone)."""
+        return bool(self.mask.all())
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -202,8 +208,6 @@ def load_scene(uri: str, max_megapixels: float | None = None) -> Scene:
     mask = mask > 127
     if not mask.any():
         raise SceneError(f"{mask_uri}: mask is empty (no white pixels), so there is nothing to fill")
-    if mask.all():
-        raise SceneError(f"{mask_uri}: mask covers the whole target, so no known pixel is left to complete from")
     target = np.where(mask[..., None], 0, target).astype(np.uint8)
     ref_uris = list_refs(uri)
     refs = [read_image(ref_uri, max_megapixels=max_megapixels) for ref_uri in ref_uris]

@@ -39,7 +39,7 @@ from realfill.data.runlog import describe
 from realfill.data.scene import SceneError, list_refs, read_image
 from realfill.evaluation.evaluate import LeaderboardRow, MetricRow, means_of
 from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Metrics
-from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT
+from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT, NO_KNOWN_REGION, SELECTION_TEXT
 
 FOLDERS = ("thumbs", "sheets", "plots", "scenes")
 """The report's folders under OUT/report/: what is in them and not part of the newest report is removed."""
@@ -168,12 +168,17 @@ class SceneView:
         return self.row.ok and self.row.selection == NO_EVIDENCE
 
     @property
+    def composed(self) -> bool:
+        """A blank canvas: its samples are variations of the scene, none ranked or selected."""
+        return self.row.ok and self.row.selection == NO_KNOWN_REGION
+
+    @property
     def best(self) -> SampleRow | None:
         return next((sample for sample in self.samples if sample.uri == self.row.best_uri), None)
 
     @property
     def status(self) -> str:
-        return "failed" if not self.row.ok else NO_EVIDENCE if self.no_evidence else "ok"
+        return "failed" if not self.row.ok else self.row.selection if self.no_evidence or self.composed else "ok"
 
     def plotted(self) -> tuple:
         """What the plots show of this scene (a plot is redrawn only when it changes)."""
@@ -393,7 +398,10 @@ def sheet_tiles(view: SceneView, pictures: Pictures) -> list[tuple[Picture | Non
     tiles.append((view.target, "target + mask"))
     kept = [(picture, sample) for picture, sample in zip(view.fills, view.shown(SHEET_FILLS)) if sample.selected]
     tiles += [(picture, f"#{sample.rank} score {sample.score:.1f}") for picture, sample in kept]
-    if not view.row.ok:
+    if view.composed:
+        tiles += [(picture, f"variation, seed {sample.seed}") for picture, sample in zip(view.fills,
+                                                                                         view.shown(SHEET_FILLS))]
+    elif not view.row.ok:
         tiles.append((None, f"failed: {view.row.error}"))
     elif not kept:
         tiles.append((None, "no evidence: nothing selected"))
@@ -421,6 +429,8 @@ class Summary:
     ok: int
     failed: list[SceneView]
     no_evidence: list[SceneView]
+    composed: list[SceneView]
+    """Blank canvases: scenes whose samples are variations, none selected."""
     samples: int
     selected: int
     stage_seconds: dict[str, float]
@@ -440,7 +450,8 @@ def summarize(views: list[SceneView]) -> Summary:
     metric_rows = [row for view in views for row in view.metric_rows()]
     return Summary(
         scenes=len(views), ok=len(ok), failed=[view for view in views if not view.row.ok],
-        no_evidence=[view for view in views if view.no_evidence], samples=sum(len(view.samples) for view in views),
+        no_evidence=[view for view in views if view.no_evidence], composed=[view for view in views if view.composed],
+        samples=sum(len(view.samples) for view in views),
         selected=sum(bool(sample.selected) for view in views for sample in view.samples),
         stage_seconds={stage: value for stage, value in seconds.items() if value > 0},
         configs=[(json.dumps(parsed[text], indent=2, sort_keys=True), count) for text, count in configs.most_common()],
@@ -496,6 +507,7 @@ class Writer:
 
         html = self.environment.get_template(template).render(href=href, outside=outside, config=self.config,
                                                               NO_EVIDENCE_TEXT=NO_EVIDENCE_TEXT, METRICS=METRICS,
+                                                              COMPOSED_TEXT=SELECTION_TEXT[NO_KNOWN_REGION],
                                                               NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE,
                                                               PAPER=PAPER_REALFILL, **context)
         self.write(path, html.encode())

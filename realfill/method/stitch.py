@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from realfill.config import GeometryConfig, StitchConfig
-from realfill.data.scene import Scene
+from realfill.data.layout import SceneFiles
+from realfill.data.scene import Scene, SceneError
 from realfill.geometry.known import known_matches, planes
 from realfill.geometry.matchers import matcher
 
@@ -187,6 +188,10 @@ def inpaint(target: np.ndarray, hole: np.ndarray, radius: int) -> np.ndarray:
 def stitch(scene: Scene, config: StitchConfig, geometry: GeometryConfig) -> Stitched:
     """The scene's hole filled from its references by geometry (see the module docstring). Matching sees
     the whole known region; everything per pixel happens in the window the fill depends on."""
+    if scene.blank:
+        raise SceneError(f"{SceneFiles(scene.uri).mask}: covers the whole target, and stitch needs known pixels to "
+                         f"anchor its warps (a blank canvas is composed by realfill, sd-inpaint or paint-by-example, "
+                         f"with --init noise)")
     crop = window(scene.mask, config)
     hole, known = scene.mask[crop], np.ascontiguousarray(scene.target[crop])
     target = known.astype(np.float32)

@@ -57,9 +57,13 @@ COLOUR_SIGMA_PX = 2.0
 """Colours are compared on images blurred this much (at detection resolution), so a one-pixel
 misalignment at an edge is not a colour miss."""
 
-GEOMETRY, NO_EVIDENCE = typing.get_args(Selection)
+GEOMETRY, NO_EVIDENCE, NO_KNOWN_REGION = typing.get_args(Selection)
 """What a scene's selection rests on (the scene row's `selection`)."""
 NO_EVIDENCE_TEXT = "no sample matched the references, so none is selected and there is no best"
+SELECTION_TEXT = {NO_EVIDENCE: NO_EVIDENCE_TEXT,
+                  NO_KNOWN_REGION: "the mask covers the whole target: with no known pixel to check against, "
+                                   "every sample is a variation of the scene (scene composition), none selected"}
+"""What a scene's last line says when nothing is selected, by what the selection rests on."""
 NO_EVIDENCE_ANYWHERE = ("no scene has evidence: every sample's score is 0 (a random model, or references of "
                         "another place), so nothing is selected and no best is named")
 """What a run whose every scene lacks evidence says, in its last lines and at the top of its report."""
@@ -306,7 +310,10 @@ def rank_scores(scores: list[Score]) -> list[int]:
     return [sum(other > key for other in keys) + 1 for key in keys]
 
 
-def selection(scores: list[Score]) -> Selection:
-    """What the ranking of these candidates rests on: geometry, or nothing. Plain verified counts are no
-    evidence of authenticity: a fill of noise has some (eight matches always fit a fundamental matrix)."""
+def selection(scene: Scene, scores: list[Score]) -> Selection:
+    """What the ranking of a scene's candidates rests on: geometry, nothing, or no known region at all (a blank
+    canvas, where nothing is claimed as geometry evidence). Plain verified counts are no evidence of
+    authenticity: a fill of noise has some (eight matches always fit a fundamental matrix)."""
+    if scene.blank:
+        return NO_KNOWN_REGION
     return GEOMETRY if any(score.score > 0 for score in scores) else NO_EVIDENCE
