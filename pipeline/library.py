@@ -58,15 +58,34 @@ class LibrarySummary:
     rows: list[RequestRow]
     out_uri: str
 
+    @property
+    def delivered(self) -> list[RequestRow]:
+        return [row for row in self.rows if row.filled_uri]
+
+    @property
+    def failed(self) -> list[RequestRow]:
+        return [row for row in self.rows if not row.ok]
+
+    @property
+    def without_evidence(self) -> list[RequestRow]:
+        """Requests that completed but have no finished photo: no completion could be shown to be real."""
+        return [row for row in self.rows if row.ok and not row.filled_uri]
+
     def text(self) -> str:
-        filled = [row for row in self.rows if row.filled_uri]
         lines = [self.run.text(),
-                 f"requests: {len(self.rows)}, filled: {len(filled)}, failed: "
-                 f"{sum(not row.ok for row in self.rows)}, no evidence (nothing filled): "
-                 f"{sum(row.ok and not row.filled_uri for row in self.rows)}",
-                 f"requests table (one row per request, with its references): "
-                 f"{Output(self.out_uri).requests}",
+                 f"requests: {len(self.rows)}, filled: {len(self.delivered)}, failed: {len(self.failed)}, "
+                 f"no evidence (nothing filled): {len(self.without_evidence)}",
+                 f"requests table (one row per request, with its references): {Output(self.out_uri).requests}",
                  f"finished photos: {Output(self.out_uri).filled()}"]
+        if len(self.delivered) < len(self.rows):
+            why = [f"{len(self.failed)} failed (bad input, no usable reference or a failed stage: each says why "
+                   f"above)"] if self.failed else []
+            why += [f"{len(self.without_evidence)} without evidence (no completion's content lands where the "
+                    f"photo's own pixels say it must, so none is delivered as real)"] if self.without_evidence else []
+            lines.append(f"delivered {len(self.delivered)} of {len(self.rows)} requests; not delivered: "
+                         + "; ".join(why))
+        else:
+            lines.append(f"delivered all {len(self.rows)} requests")
         return "\n".join(lines)
 
 

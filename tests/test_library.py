@@ -145,6 +145,7 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stdout + result.stderr  # one request failed
     assert "requests: 5, filled: 4, failed: 1" in result.stdout
+    assert "delivered 4 of 5 requests; not delivered: 1 failed (bad input, no usable reference" in result.stdout
     sizes = {path.relative_to(out / "filled").as_posix(): Image.open(path).size
              for path in (out / "filled").rglob("*.jpg")}
     assert sizes == {"city/opensfm_lund_street.jpg": (512, 512), "art/graffiti-camera.jpg": (512, 512),
@@ -225,3 +226,21 @@ def test_a_target_that_is_not_an_image_is_named_as_such(tmp_path):
         read_requests(str(tmp_path / "library"), photos, None, outpaint="1.25")
     assert raised.value.problems == [f"row 1: {album / 'notes.jpg'}: not an image, or in a "
                                      f"format that cannot be read (expected .jpg, .jpeg, .png, .webp, .heic, .heif)"]
+
+
+def test_a_library_whose_requests_have_no_evidence_says_so_and_exits_3(library, tmp_path, tiny_model):
+    """A random-weight model paints noise: the request completes (its references were verified) but nothing
+    is delivered as real, and the last lines and the exit status say so rather than a plain success."""
+    root, _ = library
+    table = write_table(tmp_path / "requests.csv", [{"target": "art/graffiti-camera.jpg", "box": "165,140,350,333"}])
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "realfill.cli", "library", str(root), "--out", str(out),
+                             "--requests", str(table), "--method", "sd-inpaint", "--base_model", "tiny", "--device",
+                             "cpu", "--sample.resolution", "64", "--sample.num_samples", "2", "--sample.steps", "2",
+                             "--quiet", "--no_report"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "delivered 0 of 1 requests; not delivered: 1 without evidence (no completion's content lands" \
+        in result.stdout
+    (row,) = pd.read_parquet(out / "requests.parquet").to_dict("records")
+    assert row["status"] == "ok" and pd.isna(row["filled_uri"]) and len(row["refs"]) >= 1
+    assert not (out / "filled").exists()

@@ -14,6 +14,7 @@ from conftest import blank, browse_report, needs_browser, write_scene
 from realfill.cli import main
 from realfill.config import ReportConfig
 from realfill.data import storage
+from realfill.data.records import SampleRow
 from realfill.evaluation.report import write_report
 from realfill.example import write_examples
 from realfill.selection.rank import NO_EVIDENCE_ANYWHERE
@@ -120,3 +121,27 @@ def test_a_report_on_a_memory_uri_and_its_command(tmp_path, capsys):
 def test_report_settings_are_checked():
     with pytest.raises(ValueError, match="thumb_px must be in"):
         ReportConfig(thumb_px=8)
+
+
+def test_a_best_score_near_zero_is_marked_weak_evidence_not_ok(tmp_path):
+    from dataclasses import replace
+
+    from realfill.config import FillConfig
+    from realfill.data import manifest
+    from realfill.data.records import SceneRow
+    from realfill.selection.rank import WEAK_EVIDENCE
+    from realfill.stages import Ranked, scene_row
+
+    out = tmp_path / "out"
+    synthetic_run(str(out), 2)
+    samples, scenes = manifest.read_tables(str(out))
+    row = next(row for row in manifest.rows_of(scenes, SceneRow) if row.scene_id == "scene-0000")
+    rows = [replace(sample, score=0.2 if sample.rank == 1 else 0.0) for sample in manifest.rows_of(samples, SampleRow)
+            if sample.scene_id == "scene-0000"]
+    manifest.write_scene(str(out), rows, scene_row(row.scene_id, row.scene_uri, FillConfig(method="stitch"),
+                                                   ranked=Ranked(rows, "geometry")))
+    report = write_report(str(out))
+    weak, strong = (view for view in sorted(report.views, key=lambda view: view.scene_id))
+    assert (weak.status, strong.status) == ("weak evidence", "ok") and strong.best.score >= WEAK_EVIDENCE
+    page = (out / "report" / "scenes" / "scene-0000.html").read_text()
+    assert "Weak evidence: the best completion scores 0.2" in page and 'badge weak-evidence' in page

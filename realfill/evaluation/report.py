@@ -39,7 +39,15 @@ from realfill.data.runlog import describe
 from realfill.data.scene import SceneError, list_refs, read_image
 from realfill.evaluation.evaluate import LeaderboardRow, MetricRow, means_of
 from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Metrics
-from realfill.selection.rank import NO_EVIDENCE, NO_EVIDENCE_ANYWHERE, NO_EVIDENCE_TEXT, NO_KNOWN_REGION, SELECTION_TEXT
+from realfill.selection.rank import (
+    GEOMETRY,
+    NO_EVIDENCE,
+    NO_EVIDENCE_ANYWHERE,
+    NO_EVIDENCE_TEXT,
+    NO_KNOWN_REGION,
+    SELECTION_TEXT,
+    WEAK_EVIDENCE,
+)
 
 FOLDERS = ("thumbs", "sheets", "plots", "scenes")
 """The report's folders under OUT/report/: what is in them and not part of the newest report is removed."""
@@ -177,8 +185,17 @@ class SceneView:
         return next((sample for sample in self.samples if sample.uri == self.row.best_uri), None)
 
     @property
+    def weak(self) -> bool:
+        """Selected on geometry, but the best completion's evidence is near nothing (a score near 0 is no
+        confidence)."""
+        return self.row.ok and self.row.selection == GEOMETRY and (self.best is None or
+                                                                   (self.best.score or 0.0) < WEAK_EVIDENCE)
+
+    @property
     def status(self) -> str:
-        return "failed" if not self.row.ok else self.row.selection if self.no_evidence or self.composed else "ok"
+        if not self.row.ok:
+            return "failed"
+        return self.row.selection if self.no_evidence or self.composed else "weak evidence" if self.weak else "ok"
 
     def plotted(self) -> tuple:
         """What the plots show of this scene (a plot is redrawn only when it changes)."""
@@ -505,11 +522,10 @@ class Writer:
         def outside(uri: str | None) -> str | None:
             return relative(self.out_uri, path, uri) if uri else None
 
-        html = self.environment.get_template(template).render(href=href, outside=outside, config=self.config,
-                                                              NO_EVIDENCE_TEXT=NO_EVIDENCE_TEXT, METRICS=METRICS,
-                                                              COMPOSED_TEXT=SELECTION_TEXT[NO_KNOWN_REGION],
-                                                              NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE,
-                                                              PAPER=PAPER_REALFILL, **context)
+        html = self.environment.get_template(template).render(
+            href=href, outside=outside, config=self.config, NO_EVIDENCE_TEXT=NO_EVIDENCE_TEXT, METRICS=METRICS,
+            COMPOSED_TEXT=SELECTION_TEXT[NO_KNOWN_REGION], WEAK_EVIDENCE=WEAK_EVIDENCE,
+            NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE, PAPER=PAPER_REALFILL, **context)
         self.write(path, html.encode())
 
     def plot(self, name: str, data: object, draw) -> str | None:

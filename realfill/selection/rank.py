@@ -64,6 +64,9 @@ SELECTION_TEXT = {NO_EVIDENCE: NO_EVIDENCE_TEXT,
                   NO_KNOWN_REGION: "the mask covers the whole target: with no known pixel to check against, "
                                    "every sample is a variation of the scene (scene composition), none selected"}
 """What a scene's last line says when nothing is selected, by what the selection rests on."""
+WEAK_EVIDENCE = 3.0
+"""A best score under this (nats) is weak evidence, shown as such rather than as a plain ok: about one match of
+the best completion lands where the known pixels say, a chance of roughly one in twenty against it."""
 NO_EVIDENCE_ANYWHERE = ("no scene has evidence: every sample's score is 0 (a random model, or references of "
                         "another place), so nothing is selected and no best is named")
 """What a run whose every scene lacks evidence says, in its last lines and at the top of its report."""
