@@ -295,10 +295,6 @@ def report_after(args: Namespace) -> None:
     print(f"report: {report.uri}")
 
 
-NOT_DELIVERED = 3
-"""`realfill library`'s exit status when nothing failed but some requests had no evidence to deliver."""
-
-
 def exit_code(summary) -> int:
     if summary.stopped_by is not None:
         return 128 + summary.stopped_by
@@ -326,7 +322,7 @@ def cmd_library(args: Namespace) -> int:
                               requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
                               show_progress=not args.quiet, adapters=args.adapters)
     run_ended(args, log, summary.text())
-    return exit_code(summary.run) or (NOT_DELIVERED if summary.without_evidence else 0)
+    return exit_code(summary.run)
 
 
 def sweep_configs(args: Namespace, argv: list[str]) -> tuple[dict[str, FillConfig], dict[str, dict]]:

@@ -228,9 +228,9 @@ def test_a_target_that_is_not_an_image_is_named_as_such(tmp_path):
                                      f"format that cannot be read (expected .jpg, .jpeg, .png, .webp, .heic, .heif)"]
 
 
-def test_a_library_whose_requests_have_no_evidence_says_so_and_exits_3(library, tmp_path, tiny_model):
+def test_a_library_whose_requests_have_no_evidence_says_so(library, tmp_path, tiny_model):
     """A random-weight model paints noise: the request completes (its references were verified) but nothing
-    is delivered as real, and the last lines and the exit status say so rather than a plain success."""
+    is delivered as real, and the last lines say so rather than a plain success."""
     root, _ = library
     table = write_table(tmp_path / "requests.csv", [{"target": "art/graffiti-camera.jpg", "box": "165,140,350,333"}])
     out = tmp_path / "out"
@@ -238,7 +238,7 @@ def test_a_library_whose_requests_have_no_evidence_says_so_and_exits_3(library, 
                              "--requests", str(table), "--method", "sd-inpaint", "--base_model", "tiny", "--device",
                              "cpu", "--sample.resolution", "64", "--sample.num_samples", "2", "--sample.steps", "2",
                              "--quiet", "--no_report"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "delivered 0 of 1 requests; not delivered: 1 without evidence (no completion's content lands" \
         in result.stdout
     (row,) = pd.read_parquet(out / "requests.parquet").to_dict("records")

@@ -67,7 +67,7 @@ def test_loftr_loads_weights_from_a_safetensors_uri(graffiti, tmp_path):
     assert not loaded.training
     index = index_scene(graffiti, config)
     scores = [score_candidate(index, image, config) for image in (graffiti.gt, graffiti.target)]
-    assert selection(scores) == "no evidence"
+    assert selection(graffiti, scores) == "no evidence"
 
 
 def test_loftr_weights_are_checked(tmp_path):

@@ -116,15 +116,16 @@ def test_degenerate_inputs_score_zero_without_raising(tmp_path):
     results = [score_candidate(index, candidate, CONFIG)
                for candidate in (np.zeros_like(scene.target), np.full_like(scene.target, 255), scene.gt)]
     assert [(result.matches, result.score) for result in results] == [(0, 0.0)] * 3
-    assert selection(results) == NO_EVIDENCE
+    assert selection(scene, results) == NO_EVIDENCE
     with pytest.raises(ValueError, match="candidate is"):
         score_candidate(index, np.zeros((10, 10, 3), np.uint8), CONFIG)
 
 
-def test_rank_ties_share_the_better_rank_and_matches_only_break_ties():
+def test_rank_ties_share_the_better_rank_and_matches_only_break_ties(tmp_path):
+    scene = load_scene(str(write_scene(tmp_path / "scene")))
     assert rank_scores([Score(1, 2.0), Score(5, 7.5), Score(1, 2.0), Score(0, 0.0)]) == [2, 1, 2, 4]
     assert rank_scores([Score(9, 0.0), Score(3, 0.5), Score(4, 0.0)]) == [2, 1, 3]
-    assert [selection([Score(0, 0.0), Score(m, s)]) for m, s in ((0, 0.0), (3, 0.0), (3, 1.5))] == [
+    assert [selection(scene, [Score(0, 0.0), Score(m, s)]) for m, s in ((0, 0.0), (3, 0.0), (3, 1.5))] == [
         "no evidence", "no evidence", "geometry"]
 
 
