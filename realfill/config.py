@@ -228,6 +228,10 @@ class StitchConfig:
     """RANSAC threshold of the plane fits, in target pixels."""
     judge_px: int = 48
     """Known pixels within this distance of the hole judge every warp (and the inpainting fallback)."""
+    holdout_px: int = 16
+    """Judging is held out: a warp's colour is fitted on the judging band beyond this distance of the hole and
+    its error measured within it (Telea inpaints that inner ring to be judged the same way), so a warp is never
+    judged on the pixels it was fitted to. The fill itself is then compensated on the whole band."""
     reach_px: float = 24.0
     """How far into the hole a known pixel's verdict carries (Gaussian sigma)."""
     correction_px: float = 8.0
@@ -244,6 +248,7 @@ class StitchConfig:
         check(self.ransac_px > 0 and self.reach_px > 0 and self.correction_px > 0,
                "ransac_px, reach_px and correction_px must be positive")
         check(self.judge_px >= 4, "judge_px must be >= 4")
+        check(1 <= self.holdout_px < self.judge_px, "holdout_px must be >= 1 and below judge_px")
         check(self.softness >= 0, "softness must be >= 0")
         check(self.inpaint_radius >= 1, "inpaint_radius must be >= 1")
 

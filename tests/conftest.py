@@ -49,6 +49,30 @@ def scenes_root() -> Path:
     return Path(root)
 
 
+@pytest.fixture(scope="session")
+def extra_scenes_root() -> Path:
+    """A second set of real scenes (crowds, occluders, indoor rooms) that no default was chosen on."""
+    root = os.environ.get("REALFILL_SCENES_EXTRA")
+    if not root:
+        pytest.skip("REALFILL_SCENES_EXTRA is not set: point it at a second RealBench-layout scenes folder to run "
+                    "this test")
+    return Path(root)
+
+
+def ground_truth_scenes(root: Path) -> list:
+    """Every scene under root that has a ground truth, loaded."""
+    from realfill.data.scene import list_scenes, load_scene
+
+    return [scene for scene in map(load_scene, list_scenes(str(root))) if scene.gt is not None]
+
+
+@pytest.fixture(scope="session", params=["scenes", "extra"])
+def both_sets(request) -> list:
+    """The ground-truth scenes of each set in turn (each skips, with its reason, when its folder is unset)."""
+    fixture = "scenes_root" if request.param == "scenes" else "extra_scenes_root"
+    return ground_truth_scenes(request.getfixturevalue(fixture))
+
+
 @pytest.fixture(scope="module")
 def example_scene(tmp_path_factory) -> str:
     """The bundled example scene (a hole in a synthetic wall, three references)."""

@@ -60,14 +60,21 @@ def real(scenes_root):
     return {name: load_scene(str(scenes_root / name)) for name in GT_SCENES}
 
 
-def test_on_the_real_scenes_stitch_beats_inpainting_by_3_db_and_loses_nowhere(real):
-    """The quality goal, on every ground-truth scene (BENCHMARKS.md has the table)."""
-    gains = {}
-    for name, scene in real.items():
-        filled = stitch(scene, StitchConfig(), GeometryConfig()).image
-        gains[name] = psnr_in_region(scene.gt, filled, scene.mask) - psnr_in_region(scene.gt, telea(scene), scene.mask)
+def gains_over_telea(scenes: list[Scene]) -> dict[str, float]:
+    return {scene.scene_id: psnr_in_region(scene.gt, stitch(scene, StitchConfig(), GeometryConfig()).image, scene.mask)
+            - psnr_in_region(scene.gt, telea(scene), scene.mask) for scene in scenes}
+
+
+def test_stitch_never_loses_to_its_own_fallback_on_either_set_of_real_scenes(both_sets):
+    """Held-out judging: on every scene of both sets (one of them never used to choose a default), stitch is
+    within 0.1 dB of Telea or better (BENCHMARKS.md has the tables)."""
+    gains = gains_over_telea(both_sets)
+    assert min(gains.values()) >= -0.1, gains
+
+
+def test_where_warps_fit_stitch_beats_inpainting_by_3_db(real):
+    gains = gains_over_telea(list(real.values()))
     assert np.mean(list(gains.values())) >= 3.0, gains
-    assert min(gains.values()) >= -0.5, gains
 
 
 def test_a_reference_of_another_scene_is_judged_by_the_known_pixels_and_not_used(real):

@@ -6,8 +6,9 @@ Read top to bottom:
    with depth is covered by several homographies, and warp the reference through each (`plane_warps`);
 3. compensate each warp's colour on the known pixels around the hole: one affine RGB map, then the
    remaining differences carried smoothly into the hole, so the seam vanishes (`compensate`);
-4. judge every warp by how well it explains the known pixels near the hole, and judge classical inpainting
-   the same way, by inpainting a band of known pixels it is not shown (`local_error`);
+4. judge every warp by how well it explains the known pixels nearest the hole, held out: its colour map is
+   fitted on the band's outer part and its error measured on the inner ring; classical inpainting is judged
+   the same way, by inpainting that ring it is not shown (`local_error`);
 5. blend per pixel, each warp weighted by how close its local error is to the best one (`blend`); where no
    warp covers a pixel or fits better than inpainting, inpainting fills it.
 
@@ -28,8 +29,8 @@ from realfill.data.scene import Scene, SceneError
 from realfill.geometry.known import known_matches, planes
 from realfill.geometry.matchers import matcher
 
-MIN_JUDGES = 200
-"""Known pixels a warp must cover near the hole to be judged at all."""
+MIN_JUDGES = 100
+"""Known pixels a warp must cover near the hole, in each of the band's two parts, to be judged at all."""
 
 
 @dataclass
@@ -196,17 +197,17 @@ def stitch(scene: Scene, config: StitchConfig, geometry: GeometryConfig) -> Stit
     hole, known = scene.mask[crop], np.ascontiguousarray(scene.target[crop])
     target = known.astype(np.float32)
     judging = band(hole, config.judge_px)
-    held_out = inpaint(known, hole | judging, config.inpaint_radius).astype(np.float32)
+    ring = band(hole, config.holdout_px)  # judged; the rest of the band fits
+    held_out = inpaint(known, hole | ring, config.inpaint_radius).astype(np.float32)
     blended = Blend(config.softness)
     blended.add(inpaint(known, hole, config.inpaint_radius).astype(np.float32),
-                local_error(held_out, target, judging, config.reach_px))
+                local_error(held_out, target, ring, config.reach_px))
     for warp in plane_warps(scene, config, geometry, crop) if hole.any() else []:
-        judges = judging & warp.valid
-        if judges.sum() < MIN_JUDGES:
+        fitters, judges = judging & ~ring & warp.valid, ring & warp.valid
+        if fitters.sum() < MIN_JUDGES or judges.sum() < MIN_JUDGES:
             continue
-        compensated = compensate(warp, target, judges, config)
-        blended.add(compensated, np.where(warp.valid, local_error(compensated, target, judges, config.reach_px),
-                                          np.inf))
+        error = local_error(compensate(warp, target, fitters, config), target, judges, config.reach_px)
+        blended.add(compensate(warp, target, judging & warp.valid, config), np.where(warp.valid, error, np.inf))
     image = scene.target.copy()
     image[crop][hole] = np.clip(np.rint(blended.result()[hole]), 0, 255).astype(np.uint8)
     from_warps = float((blended.winner[hole] > 0).mean()) if hole.any() else 0.0
