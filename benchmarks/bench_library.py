@@ -4,7 +4,10 @@ scene's photos in albums shared with other scenes, plus a near-duplicate of a ta
 target, for an album of about 50 photos and one of about 500 (the photos repeated under new names):
 the shortlist (EXIF proximity, then a global descriptor) against verifying every photo of the album.
 
-    REALFILL_SCENES=path/to/scenes python benchmarks/bench_library.py
+    REALFILL_SCENES=path/to/scenes [REALFILL_SCENES_EXTRA=path/to/scenes-extra] python benchmarks/bench_library.py
+
+With REALFILL_SCENES_EXTRA, the second set's scenes join the same albums (tests/synthetic.py: EXTRA_ALBUMS), and
+its targets are requests too.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ def original(uri: str) -> str:
     return re.sub(r"-\d+(\.jpg)$", r"\1", uri)
 
 
-def measure(scenes_root: str, root: Path, truth: dict[str, set[str]], config: LibraryConfig,
+def mask_of(roots: list[str], target: str) -> str:
+    """The target photo's mask, in whichever scenes root holds its scene."""
+    return next(str(Path(root) / Path(target).stem / "target" / "mask.png") for root in roots
+                if (Path(root) / Path(target).stem).is_dir())
+
+
+def measure(roots: list[str], root: Path, truth: dict[str, set[str]], config: LibraryConfig,
             targets: int | None) -> dict:
     photos = list_library(str(root))
     table = root.parent / "requests.csv"
@@ -41,7 +50,7 @@ def measure(scenes_root: str, root: Path, truth: dict[str, set[str]], config: Li
         writer = csv.writer(handle)
         writer.writerow(["target", "mask"])
         for target in list(truth)[:targets]:
-            writer.writerow([target, str(Path(scenes_root) / Path(target).stem / "target" / "mask.png")])
+            writer.writerow([target, mask_of(roots, target)])
     requests = read_requests(str(root), photos, str(table))
     started = time.perf_counter()
     descriptors = {photo.uri: photo_descriptor(photo.uri) for photo in photos}
@@ -59,24 +68,27 @@ def measure(scenes_root: str, root: Path, truth: dict[str, set[str]], config: Li
             recalled += len(found)
             missed += len({original(uri) for uri in truth[request.target]} - found)
     album = max(sum(photo.album == name for photo in photos) for name in {photo.album for photo in photos})
-    return {"album": album, "precision": right / (right + wrong) if right + wrong else 1.0,
+    return {"album": album, "wrong": wrong, "precision": right / (right + wrong) if right + wrong else 1.0,
             "recall": recalled / (recalled + missed), "pick_s": sum(seconds) / len(seconds),
             "describe_s": describe_s, "targets": len(requests)}
 
 
 def main() -> None:
     cv2.setNumThreads(1)
-    scenes_root = os.environ["REALFILL_SCENES"]
-    print("| largest album | picking | targets | precision | recall | s per target | descriptor s per photo |")
+    scenes_root, extra_root = os.environ["REALFILL_SCENES"], os.environ.get("REALFILL_SCENES_EXTRA")
+    roots = [scenes_root] + ([extra_root] if extra_root else [])
+    print("| largest album | picking | targets | precision (wrong picks) | recall | s per target | "
+          "descriptor s per photo |")
     print("|---|---|---|---|---|---|---|")
     for copies, targets in ((4, None), (45, 3)):
         with tempfile.TemporaryDirectory() as scratch:
             root = Path(scratch) / "library"
-            truth = library_from_scenes(scenes_root, str(root), copies)
+            truth = library_from_scenes(scenes_root, str(root), copies, extra_root)
             for name, config in (("shortlist of 24", LibraryConfig()), ("every photo", LibraryConfig(shortlist=10**6))):
-                found = measure(scenes_root, root, truth, config, targets)
-                print(f"| {found['album']} photos | {name} | {found['targets']} | {found['precision']:.0%} | "
-                      f"{found['recall']:.0%} | {found['pick_s']:.2f} | {found['describe_s']:.3f} |", flush=True)
+                found = measure(roots, root, truth, config, targets)
+                print(f"| {found['album']} photos | {name} | {found['targets']} | {found['precision']:.0%} "
+                      f"({found['wrong']}) | {found['recall']:.0%} | {found['pick_s']:.2f} | "
+                      f"{found['describe_s']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

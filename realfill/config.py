@@ -363,9 +363,10 @@ class LibraryConfig:
 
     max_refs: int = 5
     """Most references picked per request."""
-    min_matches: int = 30
+    min_beyond_chance: int = 13
     """Verified correspondences (RANSAC inliers of a fundamental matrix) with the target's known pixels that a
-    photo needs to be a reference."""
+    photo needs to be a reference, beyond the most the same points reach when paired at random (chance): a
+    photo of another place reaches chance, and on two sets of real albums at most 11 beyond it."""
     shortlist: int = 24
     """Photos of the pool verified per request: those taken near in time or place first (EXIF), then the
     nearest by a global colour descriptor, so an album of thousands costs as much as one of dozens."""
@@ -378,7 +379,7 @@ class LibraryConfig:
     known pixels is a near-duplicate (a burst shot, an edited copy) and is not used."""
 
     def __post_init__(self) -> None:
-        check(self.max_refs >= 1 and self.min_matches >= 8, "need max_refs >= 1 and min_matches >= 8")
+        check(self.max_refs >= 1 and self.min_beyond_chance >= 1, "need max_refs >= 1 and min_beyond_chance >= 1")
         check(self.shortlist >= self.max_refs, "shortlist must be >= max_refs")
         check(self.near_hours >= 0 and self.near_km >= 0, "near_hours and near_km must be >= 0")
         check(0 < self.duplicate_ncc <= 1, "duplicate_ncc must be in (0, 1]")

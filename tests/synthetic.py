@@ -21,34 +21,44 @@ LIBRARY_ALBUMS = {
     "home": ("middlebury_aloe", "middlebury_motorcycle", "realfill_pumpkinlady2"),
 }
 """How library_from_scenes mixes the scenes into albums (each album holds other scenes' photos)."""
+EXTRA_ALBUMS = {
+    "city": ("pt_st_pauls_cathedral", "pt_united_states_capitol"),
+    "art": ("scannet_0744", "scannet_0758", "scannet_0806"),
+    "home": ("scannet_0713", "scannet_0726", "scannet_0737"),
+}
+"""With a second scenes root: its scenes join the same albums, so every album mixes both sets (landmarks with
+landmarks, rooms with rooms: the hardest neighbours)."""
 
 
-def library_from_scenes(scenes_root: str, root: str, copies: int = 1) -> dict[str, set[str]]:
+def library_from_scenes(scenes_root: str, root: str, copies: int = 1,
+                        extra_root: str | None = None) -> dict[str, set[str]]:
     """A photo library made of a RealBench scenes root, to measure reference picking on: each scene's
     references and its complete photo (gt.png, where it has one) become JPEGs of a shared album, beside the
     other scenes of that album, and one edited copy (brighter, slightly cropped) of a target joins its album
-    as a near-duplicate. copies > 1 repeats every photo under new names (a larger album, same content).
-    Returns each target photo's URI and the URIs of its scene's references (what picking should find)."""
+    as a near-duplicate. copies > 1 repeats every photo under new names (a larger album, same content); with
+    extra_root, its scenes join the albums too (EXTRA_ALBUMS). Returns each target photo's URI and the URIs of
+    its scene's references (what picking should find)."""
     def save(uri: str, image: np.ndarray) -> None:
         storage.write_bytes(uri, cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                               [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
 
     truth: dict[str, set[str]] = {}
-    for album, scene_ids in LIBRARY_ALBUMS.items():
-        for scene_id in scene_ids:
-            scene = storage.join(scenes_root, scene_id)
-            refs = set()
-            for copy in range(copies):
-                suffix = f"-{copy}" if copy else ""
-                for index, ref in enumerate(list_refs(scene)):
-                    uri = storage.join(root, album, f"{scene_id}-ref{index}{suffix}.jpg")
-                    save(uri, read_image(ref))
-                    refs.add(uri)
-            gt = SceneFiles(scene).gt
-            if storage.exists(gt):
-                target = storage.join(root, album, f"{scene_id}.jpg")
-                save(target, read_image(gt))
-                truth[target] = refs
+    sources = [(scenes_root, LIBRARY_ALBUMS)] + ([(extra_root, EXTRA_ALBUMS)] if extra_root else [])
+    for source, album, scene_id in ((source, album, scene_id) for source, albums in sources
+                                    for album, scene_ids in albums.items() for scene_id in scene_ids):
+        scene = storage.join(source, scene_id)
+        refs = set()
+        for copy in range(copies):
+            suffix = f"-{copy}" if copy else ""
+            for index, ref in enumerate(list_refs(scene)):
+                uri = storage.join(root, album, f"{scene_id}-ref{index}{suffix}.jpg")
+                save(uri, read_image(ref))
+                refs.add(uri)
+        gt = SceneFiles(scene).gt
+        if storage.exists(gt):
+            target = storage.join(root, album, f"{scene_id}.jpg")
+            save(target, read_image(gt))
+            truth[target] = refs
     edited = read_image(storage.join(root, "city", "opensfm_lund_street.jpg"))
     height, width = edited.shape[:2]
     edited = cv2.resize(edited[8 : height - 8, 8 : width - 8], (width, height), interpolation=cv2.INTER_AREA)

@@ -49,7 +49,7 @@ def test_defaults_are_the_paper_recipe():
         (lambda: config_with({"geometry.features": "loftr"}), "features loftr needs weights"),
         (lambda: config_with({"geometry": {"ransac_px": 0}}), "ransac_px must be positive"),
         (lambda: StitchConfig(softness=-1.0), "softness must be >= 0"),
-        (lambda: LibraryConfig(max_refs=0), "need max_refs >= 1 and min_matches >= 8"),
+        (lambda: LibraryConfig(max_refs=0), "need max_refs >= 1 and min_beyond_chance >= 1"),
         (lambda: LibraryConfig(max_refs=5, shortlist=3), "shortlist must be >= max_refs"),
         (lambda: LibraryConfig(duplicate_ncc=1.5), "duplicate_ncc must be in (0, 1]"),
     ],

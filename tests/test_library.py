@@ -64,12 +64,14 @@ def test_exif_time_and_place_are_read(library):
     assert photo.gps == pytest.approx((48.858333, 2.35), abs=1e-5)
 
 
-def test_picked_references_are_all_of_the_right_place(library, scenes_root):
-    """Precision and recall of picking on every photo with a ground truth, its scene's mask as the request."""
-    root, truth = library
+def pick_every_target(root: Path, truth: dict[str, set[str]], roots: list[Path]) -> tuple[int, int]:
+    """Picks references for every photo with a ground truth (its scene's mask as the request), asserting that
+    none is another place's photo or the near-duplicate; returns (references picked, references missed)."""
+    def mask(target: str) -> str:
+        return next(mask_of(scenes, target) for scenes in roots if (scenes / Path(target).stem).is_dir())
+
     photos = list_library(str(root))
-    table = write_table(root.parent / "picking.csv", [{"target": target, "mask": mask_of(scenes_root, target)}
-                                                         for target in truth])
+    table = write_table(root.parent / "picking.csv", [{"target": target, "mask": mask(target)} for target in truth])
     requests = read_requests(str(root), photos, str(table))
     descriptors = {photo.uri: photo_descriptor(photo.uri) for photo in photos}
     right = missed = 0
@@ -80,7 +82,22 @@ def test_picked_references_are_all_of_the_right_place(library, scenes_root):
         assert not picked - truth[request.target], f"{request.scene_id} picked another place's photos"
         assert "opensfm_lund_street-edited.jpg" not in {Path(uri).name for uri in picked}, "a near-duplicate"
         right, missed = right + len(picked), missed + len(truth[request.target] - picked)
-    assert right / (right + missed) >= 0.85  # measured: 14 of 16
+    return right, missed
+
+
+def test_picked_references_are_all_of_the_right_place(library, scenes_root):
+    """Precision and recall of picking on every photo with a ground truth."""
+    right, missed = pick_every_target(*library, [scenes_root])
+    assert right / (right + missed) >= 0.95  # measured: 16 of 16
+
+
+def test_albums_mixing_both_sets_of_scenes_never_give_another_place(scenes_root, extra_scenes_root, tmp_path):
+    """Landmarks beside landmarks and rooms beside rooms, from a set no default was chosen on: not one photo of
+    another place is picked, and every reference with matches beyond chance is found."""
+    root = tmp_path / "library"
+    truth = library_from_scenes(str(scenes_root), str(root), extra_root=str(extra_scenes_root))
+    right, missed = pick_every_target(root, truth, [scenes_root, extra_scenes_root])
+    assert right / (right + missed) >= 0.7  # measured: 17 of 24 (the 7 missed are at chance, see BENCHMARKS.md)
 
 
 def test_bad_tables_report_every_problem_with_its_row_and_run_nothing(library, tmp_path, capsys):
@@ -166,18 +183,19 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
         row = rows[scene_id]
         assert row["status"] == "ok" and Path(row["filled_uri"]).is_file(), row
         refs = list(row["refs"])
-        assert refs and all(Path(ref["uri"]).name.startswith(place) and ref["matches"] >= 30 for ref in refs)
+        need = LibraryConfig().min_beyond_chance
+        assert refs and all(Path(ref["uri"]).name.startswith(place) and ref["matches"] >= need for ref in refs)
         assert "oxford_graffiti.jpg" not in {Path(ref["uri"]).name for ref in refs}, "its twin is a near-duplicate"
         assert json.loads(row["request"])["target"] in str(row["target"])
     scenes = {row["scene_id"]: row for row in manifest.read_table(str(out), "scenes").to_pylist()}
     assert scenes["misc-pumpkin"]["status"] == "failed" and len(scenes) == 5
     assert result.stdout.strip().endswith(f"report: {out}/report.html")
     page = (out / "report" / "scenes" / "city-opensfm_lund_street.html").read_text()
-    assert "References picked" in page and page.count(" verified matches</figcaption>") == 3
+    assert "References picked" in page and page.count(" verified matches</figcaption>") == 4
     assert "before: " in page and f"after: {out}/filled/city/opensfm_lund_street.jpg" in page
     assert "no usable reference in album" in (out / "report" / "scenes" / "misc-pumpkin.html").read_text()
     assert sorted(path.name for path in (out / "scenes" / "city-opensfm_lund_street" / "ref").iterdir()) == \
-        ["00.jpg", "01.jpg", "02.jpg"]
+        ["00.jpg", "01.jpg", "02.jpg", "03.jpg"]
     records = {path: path.stat().st_mtime_ns for path in (out / "scenes").rglob("request.json")}
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert "already complete (skipped): 4" in again.stdout, again.stdout + again.stderr

@@ -51,6 +51,25 @@ def epipolar_distance(a: np.ndarray, b: np.ndarray, fundamental: np.ndarray) -> 
     return np.abs(np.sum(lines[:, :2] * b, axis=1) + lines[:, 2]) / np.linalg.norm(lines[:, :2], axis=1).clip(1e-9)
 
 
+CHANCE_TRIALS = 8
+"""Random re-pairings that measure what a fundamental matrix fits by chance."""
+
+
+def beyond_chance(a: np.ndarray, b: np.ndarray, inliers: int, threshold: float, need: int) -> int:
+    """How many of a photo's RANSAC fundamental-matrix inliers exceed the most that the same points reach paired
+    at random (CHANCE_TRIALS re-pairings, seeded): what a photo of another place, matched by chance with this
+    many points laid out like these, reaches. Seven degrees of freedom absorb a number of chance matches that
+    grows with the matches tried (about 10 of 40, about 25 of 500), so no fixed count separates places from
+    chance. Under need the answer is only an upper bound: the re-pairings stop as soon as the photo fails."""
+    rng = np.random.default_rng(0)
+    beyond = inliers
+    for _ in range(CHANCE_TRIALS if inliers >= need else 0):
+        beyond = min(beyond, inliers - int(fundamental_inliers(a, b[rng.permutation(len(b))], threshold)[1].sum()))
+        if beyond < need:
+            break
+    return beyond
+
+
 def homography(target_points: np.ndarray, ref_points: np.ndarray, threshold: float) -> np.ndarray:
     """The plane that best explains the known correspondences (a least-squares fit when RANSAC finds none)."""
     matrix, _ = cv2.findHomography(target_points, ref_points, cv2.RANSAC, threshold)

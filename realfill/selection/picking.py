@@ -19,7 +19,7 @@ from realfill.data.records import Reference, digest
 from realfill.data.requests import REQUEST_FILE, Request, request_target, write_scene
 from realfill.data.runlog import describe
 from realfill.data.scene import SceneError
-from realfill.geometry.known import fundamental_inliers, known_region
+from realfill.geometry.known import beyond_chance, fundamental_inliers, known_region
 from realfill.geometry.matchers import matcher
 
 THUMBNAIL_PX = 64
@@ -93,12 +93,13 @@ class Picking:
     duplicates: list[str]
     """Near-duplicates of the target that were skipped."""
     best_rejected: int = 0
-    """Most matches of a photo that had too few."""
+    """Most matches beyond chance of a photo that had too few (an upper bound: see beyond_chance)."""
 
     def reason(self, album: str, config: LibraryConfig) -> str:
         """Why no reference was usable."""
-        return (f"no usable reference in album '{album}': {self.verified} photos verified, the best had "
-                f"{self.best_rejected} verified matches with the known pixels (need {config.min_matches})"
+        return (f"no usable reference in album '{album}': {self.verified} photos verified, the best had at "
+                f"most {self.best_rejected} verified matches with the known pixels beyond chance (need "
+                f"{config.min_beyond_chance})"
                 + (f"; {len(self.duplicates)} near-duplicates of the target skipped" if self.duplicates else ""))
 
 
@@ -124,7 +125,8 @@ def near_duplicate(target: np.ndarray, known: np.ndarray, photo: np.ndarray, tar
 def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str], config: LibraryConfig,
                     geometry: GeometryConfig) -> Picking:
     """Up to max_refs candidates that really show the target's place: most verified correspondences with its
-    known pixels (at least min_matches), near-duplicates skipped."""
+    known pixels beyond what the same points reach paired at random (at least min_beyond_chance), near-duplicates
+    skipped."""
     features = matcher(geometry)
     known = known_region(mask)
     target_features = features.detect(target, known)
@@ -145,8 +147,9 @@ def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str],
         target_points, photo_points = features.match(target_features, features.detect(photo, None))
         _, inliers = fundamental_inliers(target_points, photo_points, geometry.ransac_px)
         count = int(inliers.sum())
-        if count < config.min_matches:
-            rejected = max(rejected, count)
+        beyond = beyond_chance(target_points, photo_points, count, geometry.ransac_px, config.min_beyond_chance)
+        if beyond < config.min_beyond_chance:
+            rejected = max(rejected, beyond)
             continue
         if near_duplicate(target, known, photo, target_points[inliers], photo_points[inliers], config):
             duplicates.append(uri)
