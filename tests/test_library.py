@@ -93,7 +93,7 @@ def test_picked_references_are_all_of_the_right_place(library, scenes_root):
 
 def test_albums_mixing_both_sets_of_scenes_never_give_another_place(scenes_root, extra_scenes_root, tmp_path):
     """Landmarks beside landmarks and rooms beside rooms, from a set no default was chosen on: not one photo of
-    another place is picked, and every reference with matches beyond chance is found."""
+    another place is picked, and most of the right references are found (those at chance cannot be)."""
     root = tmp_path / "library"
     truth = library_from_scenes(str(scenes_root), str(root), extra_root=str(extra_scenes_root))
     right, missed = pick_every_target(root, truth, [scenes_root, extra_scenes_root])
