@@ -15,7 +15,7 @@ EXTRAS := dev,s3,gcs,matchers,heif
 comma := ,
 BIN := $(VENV)/bin
 RUNS ?= runs
-DEMO_FLAGS := --base_model tiny --device cpu --tune.resolution 64 --sample.resolution 64 --tune.train_steps 30 \
+DEMO_FLAGS := --base_model tiny --device cpu --tune.resolution 64 --sample.resolution 64 --tune.train_steps 10 \
 	--sample.num_samples 8 --sample.steps 20
 
 .PHONY: setup torch matchers demo test lock

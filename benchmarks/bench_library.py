@@ -28,18 +28,12 @@ from realfill.data.requests import read_requests
 from realfill.selection.picking import photo_descriptor, prepare_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synthetic import library_from_scenes  # noqa: E402  (made-up inputs, shared with the tests)
+from synthetic import library_from_scenes, mask_of  # noqa: E402  (made-up inputs, shared with the tests)
 
 
 def original(uri: str) -> str:
     """A photo's name without the repeat's suffix: repeats of one photo are one reference to find."""
     return re.sub(r"-\d+(\.jpg)$", r"\1", uri)
-
-
-def mask_of(roots: list[str], target: str) -> str:
-    """The target photo's mask, in whichever scenes root holds its scene."""
-    return next(str(Path(root) / Path(target).stem / "target" / "mask.png") for root in roots
-                if (Path(root) / Path(target).stem).is_dir())
 
 
 def measure(roots: list[str], root: Path, truth: dict[str, set[str]], config: LibraryConfig,

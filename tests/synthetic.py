@@ -3,6 +3,8 @@ of a run that never ran a model. Nothing in a real run uses them; the benchmarks
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -28,6 +30,12 @@ EXTRA_ALBUMS = {
 }
 """With a second scenes root: its scenes join the same albums, so every album mixes both sets (landmarks with
 landmarks, rooms with rooms: the hardest neighbours)."""
+
+
+def mask_of(roots: list, photo: str) -> str:
+    """The mask of the scene a library photo came from, in whichever of the scenes roots holds that scene."""
+    return next(str(Path(root) / Path(photo).stem / "target" / "mask.png") for root in roots
+                if (Path(root) / Path(photo).stem).is_dir())
 
 
 def library_from_scenes(scenes_root: str, root: str, copies: int = 1,

@@ -18,15 +18,10 @@ from realfill.data import manifest
 from realfill.data.photos import list_library
 from realfill.data.requests import RequestsError, read_requests
 from realfill.selection.picking import photo_descriptor, prepare_scene
-from synthetic import library_from_scenes
+from synthetic import library_from_scenes, mask_of
 
 FLAGS = ["--method", "stitch", "--quiet"]
 TAKEN = "2024:06:01 12:30:00"
-
-
-def mask_of(scenes_root: Path, photo: str) -> str:
-    """The mask of the scene a library photo came from."""
-    return str(scenes_root / Path(photo).stem / "target" / "mask.png")
 
 
 def write_table(path: Path, rows: list[dict]) -> Path:
@@ -67,11 +62,9 @@ def test_exif_time_and_place_are_read(library):
 def pick_every_target(root: Path, truth: dict[str, set[str]], roots: list[Path]) -> tuple[int, int]:
     """Picks references for every photo with a ground truth (its scene's mask as the request), asserting that
     none is another place's photo or the near-duplicate; returns (references picked, references missed)."""
-    def mask(target: str) -> str:
-        return next(mask_of(scenes, target) for scenes in roots if (scenes / Path(target).stem).is_dir())
-
     photos = list_library(str(root))
-    table = write_table(root.parent / "picking.csv", [{"target": target, "mask": mask(target)} for target in truth])
+    table = write_table(root.parent / "picking.csv",
+                        [{"target": target, "mask": mask_of(roots, target)} for target in truth])
     requests = read_requests(str(root), photos, str(table))
     descriptors = {photo.uri: photo_descriptor(photo.uri) for photo in photos}
     right = missed = 0
@@ -150,7 +143,7 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
     its picks."""
     root, _ = library
     table = write_table(tmp_path / "requests.csv", [
-        {"target": "city/opensfm_lund_street.jpg", "mask": mask_of(scenes_root, "opensfm_lund_street.jpg")},
+        {"target": "city/opensfm_lund_street.jpg", "mask": mask_of([scenes_root], "opensfm_lund_street.jpg")},
         {"target": "art/graffiti-camera.jpg", "box": "165,140,350,333"},
         {"target": "city/opensfm_berlin_dom.jpg", "outpaint": "1.25"},
         {"target": "home/middlebury_motorcycle.jpg", "aspect": "16:9", "scene_id": "my motorcycle"},
