@@ -3,7 +3,10 @@ with a ground truth, by what margin, which fakes come closest, per family the sm
 still ranked below the truth, and candidates scored per second on one core. Also the same features
 ranked by plain verified-match counting, and the speed-up from caching a scene's features.
 
-    REALFILL_SCENES=path/to/scenes python benchmarks/bench_rank.py [--features sift disk aliked xfeat]
+    REALFILL_SCENES=path/to/scenes REALFILL_SCENES_EXTRA=path/to/scenes-extra \
+        python benchmarks/bench_rank.py [--features sift disk aliked xfeat] [--sets scenes extra]
+
+Each set of scenes is measured on its own (the other scenes of a battery come from the same set).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from realfill.selection.rank import index_scene, rank_key, score_candidate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from decoys import SCALE_FREE, UNITS, Fake, battery, smallest_beaten  # noqa: E402  (shared with the tests)
 
+SETS = {"scenes": "REALFILL_SCENES", "extra": "REALFILL_SCENES_EXTRA"}
+"""The sets of scenes, by the environment variable naming each folder."""
+UNRELATED = ("other scene", "mirror", "noise")
+"""Fakes with nothing of the scene where it belongs: none should have any evidence."""
+
 
 @dataclass
 class Result:
@@ -38,6 +46,9 @@ class Result:
     """Outcomes in the scenes where the truth has any evidence."""
     without_evidence: list[str] = field(default_factory=list)
     plain_outcomes: list[tuple[Fake, bool]] = field(default_factory=list)
+    unrelated_evidence: dict[str, list[float]] = field(default_factory=dict)
+    """Per scale-free family unrelated to the scene (another scene, a mirror image, noise), the scores of its fakes:
+    the a-contrario bound promises exactly 0."""
     candidates: int = 0
     seconds: float = 0.0
     index_seconds: float = 0.0
@@ -75,6 +86,9 @@ def measure(features: str, scenes, quick: bool) -> Result:
         else:
             result.without_evidence.append(scene.scene_id)
         result.plain_outcomes += [(fake, true.matches > s.matches) for fake, s in zip(fakes, scores)]
+        for fake, s in zip(fakes, scores):
+            if fake.family in UNRELATED:
+                result.unrelated_evidence.setdefault(fake.family, []).append(s.score)
         best, label = max((rank_key(s), fake.label) for fake, s in zip(fakes, scores))
         result.scenes += 1
         result.wins += rank_key(true) > best
@@ -96,16 +110,22 @@ def threshold_text(family: str, value) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--features", nargs="+", default=["sift", "disk", "aliked", "xfeat"])
+    parser.add_argument("--sets", nargs="+", choices=sorted(SETS), default=sorted(SETS),
+                        help="which sets of scenes, each from its environment variable")
     parser.add_argument("--quick", nargs="*", default=[], metavar="FEATURES",
                         help="these matchers get one fake per family and magnitude (one direction, one sign)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    scenes = [s for s in map(load_scene, list_scenes(os.environ["REALFILL_SCENES"])) if s.gt is not None]
-    results = [measure(features, scenes, features in args.quick) for features in args.features]
-    fakes = ", ".join(f"{r.features} {len(r.outcomes) // max(1, r.scenes)}" for r in results)
+    for name in args.sets:
+        scenes = [s for s in map(load_scene, list_scenes(os.environ[SETS[name]])) if s.gt is not None]
+        report(name, scenes, [measure(features, scenes, features in args.quick) for features in args.features])
+    cached_speedup(args.features[0], scenes)
 
-    print(f"\n{len(scenes)} scenes with a ground truth, fakes per scene: {fakes}; 1 core "
+
+def report(name: str, scenes, results: list[Result]) -> None:
+    fakes = ", ".join(f"{r.features} {len(r.outcomes) // max(1, r.scenes)}" for r in results)
+    print(f"\n### `{name}` (${SETS[name]}): {len(scenes)} scenes with a ground truth, fakes per scene: {fakes}; 1 core "
           f"(torch and OpenCV single-threaded), long side at most {GeometryConfig().max_side} px.\n")
     print("| matcher | truth strictly first (geometry score) | (plain count) | smallest margin | closest fake there "
           "| candidates/s/core | scene index s |")
@@ -118,6 +138,9 @@ def main() -> None:
                                        f"{sum(b for _, b in r.plain_outcomes)}) of {len(r.outcomes)}" for r in results))
     print("Scenes where the truth has no evidence: " + ", ".join(
         f"{r.features}: {', '.join(r.without_evidence) or 'none'}" for r in results))
+    print("Fakes unrelated to the scene that score above 0 (the a-contrario bound promises 0): " + "; ".join(
+        f"{r.features}: " + ", ".join(f"{family} {sum(v > 0 for v in values)}/{len(values)} (max {max(values):.1f})"
+                                      for family, values in r.unrelated_evidence.items()) for r in results))
     print("\nSmallest perturbation still ranked below the truth in every scene, geometry score / plain count "
           "[geometry score, in the scenes where the truth has evidence]:\n")
     print("| family | " + " | ".join(r.features for r in results) + " |")
@@ -130,7 +153,9 @@ def main() -> None:
                  f"[{threshold_text(family, e.get(family))}]" for g, p, e in zip(geometry, plain, evident)]
         print(f"| {family} | " + " | ".join(cells) + " |")
 
-    config = GeometryConfig(features=args.features[0])
+
+def cached_speedup(features: str, scenes) -> None:
+    config = GeometryConfig(features=features)
     candidates = [(scene, fake.image) for scene in scenes[:2] for fake in battery(scene, [])[:10]]
     indexes = {id(scene): index_scene(scene, config) for scene in scenes[:2]}
     started = time.perf_counter()
@@ -141,7 +166,7 @@ def main() -> None:
     for scene, image in candidates:
         score_candidate(index_scene(scene, config), image, config)
     uncached = time.perf_counter() - started
-    print(f"\nCaching a scene's features ({args.features[0]}, {len(candidates)} candidates): "
+    print(f"\nCaching a scene's features ({features}, {len(candidates)} candidates): "
           f"{uncached / cached:.2f}x faster than re-indexing per candidate")
 
 

@@ -3,8 +3,9 @@
 Only the true fill shows what was really there. Every fake is a kind of completion a generator
 produces: the right content slightly out of place (shifted, rotated, zoomed, locally warped, blocks
 swapped, mirrored), the right content in the wrong colours or exposure, no detail (blurred, classical
-inpainting), or another place altogether. Each fake has a family and a magnitude, so a report can say
-per family the smallest perturbation that still ranks below the truth.
+inpainting), another place altogether, or noise (what a model with random weights paints). Each fake
+has a family and a magnitude, so a report can say per family the smallest perturbation that still
+ranks below the truth.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ BLOCK_PX = (16, 32, 64, 128)
 EXPOSURE = (0.8, 0.9, 0.95, 1.05, 1.1, 1.25)
 COLOUR_SHIFT = (0.05, 0.1, 0.2)
 BLUR_SIGMA = (1, 2, 4, 8)
+NOISE_SIGMA = (0, 2)
+"""Noise fills: pixel noise, and the same blurred this much (blobs, as a random model's samples have)."""
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,9 @@ class Fake:
 
 
 UNITS = {"shift": "px", "rotation": "°", "zoom": "", "warp": "px", "blocks": "px", "exposure": "",
-         "colour": "", "blur": "σ px", "mirror": "", "other scene": "", "inpainting": ""}
+         "colour": "", "blur": "σ px", "mirror": "", "other scene": "", "inpainting": "", "noise": ""}
 """Families and the unit of their magnitude."""
-SCALE_FREE = ("mirror", "other scene", "inpainting")
+SCALE_FREE = ("mirror", "other scene", "inpainting", "noise")
 """Families whose fakes have no size (magnitude 0)."""
 
 
@@ -125,6 +128,10 @@ def battery(scene: Scene, others: list[np.ndarray]) -> list[Fake]:
     hole = scene.mask.astype(np.uint8) * 255
     for name, method in (("telea", cv2.INPAINT_TELEA), ("navier-stokes", cv2.INPAINT_NS)):
         add("inpainting", 0, f"inpainting {name}", cv2.inpaint(scene.target, hole, 5, method))
+    noise = np.random.default_rng(0).integers(0, 256, gt.shape, dtype=np.uint8)
+    for sigma in NOISE_SIGMA:
+        blobs = cv2.GaussianBlur(noise, (0, 0), sigma) if sigma else noise
+        add("noise", 0, f"noise σ{sigma}", cv2.normalize(blobs, None, 0, 255, cv2.NORM_MINMAX))
     return fakes
 
 

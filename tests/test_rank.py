@@ -12,7 +12,8 @@ from realfill.data.scene import list_scenes, load_scene
 from realfill.selection.rank import NO_EVIDENCE, Score, index_scene, rank_key, rank_scores, score_candidate, selection
 
 CONFIG = GeometryConfig()
-MEASURED = {"warp": 2, "exposure": 0.05, "blur": 1, "mirror": 0, "other scene": 0, "inpainting": 0}
+MEASURED = {"warp": 2, "exposure": 0.05, "blur": 1, "mirror": 0, "other scene": 0, "inpainting": 0,
+            "noise": 0}
 """Per family, the smallest perturbation SIFT's geometry score ranks below the truth in every scene
 (BENCHMARKS.md): a change that makes any of them worse fails here."""
 MEASURED_WITH_EVIDENCE = {"shift": 4, "rotation": 2, "zoom": 0.05, "colour": 0.1}
@@ -63,6 +64,21 @@ def test_every_family_is_beaten_from_its_measured_size(battery_outcomes):
              for found, bounds in ((everywhere, MEASURED), (with_evidence, MEASURED_WITH_EVIDENCE))
              for family, bound in bounds.items() if found[family] is None or found[family] > bound}
     assert not worse, f"smallest perturbation beaten (now, measured): {worse}"
+
+
+def test_noise_and_other_places_have_no_evidence_on_either_set_of_real_scenes(both_sets):
+    """The a-contrario bound on scenes no setting was chosen on: a fill of noise (pixels or blobs, as a random
+    model paints) or a photo of another scene scores exactly 0, in every scene of both sets."""
+    scored = []
+    for scene in both_sets:
+        index = index_scene(scene, CONFIG)
+        fakes = [fake for fake in battery(scene, [other.gt for other in both_sets if other is not scene])
+                 if fake.family in ("noise", "other scene")]
+        assert {fake.family for fake in fakes} == {"noise", "other scene"}
+        scored += [(scene.scene_id, fake.label, score_candidate(index, fake.image, CONFIG)) for fake in fakes]
+    with_evidence = [(scene_id, label, score.score) for scene_id, label, score in scored if score.score != 0]
+    assert not with_evidence, with_evidence
+    assert any(score.matches > 0 for *_, score in scored)  # they match the references; the geometry refutes them
 
 
 def test_the_known_geometry_beats_counting(battery_outcomes):
