@@ -4,7 +4,10 @@ still ranked below the truth, and candidates scored per second on one core. Also
 ranked by plain verified-match counting, and the speed-up from caching a scene's features.
 
     REALFILL_SCENES=path/to/scenes REALFILL_SCENES_EXTRA=path/to/scenes-extra \
-        python benchmarks/bench_rank.py [--features sift disk aliked xfeat] [--sets scenes extra]
+        python benchmarks/bench_rank.py [--features sift disk aliked xfeat] [--cascade sift:xfeat] [--sets scenes extra]
+
+A cascade (`--rank.confirm`) is tallied from its two matchers' scores of the same candidates, by the rule ranking
+uses: the second matcher's seconds count only for the contested top it scores.
 
 Each set of scenes is measured on its own (the other scenes of a battery come from the same set).
 """
@@ -12,6 +15,7 @@ Each set of scenes is measured on its own (the other scenes of a battery come fr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -21,9 +25,9 @@ from pathlib import Path
 import cv2
 import torch
 
-from realfill.config import GeometryConfig
+from realfill.config import GeometryConfig, RankConfig
 from realfill.data.scene import list_scenes, load_scene
-from realfill.selection.rank import index_scene, rank_key, score_candidate
+from realfill.selection.rank import Score, confirm_top, index_scene, rank_key, score_candidate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from decoys import SCALE_FREE, UNITS, Fake, battery, smallest_beaten  # noqa: E402  (shared with the tests)
@@ -32,6 +36,18 @@ SETS = {"scenes": "REALFILL_SCENES", "extra": "REALFILL_SCENES_EXTRA"}
 """The sets of scenes, by the environment variable naming each folder."""
 UNRELATED = ("other scene", "mirror", "noise")
 """Fakes with nothing of the scene where it belongs: none should have any evidence."""
+
+
+@dataclass
+class Scored:
+    """One matcher's scores of every candidate of one scene (the truth first, then its fakes)."""
+
+    scene_id: str
+    fakes: list[Fake]
+    scores: list[Score]
+    seconds: list[float]
+    """Seconds to score each candidate."""
+    index_seconds: float
 
 
 @dataclass
@@ -49,6 +65,8 @@ class Result:
     unrelated_evidence: dict[str, list[float]] = field(default_factory=dict)
     """Per scale-free family unrelated to the scene (another scene, a mirror image, noise), the scores of its fakes:
     the a-contrario bound promises exactly 0."""
+    rows: list[dict] = field(default_factory=list)
+    """One per candidate: scene, fake (label, family, magnitude; the truth has family "truth"), score, matches."""
     candidates: int = 0
     seconds: float = 0.0
     index_seconds: float = 0.0
@@ -64,21 +82,48 @@ def one_per_magnitude(fakes: list[Fake]) -> list[Fake]:
     return kept
 
 
-def measure(features: str, scenes, quick: bool) -> Result:
+def score_battery(features: str, scenes, quick: bool) -> list[Scored]:
+    """Every candidate of every scene scored by one matcher, each timed on its own."""
     config = GeometryConfig(features=features)
-    result = Result(features)
+    scored = []
     for scene in scenes:
-        others = [other.gt for other in scenes if other is not scene]
-        fakes = battery(scene, others)
-        fakes = one_per_magnitude(fakes) if quick else fakes
+        fakes = battery(scene, [other.gt for other in scenes if other is not scene])
+        fakes = [Fake("truth", 0, "truth", scene.gt), *(one_per_magnitude(fakes) if quick else fakes)]
         started = time.perf_counter()
         index = index_scene(scene, config)
-        result.index_seconds += time.perf_counter() - started
-        started = time.perf_counter()
-        true = score_candidate(index, scene.gt, config)
-        scores = [score_candidate(index, fake.image, config) for fake in fakes]
-        result.seconds += time.perf_counter() - started
-        result.candidates += len(fakes) + 1
+        index_seconds = time.perf_counter() - started
+        scores, seconds = [], []
+        for fake in fakes:
+            started = time.perf_counter()
+            scores.append(score_candidate(index, fake.image, config))
+            seconds.append(time.perf_counter() - started)
+        scored.append(Scored(scene.scene_id, fakes, scores, seconds, index_seconds))
+    return scored
+
+
+def cascade(first: list[Scored], second: list[Scored]) -> list[Scored]:
+    """The cascade's scores, by the rule `realfill rank` uses (`confirm_top`): the first matcher for every
+    candidate, the second for the contested top; its seconds are both matchers' work."""
+    cascaded = []
+    for one, two in zip(first, second):
+        count = RankConfig().confirm_count(len(one.scores))
+        scores = confirm_top(one.scores, count, lambda i: two.scores[i])
+        seconds = [a + (b if score.confirmed else 0.0) for a, b, score in zip(one.seconds, two.seconds, scores)]
+        cascaded.append(Scored(one.scene_id, one.fakes, scores, seconds, one.index_seconds + two.index_seconds))
+    return cascaded
+
+
+def tally(name: str, scored: list[Scored]) -> Result:
+    result = Result(name)
+    for scene in scored:
+        true, *scores = scene.scores
+        fakes = scene.fakes[1:]
+        result.index_seconds += scene.index_seconds
+        result.seconds += sum(scene.seconds)
+        result.candidates += len(scene.scores)
+        result.rows += [{"scene": scene.scene_id, "label": fake.label, "family": fake.family,
+                         "magnitude": fake.magnitude, "score": s.score, "matches": s.matches}
+                        for fake, s in zip(scene.fakes, scene.scores)]
         outcomes = [(fake, rank_key(true) > rank_key(s)) for fake, s in zip(fakes, scores)]
         result.outcomes += outcomes
         if true.score > 0:
@@ -93,9 +138,9 @@ def measure(features: str, scenes, quick: bool) -> Result:
         result.scenes += 1
         result.wins += rank_key(true) > best
         result.plain_wins += all(true.matches > s.matches for s in scores)
-        result.margins.append((true.score / max(best[0], 1e-9), scene.scene_id, label))
-        print(f"{features} {scene.scene_id}: true {true.score:.1f} ({true.matches} matches), "
-              f"closest {label} {best[0]:.1f}", flush=True)
+        result.margins.append((true.score / max(best[1], 1e-9), scene.scene_id, label))
+        print(f"{name} {scene.scene_id}: true {true.score:.1f} ({true.matches} matches), "
+              f"closest {label} {best[1]:.1f}", flush=True)
     return result
 
 
@@ -114,12 +159,24 @@ def main() -> None:
                         help="which sets of scenes, each from its environment variable")
     parser.add_argument("--quick", nargs="*", default=[], metavar="FEATURES",
                         help="these matchers get one fake per family and magnitude (one direction, one sign)")
+    parser.add_argument("--cascade", nargs="*", default=[], metavar="FIRST:SECOND",
+                        help="also a cascade: FIRST for every candidate, SECOND for the contested top (both among "
+                        "--features, neither in --quick)")
+    parser.add_argument("--scores", type=Path, help="write every candidate's score here, one JSON file per set "
+                        "and configuration")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     for name in args.sets:
         scenes = [s for s in map(load_scene, list_scenes(os.environ[SETS[name]])) if s.gt is not None]
-        report(name, scenes, [measure(features, scenes, features in args.quick) for features in args.features])
+        scored = {features: score_battery(features, scenes, features in args.quick) for features in args.features}
+        scored |= {pair: cascade(*(scored[features] for features in pair.split(":"))) for pair in args.cascade}
+        results = [tally(config, scores) for config, scores in scored.items()]
+        report(name, scenes, results)
+        if args.scores:
+            args.scores.mkdir(parents=True, exist_ok=True)
+            for r in results:
+                (args.scores / f"{name}-{r.features.replace(':', '-')}.json").write_text(json.dumps(r.rows))
     cached_speedup(args.features[0], scenes)
 
 

@@ -28,11 +28,17 @@ from realfill.data.records import RequestRow, SceneRow, arrow_schema, run_key
 from realfill.data.requests import Request, read_requests
 from realfill.data.runlog import log_failure
 from realfill.environment import check_environment
-from realfill.selection.picking import Prepared, photo_descriptor, prepare_scene
+from realfill.selection.picking import Coverage, Prepared, photo_descriptor, prepare_scene
 from realfill.stages import scene_row
 
 DESCRIBE_CHUNK = 64
 """Photos per descriptor task."""
+SHOWN = 10
+"""Requests without evidence named one per line in a run's last lines; the requests table has them all."""
+LITTLE_SEEN = 0.5
+LITTLE_DETAIL = 0.5
+"""Below these the references see too little of the fill, or show it too enlarged, to check it (the words of a
+request's last line; nothing is decided by them)."""
 REQUESTS = arrow_schema(RequestRow, "requests")
 
 
@@ -84,9 +90,25 @@ class LibrarySummary:
                     f"photo's own pixels say it must, so none is delivered as real)"] if self.without_evidence else []
             lines.append(f"delivered {len(self.delivered)} of {len(self.rows)} requests; not delivered: "
                          + "; ".join(why))
+            lines += [f"  no evidence: {row.target}: {unverifiable(row)}" for row in self.without_evidence[:SHOWN]]
+            if len(self.without_evidence) > SHOWN:
+                lines.append(f"  ... and {len(self.without_evidence) - SHOWN} more without evidence "
+                             f"(the requests table says each one's fill_seen and fill_detail)")
         else:
             lines.append(f"delivered all {len(self.rows)} requests")
         return "\n".join(lines)
+
+
+def unverifiable(row: RequestRow) -> str:
+    """Why a request's completions could not be shown to be real, from what its references show of the fill."""
+    if row.fill_seen is None:
+        return "no completion's content lands where the photo's own pixels say it must (references given)"
+    coverage = Coverage(row.fill_seen, row.fill_detail)
+    if coverage.seen < LITTLE_SEEN:
+        return f"{coverage.text()}: most of it is in no reference, nothing there can be checked"
+    if coverage.detail < LITTLE_DETAIL:
+        return f"{coverage.text()}: they show it enlarged, without the detail a match needs"
+    return f"{coverage.text()}, yet no completion matched them (another moment, or a model that has not learnt them)"
 
 
 def describe_pool(uris: list[str]) -> dict:
@@ -196,5 +218,6 @@ def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[
             scene_id=request.scene_id, row=request.row, target=request.target, album=request.album,
             kind=request.kind, request=json.dumps(request.given, sort_keys=True),
             refs=item.picks, status="failed" if error else "ok",
-            error=error, scene_uri=item.scene_uri, filled_uri=filled, pick_s=round(item.seconds, 3)))
+            error=error, scene_uri=item.scene_uri, filled_uri=filled, pick_s=round(item.seconds, 3),
+            fill_seen=item.coverage and item.coverage.seen, fill_detail=item.coverage and item.coverage.detail))
     return rows

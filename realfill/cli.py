@@ -34,6 +34,7 @@ from realfill.config import (
     FillConfig,
     GeometryConfig,
     LibraryConfig,
+    RankConfig,
     ReportConfig,
     expand_grid,
     read_config_file,
@@ -362,10 +363,11 @@ def cmd_rank(args: Namespace) -> int:
 
     config = GeometryConfig(**args.geometry.as_dict())
     scene = load_scene(args.scene, FillConfig().max_megapixels)
-    scores = score_images(scene, args.images, config)
+    rank_config = RankConfig(**args.rank.as_dict())
+    scores = score_images(scene, args.images, config, rank_config)
     basis = selection(scene, scores)
-    results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank, "selection": basis}
-               for path, s, rank in zip(args.images, scores, rank_scores(scores))]
+    results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank, "selection": basis,
+                "confirmed": s.confirmed} for path, s, rank in zip(args.images, scores, rank_scores(scores))]
     results.sort(key=lambda result: result["rank"])
     if args.json:
         for result in results:
@@ -376,6 +378,8 @@ def cmd_rank(args: Namespace) -> int:
     for result in results:
         print(f"{result['rank']:>4}  {result['score']:>9.2f}  {result['matches']:>7}  {result['path']:<{width}}")
     print(f"ranked by {basis}" if basis == GEOMETRY else f"{basis}: {SELECTION_TEXT[basis]}")
+    if rank_config.confirm:
+        print(f"the top {sum(s.confirmed for s in scores)} confirmed by {rank_config.confirm}")
     return 0
 
 
@@ -472,8 +476,10 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     rank = new_parser()
     rank.add_argument("scene", help="scene folder or URI")
     rank.add_argument("images", nargs="+", help="completed images (target size), from any generator")
-    rank.add_argument("--json", action="store_true", help="one JSON object per line: path, matches, score, rank")
+    rank.add_argument("--json", action="store_true",
+                      help="one JSON object per line: path, matches, score, rank, selection, confirmed")
     rank.add_class_arguments(GeometryConfig, "geometry", fail_untyped=True)
+    rank.add_class_arguments(RankConfig, "rank", fail_untyped=True, skip={"keep", "keep_fraction"})
     commands["rank"] = rank, "rank completions of a scene by correspondence to its references"
 
     evaluate = new_parser()

@@ -197,16 +197,28 @@ class GeometryConfig:
 
 @dataclass
 class RankConfig:
-    """Seed selection: how many of the samples, ranked by their geometric evidence, are kept."""
+    """Seed selection: how the samples are ranked by their geometric evidence, and how many are kept."""
 
     keep: int | None = None
     """Keep the top this many samples (overrides keep_fraction)."""
     keep_fraction: float = 0.25
     """Keep this fraction of samples, at least one (paper: top 25%)."""
+    confirm: Features | None = "xfeat"
+    """A second matcher (disk, aliked or xfeat: the matchers extra, which `make setup` and the cluster image
+    install) that scores the contested top again and adds its evidence, a cascade at a fraction of its own cost;
+    null: the geometry's matcher alone (nothing beyond the core install)."""
+    confirm_fraction: float = 0.05
+    """The contested top the second matcher scores: this fraction of the samples, at least 2, by the first
+    matcher's evidence (confirmed samples rank above the rest, in the order of both matchers' evidence)."""
 
     def __post_init__(self) -> None:
         check(self.keep is None or self.keep >= 1, "keep must be >= 1")
         check(0 < self.keep_fraction <= 1, "keep_fraction must be in (0, 1]")
+        check(self.confirm in (None, "disk", "aliked", "xfeat"), "confirm must be disk, aliked or xfeat")
+        check(0 < self.confirm_fraction <= 1, "confirm_fraction must be in (0, 1]")
+
+    def confirm_count(self, total: int) -> int:
+        return min(total, max(2, math.ceil(total * self.confirm_fraction)))
 
     def keep_count(self, total: int) -> int:
         if self.keep is not None:

@@ -440,7 +440,7 @@ def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> Ran
     if scene.blank:  # nothing to check a sample against: variations, none scored, ranked or selected
         return Ranked([replace(row, selected=False, width=width, height=height, run_key=key) for row in rows],
                       NO_KNOWN_REGION)
-    scores = score_images(scene, [row.uri for row in good], config.geometry)
+    scores = score_images(scene, [row.uri for row in good], config.geometry, config.rank)
     basis = selection(scene, scores)
     ranks = rank_scores(scores)
     order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i].seed))

@@ -125,6 +125,7 @@ def test_every_field_is_documented():
     ("tune: {lora_rnk: 4}", "unknown field 'tune.lora_rnk'"),
     ("sample: {scheduler: euler}", "scheduler must be one of ddpm, dpm (got 'euler')"),
     ("rank: {keep: 1.5}", "keep must be an integer or null (got 1.5)"),
+    ("rank: {confirm: loftr}", "confirm must be disk, aliked or xfeat"),
     ("fast: 'yes'", "fast must be true or false (got 'yes')"),
     ("- a list", "config must be a mapping"),
 ])

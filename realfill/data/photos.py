@@ -112,9 +112,9 @@ def read_photo(uri: str, max_side: int | None = None, data: bytes | None = None)
     return np.asarray(image)
 
 
-def photo_size(uri: str) -> tuple[int, int]:
+def photo_size(uri: str, data: bytes | None = None) -> tuple[int, int]:
     """(width, height) as displayed (EXIF orientation applied), from the header alone."""
-    image = open_photo(uri)
+    image = open_photo(uri, data)
     width, height = image.size
     return (height, width) if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (width, height)
 

@@ -323,6 +323,11 @@ class RequestRow(Outcome):
     scene_uri: str | None = None
     filled_uri: str | None = None
     """The finished photo; none when the run found no evidence to select a completion."""
+    fill_seen: float | None = None
+    """Fraction of the fill region the picked references show (through the plane their correspondences with the
+    known pixels fix); none when the requests table gave the references."""
+    fill_detail: float | None = None
+    """Median, over the fill they show, of the references' own pixels per target pixel (under 1: enlarged)."""
     pick_s: float | None = None
 
 

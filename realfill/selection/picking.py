@@ -14,18 +14,20 @@ import numpy as np
 
 from realfill.config import GeometryConfig, LibraryConfig
 from realfill.data import storage
-from realfill.data.photos import Photo, read_photo
+from realfill.data.photos import Photo, photo_size, read_photo
 from realfill.data.records import Reference, digest
 from realfill.data.requests import REQUEST_FILE, Request, request_target, write_scene
 from realfill.data.runlog import describe
 from realfill.data.scene import SceneError
-from realfill.geometry.known import beyond_chance, fundamental_inliers, known_region
+from realfill.geometry.known import apply_homography, beyond_chance, fundamental_inliers, homography, known_region
 from realfill.geometry.matchers import matcher
 
 THUMBNAIL_PX = 64
 """Side of the thumbnails the global descriptor is computed on."""
 MATCH_PX = 1024
 """Long side photos are decoded at for matching (JPEG decodes at a reduced scale directly)."""
+COVERAGE_STEP_PX = 8
+"""The fill region's coverage by the references is measured on a grid of this pitch."""
 REPEAT_DISTANCE = 0.01
 """Descriptors closer than this (Bhattacharyya) are one photo repeated, or a burst: one shortlist place."""
 
@@ -84,6 +86,47 @@ def shortlist(target: Photo | None, target_descriptor: np.ndarray, pool: list[Ph
 
 
 @dataclass
+class Coverage:
+    """How much of the fill region the picked references show, and at what detail, through the plane each one's
+    verified correspondences with the known pixels fix: what a completion can be checked against at all."""
+
+    seen: float
+    """Fraction of the fill region inside at least one reference's frame."""
+    detail: float
+    """Median over the seen fill of the best reference's own pixels per target pixel (under 1: the reference shows
+    that part enlarged, its detail is not there)."""
+
+    def text(self) -> str:
+        return f"the references see {self.seen:.0%} of the fill, at {self.detail:.2f} of their pixels per pixel"
+
+
+class Sightlines:
+    """Where each fill pixel (on a grid) lands in the references picked so far, and the best detail there."""
+
+    def __init__(self, mask: np.ndarray):
+        rows, columns = np.nonzero(mask[::COVERAGE_STEP_PX, ::COVERAGE_STEP_PX])
+        self.points = np.stack([columns, rows], axis=1).astype(np.float64) * COVERAGE_STEP_PX + 0.5  # pixel centres
+        self.detail = np.zeros(len(self.points))
+
+    def add(self, target_points: np.ndarray, photo_points: np.ndarray, decoded: tuple[int, int],
+            original: tuple[int, int], threshold: float) -> None:
+        """One reference, its correspondences with the target in its decoded pixels (width, height `decoded`)."""
+        if len(target_points) < 4 or not len(self.points):
+            return
+        plane = homography(target_points, photo_points, threshold)
+        mapped = [apply_homography(plane, self.points + step) for step in ((0, 0), (1, 0), (0, 1))]
+        jacobian = np.stack([mapped[1] - mapped[0], mapped[2] - mapped[0]], axis=2)
+        detail = np.sqrt(np.abs(np.linalg.det(jacobian))) * original[0] / decoded[0]
+        inside = np.all((mapped[0] >= 0) & (mapped[0] < decoded), axis=1) & np.isfinite(detail)
+        self.detail = np.where(inside, np.maximum(self.detail, np.nan_to_num(detail)), self.detail)
+
+    def coverage(self) -> Coverage:
+        seen = self.detail > 0
+        return Coverage(round(float(seen.mean()), 4) if len(seen) else 0.0,
+                        round(float(np.median(self.detail[seen])), 4) if seen.any() else 0.0)
+
+
+@dataclass
 class Picking:
     """What picking found for one request."""
 
@@ -94,6 +137,8 @@ class Picking:
     """Near-duplicates of the target that were skipped."""
     best_rejected: int = 0
     """Most matches beyond chance of a photo that had too few (an upper bound: see beyond_chance)."""
+    coverage: Coverage | None = None
+    """What the picks show of the fill region."""
 
     def reason(self, album: str, config: LibraryConfig) -> str:
         """Why no reference was usable."""
@@ -131,6 +176,7 @@ def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str],
     known = known_region(mask)
     target_features = features.detect(target, known)
     found, duplicates, rejected, contents = [], [], 0, set()
+    sights = {}
     for uri in candidates:
         try:
             data = storage.read_bytes(uri)
@@ -155,8 +201,13 @@ def pick_references(target: np.ndarray, mask: np.ndarray, candidates: list[str],
             duplicates.append(uri)
             continue
         found.append(Reference(uri, count))
+        sights[uri] = (target_points[inliers], photo_points[inliers], photo.shape[1::-1], photo_size(uri, data))
     found.sort(key=lambda pick: (-pick.matches, pick.uri))
-    return Picking(found[: config.max_refs], len(candidates), duplicates, rejected)
+    picks = found[: config.max_refs]
+    sightlines = Sightlines(mask)
+    for pick in picks:
+        sightlines.add(*sights[pick.uri], geometry.ransac_px)
+    return Picking(picks, len(candidates), duplicates, rejected, sightlines.coverage())
 
 
 def request_key(request: Request, config: LibraryConfig, geometry: GeometryConfig) -> str:
@@ -179,6 +230,8 @@ class Prepared:
     picks: list[Reference]
     error: str | None = None
     seconds: float = 0.0
+    coverage: Coverage | None = None
+    """What the picked references show of the fill (None when the requests table gave them)."""
 
 
 def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
@@ -195,8 +248,10 @@ def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
             record = json.loads(storage.read_bytes(record_uri))
             if record.get("key") == key:
                 picks = [Reference(**pick) for pick in record["picks"]]
-                return Prepared(request, scene_uri, picks, seconds=time.perf_counter() - started)
+                coverage = Coverage(**record["coverage"]) if record.get("coverage") else None
+                return Prepared(request, scene_uri, picks, seconds=time.perf_counter() - started, coverage=coverage)
         target, mask = request_target(request)
+        coverage = None
         if request.refs:
             picks = [Reference(uri, None) for uri in request.refs]
         else:
@@ -208,11 +263,11 @@ def prepare_scene(request: Request, scenes_root: str, photos: dict[str, Photo],
             if not picking.picks:
                 return Prepared(request, None, [], error=picking.reason(request.album, config),
                                 seconds=time.perf_counter() - started)
-            picks = picking.picks
+            picks, coverage = picking.picks, picking.coverage
         storage.remove(scene_uri)  # an older scene of this id: none of its references may linger
         write_scene(scene_uri, target, mask, [pick.uri for pick in picks],
                     {"key": key, "row": request.row, "request": request.given,
-                     "picks": [asdict(pick) for pick in picks]})
+                     "picks": [asdict(pick) for pick in picks], "coverage": coverage and asdict(coverage)})
     except Exception as exc:  # recorded for this request alone, so one bad photo never stops the others
         return Prepared(request, None, [], error=describe(exc), seconds=time.perf_counter() - started)
-    return Prepared(request, scene_uri, picks, seconds=time.perf_counter() - started)
+    return Prepared(request, scene_uri, picks, seconds=time.perf_counter() - started, coverage=coverage)

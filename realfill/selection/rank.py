@@ -17,9 +17,12 @@ RGB map fitted on the known points, beside that of wrongly paired points.
 Per candidate (`score_candidate`): features inside the fill region, matched to each reference. Each
 match's evidence (`evidence`) is the log-likelihood ratio of its miss across the line, along it (at
 its distance from the known points) and in colour, under those spreads, against a wrong match, less
-what chance gives one of the matches tested (a-contrario). The score is the sum over matches and
-references: a fill shifted, rotated, zoomed or re-coloured still matches, but not where and how the
-known pixels say, and a fill of noise scores 0.
+what chance gives the best of every test made (a-contrario: each fill keypoint against each reference,
+at a false-alarm rate of FALSE_ALARMS). A match counts only when its neighbours with evidence
+corroborate it (`corroborated`): true content moves together, while a lone match, or matches whose
+arrangement is mirrored, is what chance and symmetric structure give. The score is the sum over matches
+and references: a fill shifted, rotated, zoomed or re-coloured still matches, but not where and how the
+known pixels say, and a fill of noise, of another place or a mirror image scores 0.
 
 A reference whose known-region geometry cannot be fitted (too few verified matches) cannot tell a
 true fill from a shifted copy, so it adds nothing to the score; plain verified match counts only
@@ -30,12 +33,13 @@ nothing is selected.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from realfill.config import GeometryConfig
+from realfill.config import GeometryConfig, RankConfig
 from realfill.data.records import Selection
 from realfill.data.scene import Scene, SceneError, read_image
 from realfill.geometry.known import (
@@ -45,7 +49,7 @@ from realfill.geometry.known import (
     homography,
     known_features,
 )
-from realfill.geometry.matchers import Features, Matcher, matcher
+from realfill.geometry.matchers import Features, Matcher, MatcherError, matcher
 
 REACH_FRACTIONS = (0.0, 1 / 128, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 """Leave-out radii of the calibration, as fractions of the target's diagonal."""
@@ -53,6 +57,14 @@ MIN_RESIDUALS = 8
 """A calibration radius is used only when this many known points could be predicted at it."""
 MIN_SPREAD_PX = 0.5
 """Spreads are at least this (detection pixels): keypoints are localised to about half a pixel."""
+FALSE_ALARMS = 0.1
+"""Expected number of matches of unrelated content (noise, another place) that pass the a-contrario bound, per
+candidate: each match's evidence is what is left beyond log(tests / FALSE_ALARMS)."""
+CORROBORATING = 4
+"""A match is judged against this many of its nearest fellow matches with evidence."""
+AGREEING_COS = 0.5
+"""Two matches agree when the vector between them in the reference is within 60 degrees of the one the known
+geometry predicts."""
 COLOUR_SIGMA_PX = 2.0
 """Colours are compared on images blurred this much (at detection resolution), so a one-pixel
 misalignment at an edge is not a colour miss."""
@@ -152,6 +164,8 @@ class Score:
     """Plain count: fill matches that are inliers of a fundamental matrix fitted on them alone."""
     score: float
     """Evidence (nats) that the fill's matches land where, and in the colours, the known region says."""
+    confirmed: bool = False
+    """Scored by the second matcher too (the contested top of a cascade): its matches and evidence are added."""
 
 
 def blurred(image: np.ndarray, scale: float) -> np.ndarray:
@@ -246,14 +260,35 @@ def index_scene(scene: Scene, config: GeometryConfig) -> SceneIndex:
     return SceneIndex(scene.mask, features, refs, ref_images, known)
 
 
+def corroborated(fill_points: np.ndarray, ref_points: np.ndarray, predicted: np.ndarray,
+                 evident: np.ndarray) -> np.ndarray:
+    """Which matches with evidence are corroborated: from most of their CORROBORATING nearest fellow matches
+    with evidence, the vector to them in the reference agrees with the one the known geometry predicts. A true
+    fill's matches move together; a mirrored fill's neighbours lie the wrong way round, and a lone match has no
+    one to agree with."""
+    found = np.flatnonzero(evident)
+    agreed = np.zeros(len(fill_points), bool)
+    if len(found) < 2:
+        return agreed
+    distances = np.linalg.norm(fill_points[found, None] - fill_points[None, found], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    nearest = found[np.argsort(distances, axis=1)[:, :min(CORROBORATING, len(found) - 1)]]
+    expected = predicted[nearest] - predicted[found, None]
+    seen = ref_points[nearest] - ref_points[found, None]
+    cosine = np.sum(expected * seen, axis=2) / (np.linalg.norm(expected, axis=2)
+                                                * np.linalg.norm(seen, axis=2)).clip(1e-9)
+    agreed[found] = np.mean(cosine > AGREEING_COS, axis=1) > 0.5
+    return agreed
+
+
 def evidence(fill_points: np.ndarray, ref_points: np.ndarray, fill_colours: np.ndarray,
-             ref_colours: np.ndarray, known: KnownGeometry, neighbours: int) -> np.ndarray:
+             ref_colours: np.ndarray, known: KnownGeometry, neighbours: int, tests: int) -> np.ndarray:
     """Evidence per fill match, in nats, at least 0: the log-likelihood ratio of where it lands and
     what colour it has, under the known region's own residual spreads (across the epipolar line, along
     it at the match's distance from the known points, and in colour) against a wrong match (anywhere
-    in the reference, any colour a wrong pairing has), beyond what chance gives one of the N matches
-    tested: of N wrong matches, at most one is expected to reach a ratio of N (a-contrario), so log N
-    is subtracted, and a fill of noise has no evidence at all."""
+    in the reference, any colour a wrong pairing has), beyond what chance gives the best of `tests` wrong
+    ones: of T wrong matches, FALSE_ALARMS are expected to reach a ratio of T / FALSE_ALARMS (a-contrario), so
+    its log is subtracted; then only corroborated matches keep theirs."""
     geometry, calibration = known.geometry, known.calibration
     predicted, reach, _ = geometry.predict(fill_points, neighbours, 0.0)
     level = np.clip(np.searchsorted(calibration.radii, reach, side="right") - 1, 0, len(calibration.radii) - 1)
@@ -264,7 +299,8 @@ def evidence(fill_points: np.ndarray, ref_points: np.ndarray, fill_colours: np.n
     ratio = (np.log(calibration.ref_area) + log_normal(across, calibration.across)
              + log_normal(along, calibration.along[level])
              + log_normal(colour, calibration.colour, 3) - log_normal(colour, calibration.colour_null, 3))
-    return np.maximum(ratio - np.log(len(fill_points)), 0.0)
+    weights = np.maximum(ratio - np.log(tests / FALSE_ALARMS), 0.0)
+    return np.where(corroborated(fill_points, ref_points, predicted, weights > 0), weights, 0.0)
 
 
 def score_candidate(index: SceneIndex, image: np.ndarray, config: GeometryConfig) -> Score:
@@ -274,6 +310,7 @@ def score_candidate(index: SceneIndex, image: np.ndarray, config: GeometryConfig
                          f"{index.hole.shape[1]}x{index.hole.shape[0]}")
     fill = index.matcher.detect(image, index.hole)
     fill_image = None
+    tests = max(1, len(fill.points)) * sum(known is not None for known in index.known)
     matches, total = 0, 0.0
     for ref, ref_image, known in zip(index.refs, index.ref_images, index.known):
         fill_points, ref_points = index.matcher.match(fill, ref)
@@ -283,28 +320,52 @@ def score_candidate(index: SceneIndex, image: np.ndarray, config: GeometryConfig
         if fill_image is None:
             fill_image = blurred(image, fill.scale)
         weights = evidence(fill_points, ref_points, colours_at(fill_image, fill_points),
-                            colours_at(ref_image, ref_points), known, config.neighbours)
+                            colours_at(ref_image, ref_points), known, config.neighbours, tests)
         total += float(weights.sum())
     return Score(matches=matches, score=round(total, 6))
 
 
-def score_images(scene: Scene, uris: list[str], config: GeometryConfig) -> list[Score]:
+def score_file(index: SceneIndex, uri: str, config: GeometryConfig) -> Score:
+    image = read_image(uri)
+    try:
+        return score_candidate(index, image, config)
+    except ValueError as exc:
+        raise SceneError(f"{uri}: {exc}") from None
+
+
+def score_images(scene: Scene, uris: list[str], config: GeometryConfig, rank: RankConfig | None = None) -> list[Score]:
     """Score image files against one scene, its features computed once; a file that cannot be read,
-    or is not the target's size, raises SceneError naming it."""
+    or is not the target's size, raises SceneError naming it. With a second matcher (`rank.confirm`), the
+    contested top is scored again by it: a cascade, which costs the first matcher's work for every sample and
+    the second's only for the few that compete for first place."""
     index = index_scene(scene, config)
-    scores = []
-    for uri in uris:
-        image = read_image(uri)
-        try:
-            scores.append(score_candidate(index, image, config))
-        except ValueError as exc:
-            raise SceneError(f"{uri}: {exc}") from None
-    return scores
+    scores = [score_file(index, uri, config) for uri in uris]
+    if rank is None or rank.confirm in (None, config.features):
+        return scores
+    second = replace(config, features=rank.confirm, max_features=None, weights=None)
+    try:
+        confirming = index_scene(scene, second)
+    except MatcherError as exc:  # name the flag that asked for it, and the way without it
+        raise MatcherError(str(exc).replace(f"--geometry.features {rank.confirm}", f"--rank.confirm {rank.confirm}")
+                           + f"; or --rank.confirm null to rank by {config.features} alone") from None
+    return confirm_top(scores, rank.confirm_count(len(scores)), lambda i: score_file(confirming, uris[i], second))
 
 
-def rank_key(score: Score) -> tuple[float, int]:
-    """Geometry evidence first; plain verified matches only break its ties."""
-    return score.score, score.matches
+def confirm_top(scores: list[Score], count: int, rescore: Callable[[int], Score]) -> list[Score]:
+    """The scores with the contested top `count` (by rank_key) scored again (`rescore(i)`: the second
+    matcher's score of candidate i) and confirmed: both matchers' matches and evidence added."""
+    contested = sorted(range(len(scores)), key=lambda i: rank_key(scores[i]), reverse=True)[:count]
+    confirmed = list(scores)
+    for i in contested:
+        more = rescore(i)
+        confirmed[i] = Score(scores[i].matches + more.matches, round(scores[i].score + more.score, 6), confirmed=True)
+    return confirmed
+
+
+def rank_key(score: Score) -> tuple[bool, float, int]:
+    """The contested top a second matcher confirmed first (the rest ranked below it by the first matcher
+    already), then geometry evidence; plain verified matches only break its ties."""
+    return score.confirmed, score.score, score.matches
 
 
 def rank_scores(scores: list[Score]) -> list[int]:
