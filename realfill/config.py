@@ -209,7 +209,7 @@ class RankConfig:
     null: the geometry's matcher alone (nothing beyond the core install)."""
     confirm_fraction: float = 0.05
     """The contested top the second matcher scores: this fraction of the samples, at least 2, by the first
-    matcher's evidence (confirmed samples rank above the rest, in the order of both matchers' evidence)."""
+    matcher's evidence (both matchers' evidence and matches are added for them)."""
 
     def __post_init__(self) -> None:
         check(self.keep is None or self.keep >= 1, "keep must be >= 1")

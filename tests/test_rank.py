@@ -211,8 +211,8 @@ def test_only_corroborated_matches_count():
 
 
 def test_a_cascade_confirms_only_the_contested_top():
-    """The second matcher scores the first matcher's top `count` again; they rank above the rest, in the order of
-    both matchers' evidence, and nothing outside the top is scored twice."""
+    """The second matcher scores the first matcher's top `count` again, its evidence and matches added, and
+    nothing outside the top is scored twice."""
     first = [Score(5, 1.0), Score(9, 3.0), Score(1, 0.5), Score(2, 2.0)]
     second = {1: Score(0, 0.0), 3: Score(10, 5.0)}
     asked = []

@@ -362,10 +362,10 @@ def confirm_top(scores: list[Score], count: int, rescore: Callable[[int], Score]
     return confirmed
 
 
-def rank_key(score: Score) -> tuple[bool, float, int]:
-    """The contested top a second matcher confirmed first (the rest ranked below it by the first matcher
-    already), then geometry evidence; plain verified matches only break its ties."""
-    return score.confirmed, score.score, score.matches
+def rank_key(score: Score) -> tuple[float, int]:
+    """Geometry evidence first; plain verified matches only break its ties. A second matcher only adds to the
+    contested top, so a confirmed candidate never falls below one it led, and ties with nothing added stay ties."""
+    return score.score, score.matches
 
 
 def rank_scores(scores: list[Score]) -> list[int]:
