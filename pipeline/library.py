@@ -108,7 +108,8 @@ def unverifiable(row: RequestRow) -> str:
         return f"{coverage.text()}: most of it is in no reference, nothing there can be checked"
     if coverage.detail < LITTLE_DETAIL:
         return f"{coverage.text()}: they show it enlarged, without the detail a match needs"
-    return f"{coverage.text()}, yet no completion matched them (another moment, or a model that has not learnt them)"
+    return (f"{coverage.text()}, yet no completion matched them (what they show there: another moment, "
+            "a featureless surface, or content the completions did not reproduce)")
 
 
 def describe_pool(uris: list[str]) -> dict:
