@@ -1,7 +1,10 @@
+import json
+
 import fsspec
 import pytest
 from safetensors.torch import load_file
 
+from realfill.data import storage
 from realfill.data.hub import ModelError
 from realfill.devices import mixed_precision, pick_device
 from realfill.method.models import build_tiny_model, resolve_model
@@ -25,6 +28,46 @@ def test_resolve_local_folder_and_fsspec_uri(tiny_model):
             memory.pipe(f"/models/tiny/{file.relative_to(tiny_model).as_posix()}", file.read_bytes())
     copied = resolve_model("memory://models/tiny")
     assert (copied / "unet" / "config.json").read_bytes() == (tiny_model / "unet" / "config.json").read_bytes()
+    assert sorted(str(file.relative_to(copied)) for file in copied.rglob("*.safetensors")) == sorted(
+        str(file.relative_to(tiny_model)) for file in tiny_model.rglob("*.safetensors"))
+
+
+@pytest.fixture(params=["memory", "s3"])
+def model_store(request):
+    """Where a model folder is put and its URI: memory://, or s3:// on a local endpoint (where a file replaced
+    within the same second by one of the same size differs only by its ETag)."""
+    if request.param == "memory":
+        return fsspec.filesystem("memory"), "replaced/tiny", "memory://replaced/tiny"
+    return request.getfixturevalue("s3"), "realfill-test/replaced/tiny", "s3://realfill-test/replaced/tiny"
+
+
+def test_a_model_at_a_uri_is_copied_once_and_again_when_it_is_replaced(tiny_model, model_store, monkeypatch):
+    """The copy is cached by what the files are, not by the URI: the same files are copied once, a replaced
+    file (same size, same second) makes a new copy with its new contents, and pickles are never copied."""
+    fs, path, uri = model_store
+    for file in tiny_model.rglob("*"):
+        if file.is_file():
+            fs.pipe(f"{path}/{file.relative_to(tiny_model).as_posix()}", file.read_bytes())
+    fs.pipe(f"{path}/unet/diffusion_pytorch_model.bin", b"a pickle")
+    copies = []
+    download = storage.download_files
+    monkeypatch.setattr(storage, "download_files", lambda *args: copies.append(args[1]) or download(*args))
+
+    first = resolve_model(uri)
+    assert resolve_model(uri) == first and len(copies) == 1
+    assert not (first / "unet" / "diffusion_pytorch_model.bin").exists()
+    assert "unet/diffusion_pytorch_model.bin" not in copies[0]
+    assert (first / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+        tiny_model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    original = (tiny_model / "unet" / "config.json").read_text()
+    changed = original.replace('"sample_size": 8,', '"sample_size": 4,')
+    assert changed != original and len(changed) == len(original)
+    fs.pipe(f"{path}/unet/config.json", changed.encode())
+    second = resolve_model(uri)
+    assert second != first and len(copies) == 2
+    assert (second / "unet" / "config.json").read_text() == changed
+    assert (first / "unet" / "config.json").read_text() == original
 
 
 def test_missing_models_say_how_to_provide_them(tmp_path, monkeypatch):

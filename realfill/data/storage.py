@@ -11,7 +11,6 @@ import fnmatch
 import io
 import os
 import posixpath
-import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,9 +201,10 @@ def list_dir(uri: str) -> list[str]:
 
 
 def stamp(entry: dict) -> str:
-    """What identifies a listed file's contents: its size, and the modification time or ETag its store gives."""
-    changed = next((entry[name] for name in ("mtime", "LastModified", "updated", "created", "ETag") if entry.get(name)),
-                   "")
+    """What identifies a listed file's contents: its size, and the ETag its store gives (which changes with the
+    contents), else its modification time."""
+    changed = next((entry[name] for name in ("ETag", "etag", "mtime", "LastModified", "updated", "created")
+                    if entry.get(name)), "")
     return f"{entry.get('size')}:{changed}"
 
 
@@ -219,22 +219,31 @@ def stamped(uri: str) -> dict[str, str]:
     return {posixpath.basename(entry["name"].rstrip("/")): stamp(entry) for entry in entries}
 
 
-def download_dir(uri: str, local_dir: str | Path, patterns: list[str] | None = None) -> None:
-    """Copy a folder's files (those whose relative path matches one of patterns, if given) to local_dir,
-    each streamed to disk."""
+def files_under(uri: str, patterns: list[str] | None = None) -> dict[str, str]:
+    """A folder's files by relative path (those matching one of patterns, if given; build temporaries left out),
+    each with its stamp, from one listing: what identifies the folder's contents without reading them."""
+    with naming("listing", uri):
+        fs, path = filesystem(uri)
+        entries = fs.find(path, detail=True)
+    files = {}
+    for remote, entry in entries.items():
+        relative = posixpath.relpath(remote, path)
+        if any(part.startswith(".tmp-") for part in relative.split("/")):
+            continue
+        if patterns is None or any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns):
+            files[relative] = stamp(entry)
+    return files
+
+
+def download_files(uri: str, relatives: list[str], local_dir: str | Path) -> None:
+    """Copy the given files of a folder to local_dir in one `get` (concurrent on object stores), each streamed
+    to disk, never held whole in memory."""
     with naming("downloading", uri):
         fs, path = filesystem(uri)
-        local_dir = Path(local_dir)
-        for remote in fs.find(path):
-            relative = posixpath.relpath(remote, path)
-            if any(part.startswith(".tmp-") for part in relative.split("/")):
-                continue
-            if patterns is not None and not any(fnmatch.fnmatchcase(relative, pattern) for pattern in patterns):
-                continue
-            destination = local_dir / relative
+        destinations = [Path(local_dir) / relative for relative in relatives]
+        for destination in destinations:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open(remote, "rb") as handle, destination.open("wb") as out:
-                shutil.copyfileobj(handle, out, 16 << 20)
+        fs.get([posixpath.join(path, relative) for relative in relatives], [str(d) for d in destinations])
 
 
 def encode_png(image: np.ndarray) -> bytes:

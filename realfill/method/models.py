@@ -137,11 +137,19 @@ def tiny_model_path(example: bool = False) -> Path:
 
 
 def _from_uri(uri: str) -> Path:
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if not storage.exists(storage.join(uri, "model_index.json")):
+    """A local copy of a model folder at an fsspec URI, cached by what its files are (their paths, sizes and
+    modification times or ETags), so a model replaced at the same URI is copied again."""
+    files = storage.files_under(uri, HUB_FILES)
+    if "model_index.json" not in files:
         raise ModelError(f"{uri}: not a diffusers model folder (no model_index.json)")
-    copy = cache_dir() / "models" / f"uri-{key}"
-    return publish(lambda scratch: storage.download_dir(uri, scratch, HUB_FILES), copy)
+    identity = hashlib.sha256(json.dumps([uri, sorted(files.items())]).encode()).hexdigest()[:16]
+
+    def copy(scratch: Path) -> None:
+        storage.download_files(uri, sorted(files), scratch)
+        if storage.files_under(uri, HUB_FILES) != files:
+            raise ModelError(f"{uri}: the model changed while it was being copied; run again once it is written")
+
+    return publish(copy, cache_dir() / "models" / f"uri-{identity}")
 
 
 def _from_hub(repo_id: str, flag: str) -> Path:
