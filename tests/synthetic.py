@@ -3,10 +3,13 @@ of a run that never ran a model. Nothing in a real run uses them; the benchmarks
 
 from __future__ import annotations
 
+import io
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
+from fsspec.implementations.memory import MemoryFileSystem
 
 from realfill.config import FillConfig
 from realfill.data import manifest, storage
@@ -30,6 +33,27 @@ EXTRA_ALBUMS = {
 }
 """With a second scenes root: its scenes join the same albums, so every album mixes both sets (landmarks with
 landmarks, rooms with rooms: the hardest neighbours)."""
+
+
+class BytesReadFileSystem(MemoryFileSystem):
+    """An in-memory object store (`bytesread://`) that counts the bytes read of each file."""
+
+    protocol = "bytesread"
+    read: Counter = Counter()
+
+    def _open(self, path, mode="rb", **kwargs):
+        handle = super()._open(path, mode, **kwargs)
+        if mode != "rb":
+            return handle
+        read = BytesReadFileSystem.read
+
+        class Counted(io.BytesIO):
+            def read(self, size=-1):
+                data = super().read(size)
+                read[path] += len(data)
+                return data
+
+        return Counted(handle.getvalue())
 
 
 def mask_of(roots: list, photo: str) -> str:

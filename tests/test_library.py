@@ -3,10 +3,12 @@ correspondences, requests made into scenes, finished photos delivered with their
 
 import csv
 import json
+import posixpath
 import subprocess
 import sys
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,10 +17,10 @@ from PIL import Image
 from realfill.cli import main
 from realfill.config import GeometryConfig, LibraryConfig
 from realfill.data import manifest
-from realfill.data.photos import list_library
-from realfill.data.requests import RequestsError, read_requests
+from realfill.data.photos import HEADER_BLOCK, list_library
+from realfill.data.requests import RequestsError, outpaint_margins, read_requests
 from realfill.selection.picking import Coverage, Sightlines, photo_descriptor, prepare_scene
-from synthetic import library_from_scenes, mask_of
+from synthetic import BytesReadFileSystem, library_from_scenes, mask_of
 
 FLAGS = ["--method", "stitch", "--quiet"]
 TAKEN = "2024:06:01 12:30:00"
@@ -57,6 +59,34 @@ def test_exif_time_and_place_are_read(library):
     photo = {Path(p.uri).name: p for p in list_library(str(root))}["graffiti-camera.jpg"]
     assert photo.album == "art" and photo.taken.isoformat() == "2024-06-01T12:30:00"
     assert photo.gps == pytest.approx((48.858333, 2.35), abs=1e-5)
+
+
+def test_listing_and_checking_requests_read_only_the_photos_headers(library):
+    """An album on an object store is listed (EXIF time and place) and its uncrop requests checked (sizes)
+    from each photo's header: every file is read to at most one header block, never whole."""
+    root, _ = library
+    fsspec.register_implementation("bytesread", BytesReadFileSystem, clobber=True)
+    store = fsspec.filesystem("bytesread")
+    sources = sorted((root / "art").glob("*.jpg"))
+    for source in sources:
+        store.pipe(f"bytesread://headers/art/{source.name}", source.read_bytes())
+    BytesReadFileSystem.read.clear()
+    try:
+        photos = list_library("bytesread://headers")
+        requests = read_requests("bytesread://headers", photos, outpaint="1.25")
+        read = {posixpath.basename(path): count for path, count in BytesReadFileSystem.read.items()}
+    finally:
+        store.rm("bytesread://headers", recursive=True)
+    by_name = {Path(photo.uri).name: photo for photo in photos}
+    assert sorted(by_name) == [source.name for source in sources] and len(requests) == len(sources)
+    assert by_name["graffiti-camera.jpg"].taken.isoformat() == "2024-06-01T12:30:00"
+    for request in requests:
+        width, height = Image.open(root / "art" / Path(request.target).name).size
+        assert request.margins == outpaint_margins(width, height, "1.25"), request.target
+    sizes = {source.name: source.stat().st_size for source in sources}
+    assert set(read) == set(sizes)
+    too_much = {path: (read[path], sizes[path]) for path in sizes if read[path] > min(HEADER_BLOCK, sizes[path] / 8)}
+    assert not too_much, f"bytes read of photos, (read, size): {too_much}"
 
 
 def pick_every_target(root: Path, truth: dict[str, set[str]], roots: list[Path]) -> tuple[int, int]:

@@ -1,4 +1,3 @@
-import json
 
 import fsspec
 import pytest

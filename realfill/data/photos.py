@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,9 +33,15 @@ class Photo:
     """(latitude, longitude) in degrees."""
 
 
-def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
-    """A photo's image (from data, when its bytes are already read), lazily decoded; HEIC needs the heif
-    extra, and the error says so."""
+HEADER_BLOCK = 64 << 10
+"""Bytes fetched per read when only a photo's header is wanted (its size and EXIF come first in the file)."""
+LISTING_THREADS = 16
+"""Photos whose headers are read at once while listing (each read is a round trip to storage)."""
+
+
+def decode(uri: str, source) -> Image.Image:
+    """A photo's image from source() (a binary file), lazily decoded; HEIC needs the heif extra, and the error
+    says so, as it names any photo that cannot be read."""
     if uri.lower().endswith(HEIC_SUFFIXES):
         try:
             from pillow_heif import register_heif_opener
@@ -41,7 +49,7 @@ def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
             raise SceneError(f"{uri}: HEIC photos need the heif extra (pip install 'realfill[heif]')") from None
         register_heif_opener()
     try:
-        return Image.open(io.BytesIO(storage.read_bytes(uri) if data is None else data))
+        return Image.open(source())
     except FileNotFoundError:
         raise SceneError(f"{uri}: file not found") from None
     except UnidentifiedImageError:
@@ -49,6 +57,28 @@ def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
                          f"(expected {', '.join(PHOTO_SUFFIXES)})") from None
     except OSError as exc:
         raise SceneError(f"{uri}: not a readable photo ({storage.reason(exc)})") from None
+
+
+def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
+    """A photo's image, its bytes read whole (or data, when they are already read)."""
+    return decode(uri, lambda: io.BytesIO(storage.read_bytes(uri) if data is None else data))
+
+
+@contextmanager
+def photo_header(uri: str):
+    """A photo opened from storage lazily, for its size and EXIF: only the blocks its header lies in are read."""
+    opened = []
+
+    def source():
+        fs, path = storage.filesystem(uri)
+        opened.append(fs.open(path, "rb", block_size=HEADER_BLOCK))
+        return opened[0]
+
+    try:
+        yield decode(uri, source)
+    finally:
+        for handle in opened:
+            handle.close()
 
 
 def _degrees(values, reference: str) -> float:
@@ -77,25 +107,31 @@ def exif_place_and_time(image: Image.Image) -> tuple[datetime | None, tuple[floa
     return taken, place
 
 
+def photo_of(uri: str, album: str) -> Photo:
+    """A listed photo with its EXIF time and place, read from its header."""
+    try:
+        with photo_header(uri) as image:
+            taken, place = exif_place_and_time(image)
+    except SceneError:
+        taken, place = None, None  # an unreadable photo fails when a request uses it
+    return Photo(uri, album, taken, place)
+
+
 def list_library(root: str) -> list[Photo]:
-    """Every photo of every album (a folder directly under root), with its EXIF time and place."""
+    """Every photo of every album (a folder directly under root), with its EXIF time and place: from one listing
+    per album and each photo's header, read LISTING_THREADS at a time."""
     root = storage.normalize(root)
-    photos = []
+    found = []
     for album in entries(root, "library not found"):
         folder = storage.join(root, album)
         if not storage.is_dir(folder):
             continue  # a file beside the albums
-        for name in storage.list_dir(folder):
-            if name.lower().endswith(PHOTO_SUFFIXES):
-                uri = storage.join(folder, name)
-                try:
-                    taken, place = exif_place_and_time(open_photo(uri))
-                except SceneError:
-                    taken, place = None, None  # an unreadable photo fails when a request uses it
-                photos.append(Photo(uri, album, taken, place))
-    if not photos:
+        found += [(storage.join(folder, name), album) for name in storage.list_dir(folder)
+                  if name.lower().endswith(PHOTO_SUFFIXES)]
+    if not found:
         raise SceneError(f"{root}: no photos (expected ROOT/<album>/*{', *'.join(PHOTO_SUFFIXES)})")
-    return photos
+    with ThreadPoolExecutor(LISTING_THREADS) as pool:
+        return list(pool.map(lambda listed: photo_of(*listed), found))
 
 
 def read_photo(uri: str, max_side: int | None = None, data: bytes | None = None) -> np.ndarray:
@@ -113,8 +149,15 @@ def read_photo(uri: str, max_side: int | None = None, data: bytes | None = None)
 
 
 def photo_size(uri: str, data: bytes | None = None) -> tuple[int, int]:
-    """(width, height) as displayed (EXIF orientation applied), from the header alone."""
-    image = open_photo(uri, data)
+    """(width, height) as displayed (EXIF orientation applied), from the header alone (of data, when the bytes
+    are already read, else read from storage)."""
+    if data is not None:
+        return displayed_size(open_photo(uri, data))
+    with photo_header(uri) as image:
+        return displayed_size(image)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
     return (height, width) if image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8) else (width, height)
 

@@ -146,7 +146,7 @@ def check_request(number: int, given: dict[str, str], root: str, photos: dict[st
     if "target" not in given:
         raise ValueError("no target")
     target = resolve(root, given["target"])
-    if not storage.exists(target):
+    if target not in photos and not storage.exists(target):  # a listed photo was there a moment ago
         raise ValueError(f"target {given['target']}: file not found")
     width, height = photo_size(target)
     kinds = [kind for kind in KINDS if kind in given]
