@@ -53,8 +53,7 @@ def make_album(count: int, side: int) -> int:
 
 def listing_and_checks() -> int:
     """What `realfill library --outpaint 1.25` reads before any task: the listing and every request's check."""
-    photos = list_library(ROOT)
-    return len(read_requests(ROOT, photos, outpaint="1.25"))
+    return len(read_requests(ROOT, list_library(ROOT), outpaint="1.25"))
 
 
 @contextmanager

@@ -35,6 +35,19 @@ EXTRA_ALBUMS = {
 landmarks, rooms with rooms: the hardest neighbours)."""
 
 
+class CountedFile(io.BytesIO):
+    """A file's bytes, adding what is read of them to a count."""
+
+    def __init__(self, data: bytes, count: Counter, path: str):
+        super().__init__(data)
+        self.count, self.path = count, path
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.count[self.path] += len(data)
+        return data
+
+
 class BytesReadFileSystem(MemoryFileSystem):
     """An in-memory object store (`bytesread://`) that counts the bytes read of each file."""
 
@@ -43,17 +56,7 @@ class BytesReadFileSystem(MemoryFileSystem):
 
     def _open(self, path, mode="rb", **kwargs):
         handle = super()._open(path, mode, **kwargs)
-        if mode != "rb":
-            return handle
-        read = BytesReadFileSystem.read
-
-        class Counted(io.BytesIO):
-            def read(self, size=-1):
-                data = super().read(size)
-                read[path] += len(data)
-                return data
-
-        return Counted(handle.getvalue())
+        return CountedFile(handle.getvalue(), BytesReadFileSystem.read, path) if mode == "rb" else handle
 
 
 def mask_of(roots: list, photo: str) -> str:

@@ -1,4 +1,3 @@
-
 import fsspec
 import pytest
 from safetensors.torch import load_file

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -67,18 +67,9 @@ def open_photo(uri: str, data: bytes | None = None) -> Image.Image:
 @contextmanager
 def photo_header(uri: str):
     """A photo opened from storage lazily, for its size and EXIF: only the blocks its header lies in are read."""
-    opened = []
-
-    def source():
-        fs, path = storage.filesystem(uri)
-        opened.append(fs.open(path, "rb", block_size=HEADER_BLOCK))
-        return opened[0]
-
-    try:
-        yield decode(uri, source)
-    finally:
-        for handle in opened:
-            handle.close()
+    fs, path = storage.filesystem(uri)
+    with ExitStack() as stack:
+        yield decode(uri, lambda: stack.enter_context(fs.open(path, "rb", block_size=HEADER_BLOCK)))
 
 
 def _degrees(values, reference: str) -> float:
