@@ -68,6 +68,25 @@ def test_a_model_at_a_uri_is_copied_once_and_again_when_it_is_replaced(tiny_mode
     assert (first / "unet" / "config.json").read_text() == original
 
 
+def test_a_model_replaced_while_it_is_copied_is_refused_and_nothing_is_cached(tiny_model, model_cache, monkeypatch):
+    memory = fsspec.filesystem("memory")
+    for file in tiny_model.rglob("*"):
+        if file.is_file():
+            memory.pipe(f"/changing/tiny/{file.relative_to(tiny_model).as_posix()}", file.read_bytes())
+    download = storage.download_files
+
+    def download_while_replaced(*args):
+        download(*args)
+        memory.pipe("/changing/tiny/unet/config.json", b"{}")
+
+    monkeypatch.setattr(storage, "download_files", download_while_replaced)
+    models = model_cache / "models"
+    before = sorted(models.iterdir())
+    with pytest.raises(ModelError, match=r"^memory://changing/tiny: the model changed while it was being copied"):
+        resolve_model("memory://changing/tiny")
+    assert sorted(models.iterdir()) == before, "nothing published, no scratch folder left"
+
+
 def test_missing_models_say_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="hf download.*--base_model stable-diffusion-2-inpainting"):
