@@ -4,9 +4,12 @@
    both folders listed at every record) vs now (journal parts named by scene alone, no listing).
 2. 1,000 scenes on local disk, schema 3 (kept here to measure against: parts in the folder plain readers
    read, written as a temporary file and a move, compacted into that folder at the end of a run) vs now
-   (journal parts, folded into one file per table as the run goes and at its end): the time to record
+   (journal parts, folded into the tables' segments as the run goes and at its end): the time to record
    them all, to compact or fold at the end, and what a plain reader (pandas) sees when a second run that
    redoes 100 of the scenes with another config was killed before its end.
+3. A loop of `realfill fill` (each scene recorded, then folded) on a table of 1,000 and of 10,000 scenes on
+   local disk, schema 5 (kept here to measure against: one file per table, rewritten whole at each fold) vs now
+   (segments: a fold rewrites the segment of the scene it folds): milliseconds per fold.
 
 Stages do no model work here: each scene records 8 sample rows and its scene row. Calls are counted by a
 filesystem wrapper around an in-memory store (what an object store would be asked).
@@ -102,7 +105,7 @@ def record_schema3(out: str, samples: list[SampleRow], scene: SceneRow) -> None:
     for table, rows in (("samples", samples), ("scenes", [scene])):
         stamp = manifest.now()
         arrow = manifest.to_arrow(table, [replace(row, created_at=stamp) for row in rows])
-        folder = Output(out).legacy(table)
+        folder = Output(out).table(table)
         os.makedirs(folder, exist_ok=True)
         temporary = os.path.join(folder, f".tmp-{scene.scene_id}")
         pq.write_table(arrow, temporary)
@@ -113,7 +116,7 @@ def compact_schema3(out: str) -> None:
     """The schema-3 compaction: the current rows into one new file per folder, then the parts removed."""
     samples, scenes = manifest.read_tables(out)
     for table, arrow in (("samples", samples), ("scenes", scenes)):
-        folder = Output(out).legacy(table)
+        folder = Output(out).table(table)
         parts = os.listdir(folder)
         pq.write_table(arrow, os.path.join(folder, f"compacted-{table}.parquet"))
         for name in parts:
@@ -121,9 +124,8 @@ def compact_schema3(out: str) -> None:
 
 
 def plain_scene_rows(out: str, layout: str) -> int:
-    """Scene rows a plain reader (pandas) sees: the folder of schema 3, the table file now."""
-    path = Output(out).legacy("scenes") if layout == "schema 3" else Output(out).table("scenes")
-    return len(pd.read_parquet(path))
+    """Scene rows a plain reader (pandas) sees in the table's folder."""
+    return len(pd.read_parquet(Output(out).table("scenes")))
 
 
 def second_run_killed(out: str, record, redone: int = 100) -> None:
@@ -163,6 +165,51 @@ def local_disk(scenes: int = 1000) -> list[str]:
     return lines
 
 
+def compact_schema5(out: str) -> None:
+    """The schema-5 fold: every current row read, then written whole as one file per table, then the journal's
+    parts removed."""
+    parts = {table: manifest.journal(out, table) for table in manifest.TABLES}
+    samples, scenes = manifest.read_tables(out)
+    manifest.write_arrow(Output(out).one_file("samples"), samples)
+    manifest.write_arrow(Output(out).one_file("scenes"), scenes)
+    for table in manifest.TABLES:
+        for path in parts[table]:
+            os.remove(path)
+
+
+def table_of(out: str, scenes: int, layout: str) -> None:
+    """A manifest of `scenes` scenes, as schema 5 left it (one file per table) or as now (in segments)."""
+    recorded = [rows(index) for index in range(scenes)]
+    stamp = manifest.now()
+    for table, records in (("samples", [row for samples, _ in recorded for row in samples]),
+                           ("scenes", [scene for _, scene in recorded])):
+        arrow = manifest.to_arrow(table, [replace(row, created_at=stamp) for row in records])
+        manifest.write_arrow(Output(out).one_file(table), arrow)
+    if layout == "now":
+        manifest.compact(out)  # moves a schema-5 table into segments
+
+
+def fill_loop(sizes: tuple[int, ...] = (1000, 10000), folds: int = 20) -> list[str]:
+    lines = ["| table of | one file per table, rewritten whole (schema 5) | segments (now) | schema 5 / now |",
+             "|---|---|---|---|"]
+    for scenes in sizes:
+        per_fold = {}
+        for layout, fold in (("schema 5", compact_schema5), ("now", manifest.compact)):
+            with tempfile.TemporaryDirectory() as out:
+                table_of(out, scenes, layout)
+                spent = 0.0
+                for index in range(scenes, scenes + folds):
+                    manifest.write_scene(out, *rows(index))
+                    started = time.perf_counter()
+                    fold(out)
+                    spent += time.perf_counter() - started
+                assert manifest.read_table(out, "scenes").num_rows == scenes + folds
+                per_fold[layout] = spent / folds * 1000
+        lines.append(f"| {scenes:,} scenes | {per_fold['schema 5']:.1f} ms per fold | {per_fold['now']:.1f} ms per "
+                     f"fold | {per_fold['schema 5'] / per_fold['now']:.1f}x |")
+    return lines
+
+
 def main() -> None:
     fsspec.register_implementation("counting", CountingFileSystem, clobber=True)
     print("| scenes | way | fs calls, last scene | keys listed, last scene | S3 LIST requests, last scene | "
@@ -175,6 +222,8 @@ def main() -> None:
         MemoryFileSystem.store.clear()
     print()
     print("\n".join(local_disk()))
+    print()
+    print("\n".join(fill_loop()))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ def test_fill_end_to_end_on_real_scenes(tmp_path, scenes_root):
     for name in ("realfill_flowerwoman", "opensfm_berlin_dom"):  # RGBA with white hole; RGB with black hole
         assert main(["fill", str(scenes_root / name), "--out", str(out), *TINY_FLAGS]) == 0
 
-    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
-    scenes = pq.read_table(out / "manifest" / "scenes.parquet").to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples").to_pylist()
+    scenes = pq.read_table(out / "manifest" / "scenes").to_pylist()
     assert sorted(row["scene_id"] for row in scenes) == ["opensfm_berlin_dom", "realfill_flowerwoman"]
     assert all(row["status"] == "ok" and row["error"] is None and row["num_samples"] == 3 for row in scenes)
     assert len(samples) == 6 and {row["seed"] for row in samples} == {0, 1, 2}
@@ -190,8 +190,8 @@ def test_relative_paths_are_recorded_absolute_and_the_last_lines_say_where(tmp_p
     last = capsys.readouterr().out.strip().splitlines()[-5:]
     out = tmp_path / "work" / "out"
     assert last[4] == f"report: {out / 'report.html'}" and (out / "report.html").is_file()
-    assert last[0] == f"samples table (one row per sample): {out / 'manifest' / 'samples.parquet'}"
-    assert last[1] == f"scenes table (one row per scene):   {out / 'manifest' / 'scenes.parquet'}"
+    assert last[0] == f"samples table (one row per sample): {out / 'manifest' / 'samples'}/"
+    assert last[1] == f"scenes table (one row per scene):   {out / 'manifest' / 'scenes'}/"
     assert last[3].startswith(f"run log: {out / 'logs' / 'run-'}") and Path(last[3].split(": ", 1)[1]).is_file()
     scene = manifest.read_table(str(out), "scenes").to_pylist()[0]
     assert last[2] == f"no evidence: {NO_EVIDENCE_TEXT}" and scene["best_uri"] is None

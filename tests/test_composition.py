@@ -34,9 +34,9 @@ def test_the_generative_methods_compose_variations_of_a_blank_canvas(tmp_path, c
                  *TINY]) == 0
     printed = capsys.readouterr().out
     assert f"{NO_KNOWN_REGION}: {SELECTION_TEXT[NO_KNOWN_REGION]}" in printed
-    (scene,) = pq.read_table(out / "manifest" / "scenes.parquet").to_pylist()
+    (scene,) = pq.read_table(out / "manifest" / "scenes").to_pylist()
     assert scene["status"] == "ok" and scene["selection"] == NO_KNOWN_REGION and scene["best_uri"] is None
-    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples").to_pylist()
     assert len(samples) == 3 and all(row["status"] == "ok" and row["selected"] is False for row in samples)
     assert all(row["score"] is None and row["rank"] is None for row in samples), "nothing is claimed as evidence"
     images = [read_image(row["uri"]) for row in samples]
@@ -74,7 +74,7 @@ def test_a_run_on_ray_composes_a_blank_canvas_beside_an_ordinary_scene(tmp_path,
     assert "done: 2" in result.stdout
     assert "blank canvases (scene composition, their samples are variations, none selected): canvas" in result.stdout
     assert "no evidence hole:" in result.stdout and "no evidence canvas" not in result.stdout
-    scenes = {row["scene_id"]: row for row in pq.read_table(out / "manifest" / "scenes.parquet").to_pylist()}
+    scenes = {row["scene_id"]: row for row in pq.read_table(out / "manifest" / "scenes").to_pylist()}
     assert scenes["canvas"]["selection"] == NO_KNOWN_REGION and scenes["hole"]["selection"] == "no evidence"
     again = subprocess.run([sys.executable, "-m", "realfill.cli", "run", str(root), "--out", str(out), *TINY],
                            capture_output=True, text=True, env=dict(os.environ), timeout=600)

@@ -84,7 +84,7 @@ def test_a_run_whose_lease_was_taken_over_or_removed_commits_nothing(tmp_path):
             manifest.compact(out)
     assert json.loads((tmp_path / LEASE).read_text()) == other, "the new holder's lease stays"
     assert [path.name for path in (tmp_path / "manifest" / "_journal" / "scenes").iterdir()] == ["scene-s0.parquet"]
-    assert not (tmp_path / "manifest" / "scenes.parquet").exists(), "no fold"
+    assert not (tmp_path / "manifest" / "scenes").exists(), "no fold"
     with OutputLease(str(tmp_path / "deleted")):
         (tmp_path / "deleted" / LEASE).unlink()  # the output deleted under the run
         with pytest.raises(LeaseLost, match="this run's lease is gone"):

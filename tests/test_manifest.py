@@ -1,8 +1,10 @@
 """Manifests: one scene's record never costs another's, a failure never replaces good rows, recording costs
-the same number of storage calls at any size, and folding keeps one file per table that plain readers read,
-with one current row per scene after a kill at any storage call."""
+the same number of storage calls at any size, and folding keeps a folder of segments per table that plain
+readers read, rewrites only the segments of what it folds in, and leaves one current row per scene after a
+kill at any storage call."""
 
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -30,7 +32,7 @@ def test_schemas_are_derived_from_the_rows():
     assert manifest.SAMPLES.field("seed").type == pa.int64() and not manifest.SAMPLES.field("seed").nullable
     assert manifest.SAMPLES.field("rank").type == pa.int32() and manifest.SAMPLES.field("rank").nullable
     assert manifest.SCENES.field("created_at").type == pa.timestamp("ms", tz="UTC")
-    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"5", b"realfill.table": b"scenes"}
+    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"6", b"realfill.table": b"scenes"}
 
 
 def test_any_scene_id_gets_a_visible_bounded_part(tmp_path):
@@ -44,7 +46,7 @@ def test_any_scene_id_gets_a_visible_bounded_part(tmp_path):
     assert set(manifest.completed_scenes(out, KEY_A)) == set(ids), "none replaces another"
     manifest.compact(out)
     assert set(manifest.completed_scenes(out, KEY_A)) == set(ids)
-    scenes = pq.read_table(tmp_path / "manifest" / "scenes.parquet").column("scene_id").to_pylist()
+    scenes = pq.read_table(tmp_path / "manifest" / "scenes").column("scene_id").to_pylist()
     assert sorted(scenes) == sorted(ids), "every id is in the table a plain reader reads"
 
 
@@ -69,7 +71,7 @@ def test_a_failure_never_replaces_good_rows(tmp_path, compact_between):
     samples = manifest.read_table(out, "samples")
     assert samples.num_rows == 3 and set(samples.column("run_key").to_pylist()) == {KEY_B}
     manifest.compact(out)
-    direct = pq.read_table(tmp_path / "manifest" / "samples.parquet")
+    direct = pq.read_table(tmp_path / "manifest" / "samples")
     assert direct.num_rows == 3, "after folding a plain pyarrow reader sees exactly the current rows"
 
 
@@ -83,12 +85,49 @@ def test_recording_costs_the_same_storage_calls_at_any_size(counting):
     assert costs[119] == costs[10] and "ls" not in counting and "find" not in counting, costs
 
 
+def fold_costs(monkeypatch, counting, out: str, scenes: int, redo: str | None = None) -> list[tuple]:
+    """`realfill fill` in a loop: each scene recorded then folded. Per fold: its storage calls, the rows it read
+    and the rows it wrote, and the segments it wrote."""
+    read, written = [], []
+    real_read, real_write = manifest.read_parts, manifest.write_arrow
+    monkeypatch.setattr(manifest, "read_parts", lambda *args, **kwargs: read.append(real_read(*args, **kwargs))
+                        or read[-1])
+    monkeypatch.setattr(manifest, "write_arrow", lambda uri, arrow: written.append((uri, arrow.num_rows))
+                        or real_write(uri, arrow))
+    costs = []
+    for index in range(scenes + (redo is not None)):
+        manifest.write_scene(out, *(rows(f"s{index:04d}", KEY_A) if index < scenes else rows(redo, KEY_B, seeds=3)))
+        read.clear(), written.clear(), counting.clear()
+        manifest.compact(out)
+        costs.append((sum(counting.values()), sum(table.num_rows for table in read),
+                      sum(count for _, count in written), sorted({uri.rsplit("/", 1)[1] for uri, _ in written})))
+    return costs
+
+
+def test_a_fold_costs_what_it_folds_in_not_the_table(monkeypatch, counting):
+    """A fill loop: the fold of the 40th scene costs the same storage calls and rows as that of the 12th (both
+    the 4th scene of a segment of 4), where folding the whole table would write 10x the rows; a scene redone is
+    rewritten in its own segment alone."""
+    monkeypatch.setattr(manifest, "SEGMENT_SCENES", 4)
+    out = "counting://folds/run"
+    costs = fold_costs(monkeypatch, counting, out, 40, redo="s0005")
+    assert costs[39][:3] == costs[11][:3] and costs[39][3] == ["segment-000009.parquet"], costs
+    assert costs[11][2] == 4 + 4 * 2, "a segment's 4 scene rows and 8 sample rows, nothing else"
+    assert costs[40][3] == ["segment-000001.parquet"], "s0005 stays where it was placed"
+    samples, scenes = manifest.read_tables(out)
+    assert scenes.num_rows == 40 and samples.num_rows == 81
+    store = fsspec.filesystem("counting")
+    plain = pa.concat_tables(pq.read_table(path, filesystem=store)
+                             for path in store.glob(f"{out}/manifest/samples/*.parquet")).to_pandas()
+    assert sorted(set(plain[plain.scene_id == "s0005"].run_key)) == [KEY_B] and len(plain) == 81
+
+
 def journal_names(root, table: str) -> list[str]:
     folder = root / "manifest" / "_journal" / table
     return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
 
 
-def test_folding_leaves_one_file_per_table_and_keeps_rows_written_meanwhile(tmp_path, monkeypatch):
+def test_folding_keeps_rows_written_meanwhile(tmp_path, monkeypatch):
     out = str(tmp_path)
     for index in range(30):
         manifest.write_scene(out, *rows(f"s{index}", KEY_A))
@@ -104,8 +143,8 @@ def test_folding_leaves_one_file_per_table_and_keeps_rows_written_meanwhile(tmp_
     monkeypatch.setattr(manifest, "current_samples", a_scene_lands_meanwhile)
     assert manifest.compact(out) == 61
     monkeypatch.undo()
-    assert sorted(path.name for path in (tmp_path / "manifest").iterdir()) == ["_journal", "samples.parquet",
-                                                                               "scenes.parquet"]
+    assert sorted(path.name for path in (tmp_path / "manifest").iterdir()) == ["_journal", "_placement", "samples",
+                                                                               "scenes"]
     assert journal_names(tmp_path, "scenes") == journal_names(tmp_path, "samples") == [
         "scene-late.parquet", "scene-s7.parquet"], "what was written or replaced meanwhile stays"
     after = manifest.read_tables(out)
@@ -113,7 +152,7 @@ def test_folding_leaves_one_file_per_table_and_keeps_rows_written_meanwhile(tmp_
     manifest.compact(out)
     assert journal_names(tmp_path, "scenes") == journal_names(tmp_path, "samples") == []
     assert manifest.read_tables(out)[1].num_rows == 32  # 31 scenes' good rows and s3's newer failure
-    plain = pd.read_parquet(tmp_path / "manifest" / "scenes.parquet")
+    plain = pd.read_parquet(tmp_path / "manifest" / "scenes")
     assert len(plain) == 32 and set(plain[plain.scene_id == "s7"].run_key) == {KEY_B}
 
 
@@ -151,9 +190,12 @@ def later_run(out: str) -> None:
     manifest.compact(out)
 
 
-def test_a_kill_at_any_storage_call_leaves_one_current_row_per_scene_for_every_reader(tmp_path, monkeypatch):
-    """A first run (s0..s2, s2 failed) folded; then a later run killed at each of its storage calls in turn.
-    Whatever call the kill hit: a plain reader of the table files sees one row per scene (and per scene one
+@pytest.mark.parametrize("segment_scenes", [2, manifest.SEGMENT_SCENES])
+def test_a_kill_at_any_storage_call_leaves_one_current_row_per_scene_for_every_reader(tmp_path, monkeypatch,
+                                                                                     segment_scenes):
+    """A first run (s0..s2, s2 failed) folded; then a later run killed at each of its storage calls in turn
+    (its scenes in one segment, or in two: s4 joins s2's).
+    Whatever call the kill hit: a plain reader of the table folders sees one row per scene (and per scene one
     set of samples), realfill's reader sees each scene's newest record, and the next fold makes the plain
     tables equal to realfill's, exactly as if nothing had been killed."""
     def first_run(out: str) -> None:
@@ -162,6 +204,7 @@ def test_a_kill_at_any_storage_call_leaves_one_current_row_per_scene_for_every_r
         manifest.write_scene(out, *rows("s2", KEY_A, status="failed"))
         manifest.compact(out)
 
+    monkeypatch.setattr(manifest, "SEGMENT_SCENES", segment_scenes)
     clean = tmp_path / "clean"
     first_run(str(clean))
     later_run(str(clean))
@@ -173,6 +216,7 @@ def test_a_kill_at_any_storage_call_leaves_one_current_row_per_scene_for_every_r
     later_run(str(tmp_path / "count"))
     total = calls[0] - start
     monkeypatch.undo()
+    monkeypatch.setattr(manifest, "SEGMENT_SCENES", segment_scenes)
     assert total >= 10
     for call in range(total):
         out = tmp_path / f"kill-{call}"
@@ -181,9 +225,10 @@ def test_a_kill_at_any_storage_call_leaves_one_current_row_per_scene_for_every_r
         with pytest.raises(Killed):
             later_run(str(out))
         monkeypatch.undo()
-        plain_scenes = pd.read_parquet(out / "manifest" / "scenes.parquet")
+        monkeypatch.setattr(manifest, "SEGMENT_SCENES", segment_scenes)
+        plain_scenes = pd.read_parquet(out / "manifest" / "scenes")
         assert not plain_scenes.duplicated(["scene_id", "status"]).any(), f"kill at call {call}"
-        plain_samples = pd.read_parquet(out / "manifest" / "samples.parquet")
+        plain_samples = pd.read_parquet(out / "manifest" / "samples")
         assert plain_samples.groupby("scene_id").run_key.nunique().max() == 1, f"kill at call {call}"
         assert not plain_samples.duplicated(["scene_id", "seed"]).any(), f"kill at call {call}"
         samples, scenes = manifest.read_tables(str(out))
@@ -193,29 +238,33 @@ def test_a_kill_at_any_storage_call_leaves_one_current_row_per_scene_for_every_r
         again = [table.sort_by([("scene_id", "ascending"), ("status", "ascending")]).drop_columns(["created_at"])
                  for table in manifest.read_tables(str(out))]
         assert again[0].equals(expected[0]) and again[1].equals(expected[1]), f"kill at call {call}"
-        plain = pq.read_table(out / "manifest" / "scenes.parquet").sort_by(
+        plain = pq.read_table(out / "manifest" / "scenes").sort_by(
             [("scene_id", "ascending"), ("status", "ascending")]).drop_columns(["created_at"])
         assert plain.equals(expected[1]), f"kill at call {call}"
 
 
-def test_plain_readers_read_the_tables_as_they_are(tmp_path):
-    """pandas, DuckDB, Polars and pyarrow, as the README shows them, each see the current rows."""
+def test_plain_readers_read_the_tables_as_they_are(tmp_path, monkeypatch):
+    """pandas, DuckDB, Polars and pyarrow, as the README shows them, each see the current rows of a table of
+    several segments, one scene redone in the oldest."""
     import duckdb
     import polars as pl
 
+    monkeypatch.setattr(manifest, "SEGMENT_SCENES", 2)
     out = str(tmp_path)
-    for index in range(3):
+    for index in range(5):
         manifest.write_scene(out, *rows(f"s{index}", KEY_A))
-    manifest.compact(out)
+        manifest.compact(out)
     manifest.write_scene(out, *rows("s1", KEY_B, seeds=3))
     manifest.compact(out)
-    scenes, samples = tmp_path / "manifest" / "scenes.parquet", tmp_path / "manifest" / "samples.parquet"
-    assert len(pd.read_parquet(scenes)) == 3 and len(pd.read_parquet(samples)) == 7
-    assert duckdb.sql(f"SELECT count(*) FROM '{scenes}'").fetchall() == [(3,)]
-    assert duckdb.sql(f"SELECT count(*) FROM '{samples}' WHERE scene_id = 's1' AND run_key = '{KEY_B}'"
+    scenes, samples = tmp_path / "manifest" / "scenes", tmp_path / "manifest" / "samples"
+    assert len(list(scenes.iterdir())) == 3
+    assert len(pd.read_parquet(scenes)) == 5 and len(pd.read_parquet(samples)) == 11
+    assert duckdb.sql(f"SELECT count(*) FROM '{scenes}/*.parquet'").fetchall() == [(5,)]
+    assert duckdb.sql(f"SELECT count(*) FROM '{samples}/*.parquet' WHERE scene_id = 's1' AND run_key = '{KEY_B}'"
                       ).fetchall() == [(3,)]
-    assert pl.read_parquet(scenes).height == 3 and pl.scan_parquet(samples).collect().height == 7
-    assert ds.dataset(scenes, format="parquet").to_table().num_rows == 3
+    assert pl.read_parquet(f"{scenes}/*.parquet").height == 5
+    assert pl.scan_parquet(f"{samples}/*.parquet").collect().height == 11
+    assert ds.dataset(scenes, format="parquet").to_table().num_rows == 5
 
 
 def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tmp_path):
@@ -235,9 +284,10 @@ def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tm
     manifest.write_scene(out, *rows("old", KEY_B, seeds=3))  # a new config of an old run's scene replaces it
     assert manifest.read_table(out, "samples").num_rows == 3
     manifest.compact(out)
-    assert sorted(path.name for path in (tmp_path / "manifest").iterdir()) == ["_journal", "samples.parquet",
-                                                                               "scenes.parquet"], \
-        "the old layout's folders are folded into the table files"
+    assert sorted(path.name for path in (tmp_path / "manifest").iterdir()) == ["_journal", "_placement", "samples",
+                                                                               "scenes"]
+    assert [path.name for path in (tmp_path / "manifest" / "scenes").iterdir()] == ["segment-000000.parquet"], \
+        "the old layout's parts are folded into a segment"
     assert manifest.read_table(out, "samples").num_rows == 3
 
     newer = SCHEMA_VERSION + 1
@@ -247,9 +297,28 @@ def test_a_run_written_by_schema_version_1_is_read_and_a_newer_one_is_refused(tm
         manifest.read_table(out, "scenes")
 
 
+def test_a_run_of_version_5_is_read_and_its_table_files_move_into_segments(tmp_path):
+    """Version 5 kept each table in one file (OUT/manifest/TABLE.parquet): read as the oldest rows, moved into
+    segments by the next fold, a scene redone since then replacing its old rows."""
+    out = str(tmp_path)
+    for table, records in (("samples", rows("a", KEY_A)[0] + rows("b", KEY_A)[0]),
+                           ("scenes", [rows("a", KEY_A)[1], rows("b", KEY_A)[1]])):
+        schema = manifest.TABLES[table].with_metadata({"realfill.schema_version": "5", "realfill.table": table})
+        stamped = [type(row)(**{**row.__dict__, "created_at": manifest.now()}) for row in records]
+        manifest.write_arrow(str(tmp_path / "manifest" / f"{table}.parquet"),
+                             pa.Table.from_pylist([row.__dict__ for row in stamped], schema=schema))
+    manifest.write_scene(out, *rows("b", KEY_B, seeds=3))
+    assert set(manifest.completed_scenes(out, KEY_A)) == {"a"} and manifest.read_table(out, "samples").num_rows == 5
+    assert manifest.compact(out) == 2
+    assert sorted(path.name for path in (tmp_path / "manifest").iterdir()) == ["_journal", "_placement", "samples",
+                                                                               "scenes"]
+    plain = pd.read_parquet(tmp_path / "manifest" / "samples")
+    assert sorted(zip(plain.scene_id, plain.run_key)) == [("a", KEY_A)] * 2 + [("b", KEY_B)] * 3
+
+
 def test_a_reader_reads_every_row_while_a_fold_removes_the_parts_it_listed(tmp_path, monkeypatch):
     """`realfill report` or `eval` reading while the run folds: a part listed, then folded and removed before
-    it is read, is read from the table file the fold wrote."""
+    it is read, is read from the segment the fold wrote."""
     out = str(tmp_path)
     for index in range(3):
         manifest.write_scene(out, *rows(f"s{index}", KEY_A))

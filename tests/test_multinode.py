@@ -125,9 +125,9 @@ def test_nodes_lost_mid_tune_and_mid_sample_cost_only_their_work(cluster, tmp_pa
     stdout, stderr = run.communicate(timeout=DEADLINE_S)
     assert run.returncode == 0, stdout + stderr
     assert "done: 2" in stdout and "failed: 0" in stdout
-    plain = pd.read_parquet(out / "manifest" / "scenes.parquet")
+    plain = pd.read_parquet(out / "manifest" / "scenes")
     assert sorted(plain.scene_id) == ["s0", "s1"] and set(plain.status) == {"ok"}
-    samples = pd.read_parquet(out / "manifest" / "samples.parquet")
+    samples = pd.read_parquet(out / "manifest" / "samples")
     assert len(samples) == 6 and not samples.duplicated(["scene_id", "seed"]).any()
     assert all(Path(uri).is_file() for uri in samples.uri)
     before = files_of(out)

@@ -18,6 +18,7 @@ import pytest
 from conftest import write_scene
 from faults import faults
 from realfill.data import manifest
+from realfill.data.records import SCHEMA_VERSION
 from realfill.selection.rank import NO_EVIDENCE_TEXT
 
 RUN_FLAGS = ["--base_model", "tiny", "--device", "cpu", "--tune.resolution", "64", "--sample.resolution", "64",
@@ -70,11 +71,11 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     assert result.returncode == 1, result.stdout + result.stderr  # a scene failed
     assert "done: 3" in result.stdout and "failed: 1" in result.stdout
     assert "failed broken:" in result.stdout and "mask.png: file not found" in result.stdout
-    plain = pd.read_parquet(out / "manifest" / "scenes.parquet")
+    plain = pd.read_parquet(out / "manifest" / "scenes")
     scenes = {row["scene_id"]: row for row in plain.to_dict("records")}
     assert set(scenes) == {*SCENES, "broken"}
     assert scenes["broken"]["status"] == "failed" and "mask.png" in scenes["broken"]["error"]
-    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples").to_pylist()
     assert len(samples) == 9
     for name in SCENES:
         assert scenes[name]["status"] == "ok" and scenes[name]["num_samples"] == 3
@@ -85,9 +86,10 @@ def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
     assert result.stdout.strip().splitlines()[-3:] == [*manifest.where_tables(str(out)), f"report: {out}/report.html"]
     for row in samples:
         assert Path(row["uri"]).is_file() and row["rank"] >= 1 and row["score"] is not None
-    assert manifest.read_table(str(out), "samples").schema.metadata[b"realfill.schema_version"] == b"5"
+    (segment,) = (out / "manifest" / "samples").iterdir()
+    assert pq.read_schema(segment).metadata[b"realfill.schema_version"] == str(SCHEMA_VERSION).encode()
     assert not [path for path in (out / "manifest" / "_journal").rglob("*") if path.is_file()], \
-        "the run folds every record into the table files"
+        "the run folds every record into the tables' segments"
 
 
 def python(code: str, *args: str) -> str:
@@ -103,7 +105,7 @@ def test_manifest_reads_as_one_table_with_ray_data(first_run):
     counts = python("import sys, ray\n"
                     "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
                     "print(*(ray.data.read_parquet(folder).count() for folder in sys.argv[1:]))",
-                    str(out / "manifest" / "samples.parquet"), str(out / "manifest" / "scenes.parquet"))
+                    str(out / "manifest" / "samples"), str(out / "manifest" / "scenes"))
     assert counts.split()[-2:] == ["9", "4"]
 
 
@@ -118,7 +120,7 @@ def test_same_command_again_resumes_without_recomputing(scenes, own_run):
     assert all(after[path] == before[path] for path in unchanged), "nothing of a finished scene is rewritten"
     assert any("/report/thumbs/" in path for path in unchanged), "the report's thumbnails are reused too"
     assert manifest.read_table(str(out), "samples").equals(rows_before), "its rows are kept as they were"
-    assert len(pq.read_table(out / "manifest" / "samples.parquet")) == 9
+    assert len(pq.read_table(out / "manifest" / "samples")) == 9
 
 
 def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes, own_run):
@@ -128,7 +130,7 @@ def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes
     images = {path: mtime for path, mtime in before.items() if path.endswith(".png")}
     changed = realfill_run(scenes, out, "--sample.num_samples", "4", "--sample.batch_size", "4")
     assert "done: 3" in changed.stdout, changed.stdout + changed.stderr
-    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples").to_pylist()
     assert len(samples) == 12 and len({row["run_key"] for row in samples}) == 1, "one config per scene"
     after = snapshot(out)
     assert {path: mtime for path, mtime in after.items() if "/adapters/" in path} == adapters
@@ -152,7 +154,7 @@ def test_ranking_only_change_reuses_samples(scenes, own_run):
     reranked = realfill_run(scenes, out, "--rank.keep", "2")
     assert "done: 3" in reranked.stdout
     assert {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")} == images
-    samples = pq.read_table(out / "manifest" / "samples.parquet").to_pylist()
+    samples = pq.read_table(out / "manifest" / "samples").to_pylist()
     assert len(samples) == 9 and len({row["run_key"] for row in samples}) == 1, "re-ranked under the new config"
     assert all(row["rank"] is not None and not row["selected"] for row in samples), "noise matches nothing"
 
@@ -194,8 +196,10 @@ def test_manifest_round_trips_through_a_non_local_filesystem():
     assert samples.num_rows == 4 and samples.schema.equals(manifest.SAMPLES, check_metadata=False)
     assert sorted(set(zip(samples.column("scene_id").to_pylist(), samples.column("run_key").to_pylist()))) == [
         ("a", "fedcba9876543210"), ("a-b", "ffffffffffffffff")]
-    files = fsspec.filesystem("memory").find("/manifest-test")
-    assert len(files) == 2 and not [path for path in files if ".tmp-" in path]
+    files = fsspec.filesystem("memory").find("/manifest-test/run/manifest")
+    assert sorted(path.split("/manifest/")[1] for path in files) == [
+        "_placement/scene-a", "_placement/scene-a-b", "samples/segment-000000.parquet",
+        "scenes/segment-000000.parquet"], "one segment per table, nothing left in the journal, no temporary"
 
 
 def test_plan_follows_the_cluster_and_explicit_settings_win():
@@ -302,7 +306,7 @@ def test_odd_scene_ids_are_recorded_and_a_scene_that_cannot_be_recorded_fails_al
     summary = json.loads(python(REFUSING_RUN, str(root), str(tmp_path / "out"), *RUN_FLAGS).splitlines()[-1])
     assert sorted(summary["done"]) == sorted(ids[:2])
     assert list(summary["failed"]) == ["refused"] and "could not record" in summary["failed"]["refused"]
-    visible = pq.read_table(tmp_path / "out" / "manifest" / "scenes.parquet")
+    visible = pq.read_table(tmp_path / "out" / "manifest" / "scenes")
     assert sorted(visible.column("scene_id").to_pylist()) == sorted(ids[:2])
 
 
@@ -441,13 +445,15 @@ def test_a_run_whose_last_fold_fails_still_prints_its_summary(tmp_path, monkeypa
     printed = capsys.readouterr().out
     assert "done: 0, already complete (skipped): 2, failed: 0" in printed
     assert (f"error: the manifest of {out} was not folded at the end: StorageError: writing "
-            f"{out}/manifest/samples.parquet: No space left on device (its records are kept in its journal") in printed
-    assert [path.name for path in (out / "manifest").iterdir()] == ["_journal"], "no temporary is left"
+            f"{out}/manifest/_placement/scene-s0: No space left on device (its records are kept in its journal"
+            ) in printed
+    written = [path for path in (out / "manifest").rglob("*") if path.is_file() and "_journal" not in path.parts]
+    assert written == [], "no temporary is left"
     (log,) = (out / "logs").iterdir()
     assert "Traceback" in log.read_text() and f"run log: {log}" in printed
     monkeypatch.undo()
     assert main(["run", str(root), "--out", str(out), *STITCH_FLAGS]) == 0, "the next run folds the journal"
-    assert len(pd.read_parquet(out / "manifest" / "scenes.parquet")) == 2
+    assert len(pd.read_parquet(out / "manifest" / "scenes")) == 2
 
 
 def test_an_address_that_does_not_answer_is_one_line_at_once(tmp_path, capsys):
@@ -514,7 +520,7 @@ def test_a_run_that_loses_its_lease_stops_and_writes_nothing_more(tmp_path):
                      rf"stops and writes nothing more, keeping what it recorded$", result.stdout, re.M), result.stdout
     assert re.search(r"^stopped: [1-3] scenes in progress were not recorded", result.stdout, re.M), result.stdout
     assert len(list((out / "manifest" / "_journal" / "scenes").iterdir())) == 1, "one record, then nothing"
-    assert not (out / "manifest" / "scenes.parquet").exists(), "and no fold"
+    assert not (out / "manifest" / "scenes").exists(), "and no fold"
     assert json.loads((out / ".realfill-lease.json").read_text())["token"] == "other"
 
 

@@ -105,16 +105,24 @@ class Output:
     report = _path(REPORT_PAGE)
 
     def table(self, name: str) -> str:
-        """A manifest table's one Parquet file: what plain readers read."""
-        return self.join("manifest", f"{name}.parquet")
+        """A manifest table: a folder of Parquet segments, what plain readers read."""
+        return self.join("manifest", name)
+
+    def segment(self, name: str, number: int) -> str:
+        """One segment of a manifest table (rows of the same scenes in both tables)."""
+        return self.join("manifest", name, f"segment-{number:06d}.parquet")
+
+    def placement(self, part: str) -> str:
+        """Which segment holds a scene's rows, by the scene's part name (hidden from dataset readers)."""
+        return self.join("manifest", "_placement", part.removesuffix(".parquet"))
 
     def journal(self, name: str) -> str:
-        """A manifest table's parts not yet folded into its file (hidden from dataset readers by the '_')."""
+        """A manifest table's parts not yet folded into its segments (hidden from dataset readers by the '_')."""
         return self.join("manifest", "_journal", name)
 
-    def legacy(self, name: str) -> str:
-        """Where manifests of schema versions 1 to 3 kept a table's parts."""
-        return self.join("manifest", name)
+    def one_file(self, name: str) -> str:
+        """Where manifests of schema versions 4 and 5 kept a table: one Parquet file."""
+        return self.join("manifest", f"{name}.parquet")
 
     def filled(self, name: str | None = None) -> str:
         """A library's delivered photos, or one of them by its album-relative name."""

@@ -35,8 +35,6 @@ class Photo:
 
 HEADER_BLOCK = 64 << 10
 """Bytes fetched per read when only a photo's header is wanted (its size and EXIF come first in the file)."""
-LISTING_THREADS = 16
-"""Photos whose headers are read at once while listing (each read is a round trip to storage)."""
 
 
 def decode(uri: str, source) -> Image.Image:
@@ -110,7 +108,7 @@ def photo_of(uri: str, album: str) -> Photo:
 
 def list_library(root: str) -> list[Photo]:
     """Every photo of every album (a folder directly under root), with its EXIF time and place: from one listing
-    per album and each photo's header, read LISTING_THREADS at a time."""
+    per album and each photo's header, read storage.IN_FLIGHT at a time."""
     root = storage.normalize(root)
     found = []
     for album in entries(root, "library not found"):
@@ -121,7 +119,7 @@ def list_library(root: str) -> list[Photo]:
                   if name.lower().endswith(PHOTO_SUFFIXES)]
     if not found:
         raise SceneError(f"{root}: no photos (expected ROOT/<album>/*{', *'.join(PHOTO_SUFFIXES)})")
-    with ThreadPoolExecutor(LISTING_THREADS) as pool:
+    with ThreadPoolExecutor(storage.IN_FLIGHT) as pool:
         return list(pool.map(lambda listed: photo_of(*listed), found))
 
 

@@ -33,11 +33,12 @@ ADAPTER_FORMAT = 2
 """Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
 NOT_IN_PIXELS = ("num_samples", "batch_size")
 """Sampling settings that do not change any image: how many seeds, and how many per forward pass."""
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Version of the manifest tables. 2: parts named by scene alone and compacted at the end of a run (the
 columns are those of 1). 3: the scenes table's `selection` (older runs read it as null). 4: one file per table
 (OUT/manifest/TABLE.parquet), records in OUT/manifest/_journal/ until folded in (the columns are those of 3).
-5: the scenes table's `method` (older runs read it as null)."""
+5: the scenes table's `method` (older runs read it as null). 6: each table a folder of segments
+(OUT/manifest/TABLE/segment-N.parquet), a scene's rows in one segment, rewritten in place (the columns of 5)."""
 
 
 Status = Literal["ok", "failed"]

@@ -12,6 +12,7 @@ import io
 import os
 import posixpath
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -135,6 +136,28 @@ def read_bytes(uri: str) -> bytes:
             return handle.read()
 
 
+IN_FLIGHT = 16
+"""Requests kept in flight at once when many small objects are read or written (each is a round trip)."""
+
+
+def read_each(uris: list[str]) -> dict[str, bytes]:
+    """Small files read IN_FLIGHT at a time; a missing one is left out (any other failure is raised)."""
+    def read(uri: str) -> bytes | None:
+        try:
+            return read_bytes(uri)
+        except FileNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        return {uri: data for uri, data in zip(uris, pool.map(read, uris)) if data is not None}
+
+
+def write_each(files: dict[str, bytes]) -> None:
+    """Small files written IN_FLIGHT at a time, each as write_bytes writes it."""
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        list(pool.map(write_bytes, files, files.values()))
+
+
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 """Stores where one PUT makes an object appear whole or not at all (and a move is a copy plus a delete)."""
 
@@ -154,7 +177,8 @@ def puts_whole(fs) -> bool:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a file so that no reader ever sees it half-written. On an object store one PUT is already atomic,
     and a move there is a server-side copy plus a delete, so the object is written once, in place; elsewhere
-    (a local disk) a hidden temporary name, then a rename. A write that fails leaves no temporary behind."""
+    (a local disk) a hidden temporary name, then a rename. A write that fails leaves no temporary behind, and a
+temporary ends in .tmp, so a reader's glob of *.parquet never matches one."""
     with naming("writing", uri):
         fs, path = filesystem(uri)
         if puts_whole(fs):
@@ -163,7 +187,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         parent = posixpath.dirname(path) if "/" in path else ""
         if parent:
             fs.makedirs(parent, exist_ok=True)
-        temporary = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        temporary = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}.tmp")
         try:
             with fs.open(temporary, "wb") as handle:
                 handle.write(data)
