@@ -90,10 +90,17 @@ def fold_costs(monkeypatch, counting, out: str, scenes: int, redo: str | None = 
     and the rows it wrote, and the segments it wrote."""
     read, written = [], []
     real_read, real_write = manifest.read_parts, manifest.write_arrow
-    monkeypatch.setattr(manifest, "read_parts", lambda *args, **kwargs: read.append(real_read(*args, **kwargs))
-                        or read[-1])
-    monkeypatch.setattr(manifest, "write_arrow", lambda uri, arrow: written.append((uri, arrow.num_rows))
-                        or real_write(uri, arrow))
+
+    def counted_read(*args):
+        read.append(real_read(*args))
+        return read[-1]
+
+    def counted_write(uri, arrow):
+        written.append((uri, arrow.num_rows))
+        real_write(uri, arrow)
+
+    monkeypatch.setattr(manifest, "read_parts", counted_read)
+    monkeypatch.setattr(manifest, "write_arrow", counted_write)
     costs = []
     for index in range(scenes + (redo is not None)):
         manifest.write_scene(out, *(rows(f"s{index:04d}", KEY_A) if index < scenes else rows(redo, KEY_B, seeds=3)))
@@ -322,17 +329,17 @@ def test_a_reader_reads_every_row_while_a_fold_removes_the_parts_it_listed(tmp_p
     out = str(tmp_path)
     for index in range(3):
         manifest.write_scene(out, *rows(f"s{index}", KEY_A))
-    real_journal = manifest.journal
+    real_listing = manifest.listing
     folds = []
 
     def folded_right_after_listing(out_uri, table):
-        parts = real_journal(out_uri, table)
+        found = real_listing(out_uri, table)
         if not folds:
             folds.append(None)
             folds[0] = manifest.compact(out_uri)
-        return parts
+        return found
 
-    monkeypatch.setattr(manifest, "journal", folded_right_after_listing)
+    monkeypatch.setattr(manifest, "listing", folded_right_after_listing)
     samples, scenes = manifest.read_tables(out)
     assert folds == [6] and journal_names(tmp_path, "scenes") == []
     assert sorted(scenes.column("scene_id").to_pylist()) == ["s0", "s1", "s2"] and samples.num_rows == 6

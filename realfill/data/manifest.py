@@ -122,18 +122,21 @@ def is_segment(path: str) -> bool:
     return posixpath.basename(path).startswith(SEGMENT)
 
 
-def segments(out_uri: str, table: str) -> dict[int, str]:
-    """The table's segments (paths in their filesystem) by number."""
-    return {int(posixpath.basename(path)[len(SEGMENT):].split(".")[0]): path
-            for path in sorted(listed(Output(out_uri).table(table))) if is_segment(path)}
+def listing(out_uri: str, table: str) -> tuple[dict[int, str], dict[str, str]]:
+    """From one listing of the table's folder and one of its journal: the segments (paths in their filesystem)
+    by number, and the parts not folded yet with what identifies their contents (an older layout's first:
+    they are older, then the journal's)."""
+    folder = listed(Output(out_uri).table(table))
+    segments = {int(posixpath.basename(path)[len(SEGMENT):].split(".")[0]): path
+                for path in sorted(folder) if is_segment(path)}
+    legacy = {path: folder[path] for path in sorted(folder) if not is_segment(path)}
+    parts = listed(Output(out_uri).journal(table))
+    return segments, legacy | {path: parts[path] for path in sorted(parts)}
 
 
 def journal(out_uri: str, table: str) -> dict[str, str]:
-    """The table's parts not folded yet, with what identifies their contents: an older layout's first (they
-    are older), then the journal's."""
-    legacy = {path: stamp for path, stamp in listed(Output(out_uri).table(table)).items() if not is_segment(path)}
-    parts = listed(Output(out_uri).journal(table))
-    return {path: legacy[path] for path in sorted(legacy)} | {path: parts[path] for path in sorted(parts)}
+    """The table's parts not folded yet, with their stamps (see listing)."""
+    return listing(out_uri, table)[1]
 
 
 def one_file(out_uri: str, table: str) -> list[str]:
@@ -145,7 +148,8 @@ def one_file(out_uri: str, table: str) -> list[str]:
 def sources(out_uri: str, table: str) -> list[str]:
     """Every file that holds the table's rows, oldest first: a version 4 or 5 table file, the segments, then
     the parts not folded yet."""
-    return [*one_file(out_uri, table), *segments(out_uri, table).values(), *journal(out_uri, table)]
+    segments, parts = listing(out_uri, table)
+    return [*one_file(out_uri, table), *segments.values(), *parts]
 
 
 def check_part(fragment, table: str, where: str) -> None:
@@ -159,13 +163,13 @@ def check_part(fragment, table: str, where: str) -> None:
                          f"{OLDEST_READABLE} to {SCHEMA_VERSION} (upgrade realfill to read this run)")
 
 
-def read_parts(out_uri: str, table: str, files: list[str], first: int = 0) -> pa.Table:
-    """The rows of the given files of the output's filesystem, as written, each with its SOURCE (first, first
-    + 1, ... in the order given). A part of a newer schema version, of the other table, or not written by
+def read_parts(out_uri: str, table: str, files: list[str]) -> pa.Table:
+    """The rows of the given files of the output's filesystem, as written, each with its SOURCE (0, 1, ... in
+    the order given). A part of a newer schema version, of the other table, or not written by
     realfill is refused with a message naming it."""
     fs = storage.filesystem(out_uri)[0]
     pieces = [TABLES[table].empty_table().append_column(SOURCE, pa.array([], pa.int32()))]
-    for index, path in enumerate(files, first):
+    for index, path in enumerate(files):
         where = path if storage.is_local(fs) else fs.unstrip_protocol(path)
         with storage.naming("reading", where):
             dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=TABLES[table])
@@ -293,13 +297,14 @@ def compact(out_uri: str) -> int:
     what was read (a part written or replaced meanwhile stays, and is folded next time). A run that lost its
     output's lease folds nothing (LeaseLost). Returns the number of parts folded."""
     output = Output(out_uri)
-    before = {table: journal(out_uri, table) for table in TABLES}
+    existing, before = {}, {}
+    for table in TABLES:
+        existing[table], before[table] = listing(out_uri, table)
     older = {table: one_file(out_uri, table) for table in TABLES}
     if not any(before.values()) and not any(older.values()):
         return 0
     fence(out_uri)
     changes = {table: read_parts(out_uri, table, older[table] + list(before[table])) for table in TABLES}
-    existing = {table: segments(out_uri, table) for table in TABLES}
     touched = sorted(set().union(*(changes[table].column("scene_id").to_pylist() for table in TABLES)))
     home = place(out_uri, touched, set().union(*existing.values()))
     numbers = sorted(set(home.values()))
