@@ -166,6 +166,31 @@ def connect(address: str | None, verbose: bool = False) -> bool:
     return True
 
 
+HELD: list[bool] = []
+"""Open hold_ray() blocks (one entry each): Ray that a run starts inside one stays up until the outermost ends."""
+
+
+@contextmanager
+def hold_ray():
+    """Ray that a run inside the block starts stays up until the block ends, so that what the command does after
+    the run (its report, a sweep's evaluation) runs on the same Ray; it is shut down then if it was started
+    inside. A command whose run needs no Ray (everything already complete) starts none."""
+    was_up = ray.is_initialized()
+    HELD.append(True)
+    try:
+        yield
+    finally:
+        HELD.pop()
+        if not was_up and not HELD and ray.is_initialized():
+            ray.shutdown()
+
+
+def release(started: bool) -> None:
+    """The end of a run that started Ray (started): shut down, unless a hold_ray block keeps it."""
+    if started and not HELD:
+        ray.shutdown()
+
+
 def root_cause(exc: BaseException) -> BaseException:
     """The stage's own exception inside Ray's wrapper, when there is one."""
     cause = getattr(exc, "cause", None)
@@ -232,8 +257,7 @@ def run_variants(scenes_root: str, variants: list[Variant], pipeline: PipelineCo
                     with stop_on_signals(driver):
                         driver.run()
                 finally:
-                    if started_ray:
-                        ray.shutdown()
+                    release(started_ray)
         finally:
             for out_uri in outputs:
                 fold_at_end(out_uri, summary)

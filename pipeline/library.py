@@ -1,7 +1,8 @@
-"""`realfill library`: a photo library's requests made into scenes by Ray CPU tasks (references picked in
-parallel over targets), the scenes completed by the pipeline, and the finished photos delivered.
+"""`realfill library`: a photo library listed by Ray tasks over chunks of photos (each photo's header: size, EXIF),
+its requests made into scenes by Ray CPU tasks (references picked in parallel over targets), the scenes completed
+by the pipeline, and the finished photos delivered.
 
-Every problem of the requests table is reported before Ray starts. A request whose photo cannot be read or
+Every problem of the requests table is reported before any scene work starts. A request whose photo cannot be read or
 that has no usable reference is recorded as a failed scene with the reason; every other request completes.
 """
 
@@ -16,7 +17,8 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import PipelineConfig
-from pipeline.driver import RunSummary, connect, fold_at_end, root_cause, run_pipeline
+from pipeline.driver import RunSummary, connect, fold_at_end, release, root_cause, run_pipeline
+from pipeline.fanout import ray_map
 from pipeline.progress import Progress
 from pipeline.stages import fault_hooks
 from realfill.config import FillConfig, LibraryConfig
@@ -28,7 +30,7 @@ from realfill.data.records import RequestRow, SceneRow, arrow_schema, run_key
 from realfill.data.requests import Request, read_requests
 from realfill.data.runlog import log_failure
 from realfill.environment import check_environment
-from realfill.selection.picking import Coverage, Prepared, photo_descriptor, prepare_scene
+from realfill.selection.picking import Coverage, Prepared, photo_descriptors, prepare_scene
 from realfill.stages import scene_row
 
 DESCRIBE_CHUNK = 64
@@ -40,13 +42,6 @@ LITTLE_DETAIL = 0.5
 """Below these the references see too little of the fill, or show it too enlarged, to check it (the words of a
 request's last line; nothing is decided by them)."""
 REQUESTS = arrow_schema(RequestRow, "requests")
-
-
-@ray.remote
-def describe_task(uris: list[str]) -> list:
-    """Global descriptors of a chunk of photos (None for one that cannot be read)."""
-    check_environment()
-    return [photo_descriptor(uri) for uri in uris]
 
 
 @ray.remote
@@ -114,7 +109,7 @@ def unverifiable(row: RequestRow) -> str:
 
 def describe_pool(uris: list[str]) -> dict:
     chunks = [uris[start : start + DESCRIBE_CHUNK] for start in range(0, len(uris), DESCRIBE_CHUNK)]
-    found = ray.get([describe_task.remote(chunk) for chunk in chunks])
+    found = ray_map(photo_descriptors, chunks)
     return {uri: value for chunk, values in zip(chunks, found) for uri, value in zip(chunk, values)}
 
 
@@ -129,19 +124,23 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
     """Fill a photo library (`realfill library`): check every request, pick references and write scenes under
     OUT/scenes (Ray CPU tasks), complete them with the pipeline, and deliver OUT/filled and OUT/requests.parquet."""
     out_uri = storage.normalize(out_uri)
-    say(show_progress, f"library: listing {library}")
-    started = time.perf_counter()
-    photos = list_library(library)
-    say(show_progress, f"library: {len(photos)} photos in {len({photo.album for photo in photos})} albums "
-                       f"({time.perf_counter() - started:.1f}s)")
-    checked = read_requests(library, photos, requests, outpaint, aspect)  # every problem, before any work
-    with OutputLease(out_uri):
-        summary, prepared = complete(checked, photos, out_uri, config, library_config, pipeline, show_progress,
-                                     adapters)
-        rows = deliver(out_uri, prepared, config)
-        fence(out_uri)
-        manifest.write_arrow(Output(out_uri).requests,
-                             pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
+    started_ray = connect(pipeline.address, pipeline.verbose)
+    try:
+        say(show_progress, f"library: listing {library}")
+        started = time.perf_counter()
+        photos = list_library(library, map_chunks=ray_map)
+        say(show_progress, f"library: {len(photos)} photos in {len({photo.album for photo in photos})} albums "
+                           f"({time.perf_counter() - started:.1f}s)")
+        checked = read_requests(library, photos, requests, outpaint, aspect)  # every problem, before any work
+        with OutputLease(out_uri):
+            summary, prepared = complete(checked, photos, out_uri, config, library_config, pipeline, show_progress,
+                                         adapters)
+            rows = deliver(out_uri, prepared, config)
+            fence(out_uri)
+            manifest.write_arrow(Output(out_uri).requests,
+                                 pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
+    finally:
+        release(started_ray)
     return LibrarySummary(summary, rows, out_uri)
 
 
@@ -178,19 +177,14 @@ def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: 
              library_config: LibraryConfig, pipeline: PipelineConfig, show_progress: bool,
              adapters: str | None) -> tuple[RunSummary, list[Prepared]]:
     """Pick references and write scenes (Ray CPU tasks), complete the scenes, record the requests that
-    could not become one as failed scenes."""
+    could not become one as failed scenes (on the Ray that run_library connected)."""
     scenes_root = Output(out_uri).scenes
-    started_ray = connect(pipeline.address, pipeline.verbose)
-    try:
-        prepared = pick_all(checked, photos, scenes_root, config, library_config, pipeline, show_progress)
-        scene_uris = [item.scene_uri for item in prepared if item.scene_uri]
-        summary = RunSummary()
-        if scene_uris:
-            summary = run_pipeline(scenes_root, out_uri, config, pipeline, show_progress, adapters,
-                                   scene_uris=scene_uris, leased=True)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    prepared = pick_all(checked, photos, scenes_root, config, library_config, pipeline, show_progress)
+    scene_uris = [item.scene_uri for item in prepared if item.scene_uri]
+    summary = RunSummary()
+    if scene_uris:
+        summary = run_pipeline(scenes_root, out_uri, config, pipeline, show_progress, adapters,
+                               scene_uris=scene_uris, leased=True)
     for item in prepared:
         if item.error:
             summary.failed[item.request.stored_id] = item.error

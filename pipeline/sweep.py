@@ -2,6 +2,8 @@
 until the last unit is done, and equal training or sampling is done once), then every variant evaluated
 and compared in OUT/sweep.parquet and OUT/leaderboard.md.
 
+The evaluation runs on the same Ray as the run, in actors that hold the metric backbones (pipeline.fanout).
+
 Layout: OUT/adapters and OUT/samples are shared by every variant; each variant's manifests and metrics are
 in OUT/variants/NAME/.
 """
@@ -14,13 +16,13 @@ from dataclasses import asdict
 import pyarrow as pa
 
 from pipeline.config import PipelineConfig
-from pipeline.driver import RunSummary, run_variants
+from pipeline.driver import RunSummary, connect, hold_ray, run_variants
+from pipeline.fanout import MetricPool
 from realfill.config import EvalConfig, FillConfig
 from realfill.data import manifest, storage
 from realfill.data.layout import Output
 from realfill.data.records import SceneRow, run_key
 from realfill.evaluation.evaluate import LEADERBOARD_SCHEMA, evaluate_run, leaderboard, leaderboard_rows
-from realfill.evaluation.metrics import Evaluator
 from realfill.stages import Variant
 
 
@@ -42,14 +44,17 @@ def run_sweep(scenes_root: str, out_uri: str, configs: dict[str, FillConfig], fi
     out_uri = storage.normalize(out_uri)
     output = Output(out_uri)
     variants = [Variant(name, output.variant(name).uri, config) for name, config in configs.items()]
-    summary = run_variants(scenes_root, variants, pipeline, show_progress, adapters=output.adapters,
-                           samples=output.samples)
-    evaluator, rows, unavailable = Evaluator(evaluation), [], {}
-    for variant in variants:
-        table, missing, _ = evaluate_run(variant.out_uri, evaluation, show_progress=False, evaluator=evaluator)
-        unavailable.update(missing)
-        rows += leaderboard_rows(variant.name, json.dumps(fields[variant.name], sort_keys=True), table,
-                                 *outcome_counts(variant))
+    rows, unavailable = [], {}
+    with hold_ray():
+        summary = run_variants(scenes_root, variants, pipeline, show_progress, adapters=output.adapters,
+                               samples=output.samples)
+        connect(pipeline.address, pipeline.verbose)  # the run's Ray, or one for the evaluation alone
+        with MetricPool(evaluation) as metrics:
+            for variant in variants:
+                table, missing, _ = evaluate_run(variant.out_uri, evaluation, show_progress=False, evaluation=metrics)
+                unavailable.update(missing)
+                rows += leaderboard_rows(variant.name, json.dumps(fields[variant.name], sort_keys=True), table,
+                                         *outcome_counts(variant))
     manifest.write_arrow(output.sweep, pa.Table.from_pylist([asdict(row) for row in rows], LEADERBOARD_SCHEMA))
     board = leaderboard(rows, unavailable)
     storage.write_bytes(output.leaderboard, (board + "\n").encode())

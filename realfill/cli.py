@@ -15,6 +15,7 @@ import difflib
 import functools
 import json
 import logging
+import os
 import re
 import shlex
 import signal
@@ -22,6 +23,7 @@ import sys
 import threading
 import types
 import typing
+from contextlib import ExitStack
 from dataclasses import fields
 from typing import Any, Literal
 
@@ -274,21 +276,22 @@ def cmd_fill(args: Namespace) -> int:
     return 0
 
 
-def run_ended(args: Namespace, log: RunLog, *lines: str, where: tuple[str, ...] = ()) -> None:
+def run_ended(args: Namespace, log: RunLog, *lines: str, where: tuple[str, ...] = (), map_chunks=map) -> None:
     """A run's last lines: what it did, its log (when anything was logged), where its tables are, its report."""
     print("\n".join([*lines, *([f"run log: {log.uri}"] if log.written else []), *where]))
-    report_after(args)
+    report_after(args, map_chunks)
 
 
-def report_after(args: Namespace) -> None:
-    """The report a run ends with (unless --no_report). One that cannot be written is said in one line, and the
-    run's outcome stands: everything it made is recorded either way."""
+def report_after(args: Namespace, map_chunks=map) -> None:
+    """The report a run ends with (unless --no_report), its scenes' pages made through map_chunks (Ray tasks, when
+    the run is on Ray). One that cannot be written is said in one line, and the run's outcome stands: everything
+    it made is recorded either way."""
     if args.no_report:
         return
     from realfill.evaluation.report import write_report
 
     try:
-        report = write_report(args.out)
+        report = write_report(args.out, map_chunks=map_chunks)
     except Exception as exc:  # the run's results are on storage; `realfill report OUT` can try again
         print(f"realfill: the report was not written ({type(exc).__name__}: {exc}); `realfill report "
               f"{args.out}` writes it", file=sys.stderr)
@@ -304,25 +307,30 @@ def exit_code(summary) -> int:
 
 def cmd_run(args: Namespace) -> int:
     """The Ray pipeline (imported here, so that everything else in realfill runs without Ray)."""
-    from pipeline.driver import run_pipeline
+    from pipeline.driver import hold_ray, run_pipeline
+    from pipeline.fanout import chunk_map
 
-    with RunLog(args.out, args.verbose) as log:
-        summary = run_pipeline(args.scenes, args.out, fill_config(args), pipeline_config(args),
-                               show_progress=not args.quiet, adapters=args.adapters)
-    run_ended(args, log, summary.text(), where=tuple(manifest.where_tables(args.out)))
+    with hold_ray():
+        with RunLog(args.out, args.verbose) as log:
+            summary = run_pipeline(args.scenes, args.out, fill_config(args), pipeline_config(args),
+                                   show_progress=not args.quiet, adapters=args.adapters)
+        run_ended(args, log, summary.text(), where=tuple(manifest.where_tables(args.out)), map_chunks=chunk_map())
     return exit_code(summary)
 
 
 def cmd_library(args: Namespace) -> int:
     """A photo library through the Ray pipeline (imported here, like `run`)."""
+    from pipeline.driver import hold_ray
+    from pipeline.fanout import chunk_map
     from pipeline.library import run_library
 
     library = flat_config(LibraryConfig, args)
-    with RunLog(args.out, args.verbose) as log:
-        summary = run_library(args.library, args.out, fill_config(args), library, pipeline_config(args),
-                              requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
-                              show_progress=not args.quiet, adapters=args.adapters)
-    run_ended(args, log, summary.text())
+    with hold_ray():
+        with RunLog(args.out, args.verbose) as log:
+            summary = run_library(args.library, args.out, fill_config(args), library, pipeline_config(args),
+                                  requests=args.requests, outpaint=args.outpaint, aspect=args.aspect,
+                                  show_progress=not args.quiet, adapters=args.adapters)
+        run_ended(args, log, summary.text(), map_chunks=chunk_map())
     return exit_code(summary.run)
 
 
@@ -346,14 +354,18 @@ def sweep_configs(args: Namespace, argv: list[str]) -> tuple[dict[str, FillConfi
 
 
 def cmd_sweep(args: Namespace, argv: list[str]) -> int:
+    from pipeline.driver import hold_ray
+    from pipeline.fanout import chunk_map
     from pipeline.sweep import run_sweep
 
     configs, own = sweep_configs(args, argv)
-    with RunLog(args.out, args.verbose) as log:
-        summary, board = run_sweep(args.scenes, args.out, configs, own, pipeline_config(args), eval_config(args),
-                                   show_progress=not args.quiet)
-    out = Output(storage.normalize(args.out))
-    run_ended(args, log, summary.text(), where=(board, f"sweep table: {out.sweep}", f"leaderboard: {out.leaderboard}"))
+    with hold_ray():
+        with RunLog(args.out, args.verbose) as log:
+            summary, board = run_sweep(args.scenes, args.out, configs, own, pipeline_config(args), eval_config(args),
+                                       show_progress=not args.quiet)
+        out = Output(storage.normalize(args.out))
+        run_ended(args, log, summary.text(), where=(board, f"sweep table: {out.sweep}",
+                                                    f"leaderboard: {out.leaderboard}"), map_chunks=chunk_map())
     return exit_code(summary)
 
 
@@ -384,14 +396,26 @@ def cmd_rank(args: Namespace) -> int:
 
 
 def cmd_eval(args: Namespace) -> int:
+    """Here, or with --address (or $RAY_ADDRESS) on the cluster: metric actors on its GPUs, the report's pages as
+    Ray tasks."""
     from realfill.evaluation.evaluate import evaluate_run, markdown_summary
 
-    table, unavailable, without_gt = evaluate_run(args.out, eval_config(args), show_progress=not args.quiet)
-    if without_gt:
-        print(f"no gt.png, not evaluated: {', '.join(without_gt)}", file=sys.stderr)
-    print(markdown_summary(table, unavailable))
-    print(f"\nper-sample metrics: {Output(args.out).metrics}")
-    report_after(args)
+    with ExitStack() as stack:
+        map_chunks, evaluation = map, None
+        if args.address or os.environ.get("RAY_ADDRESS"):
+            from pipeline.driver import connect, hold_ray
+            from pipeline.fanout import MetricPool, ray_map
+
+            stack.enter_context(hold_ray())
+            connect(args.address)
+            map_chunks, evaluation = ray_map, stack.enter_context(MetricPool(eval_config(args)))
+        table, unavailable, without_gt = evaluate_run(args.out, eval_config(args), show_progress=not args.quiet,
+                                                      evaluation=evaluation)
+        if without_gt:
+            print(f"no gt.png, not evaluated: {', '.join(without_gt)}", file=sys.stderr)
+        print(markdown_summary(table, unavailable))
+        print(f"\nper-sample metrics: {Output(args.out).metrics}")
+        report_after(args, map_chunks)
     return 0
 
 
@@ -487,7 +511,9 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--no_report", action="store_true", help="do not rewrite OUT/report.html with the metrics")
     evaluate.add_class_arguments(EvalConfig, "eval", fail_untyped=True)
-    commands["eval"] = evaluate, "metrics of a run's samples against the scenes' gt.png"
+    evaluate.add_class_arguments(PipelineConfig, None, fail_untyped=True,
+                                 skip={item.name for item in fields(PipelineConfig)} - {"address"})
+    commands["eval"] = evaluate, "metrics of a run's samples against the scenes' gt.png (on a cluster: --address)"
 
     report = new_parser()
     report.add_argument("out", help="the output folder or URI of a fill, run, library or sweep")

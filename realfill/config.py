@@ -409,9 +409,13 @@ class ReportConfig:
     """Scenes per index page: a report of 1,000 scenes opens as fast as one of 50."""
     workers: int = 8
     """Threads that read images and write thumbnails (storage and image decoding wait, the GIL does not)."""
+    chunk_pages: int = 2
+    """Index pages whose scenes one call makes (thumbnails, contact sheets, scene pages, the pages' score plots):
+    one Ray task each when the run is on Ray, the driver writing only the index pages."""
 
     def __post_init__(self) -> None:
-        check(self.top >= 1 and self.per_page >= 1 and self.workers >= 1, "top, per_page and workers must be >= 1")
+        check(min(self.top, self.per_page, self.workers, self.chunk_pages) >= 1,
+              "top, per_page, workers and chunk_pages must be >= 1")
         check(32 <= self.thumb_px <= 2048, "thumb_px must be in [32, 2048]")
 
 

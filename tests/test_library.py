@@ -62,8 +62,8 @@ def test_exif_time_and_place_are_read(library):
 
 
 def test_listing_and_checking_requests_read_only_the_photos_headers(library):
-    """An album on an object store is listed (EXIF time and place) and its uncrop requests checked (sizes)
-    from each photo's header: every file is read to at most one header block, never whole."""
+    """An album on an object store is listed (EXIF time and place, sizes) from each photo's header, every file
+    read to at most one header block, never whole; its uncrop requests are checked without reading a byte more."""
     root, _ = library
     fsspec.register_implementation("bytesread", BytesReadFileSystem, clobber=True)
     store = fsspec.filesystem("bytesread")
@@ -73,8 +73,10 @@ def test_listing_and_checking_requests_read_only_the_photos_headers(library):
     BytesReadFileSystem.read.clear()
     try:
         photos = list_library("bytesread://headers")
-        requests = read_requests("bytesread://headers", photos, outpaint="1.25")
         read = {posixpath.basename(path): count for path, count in BytesReadFileSystem.read.items()}
+        BytesReadFileSystem.read.clear()
+        requests = read_requests("bytesread://headers", photos, outpaint="1.25")
+        assert not BytesReadFileSystem.read, "the checks use the sizes read at listing"
     finally:
         store.rm("bytesread://headers", recursive=True)
     by_name = {Path(photo.uri).name: photo for photo in photos}
@@ -150,7 +152,8 @@ def test_bad_tables_report_every_problem_with_its_row_and_run_nothing(library, t
     for words in expected:
         assert words in message, message
     assert "8 problems, nothing was run" in message and "row 8:" not in message
-    assert not out.exists(), "no scene is made, no pipeline started"
+    assert [path.parent.name for path in out.rglob("*") if path.is_file()] == ["logs"], \
+        "no scene, table or image is made: the output holds the run's log alone (the listing ran on Ray)"
     with pytest.raises(RequestsError) as raised:
         read_requests(str(root), list_library(str(root)), str(table))
     assert len(raised.value.problems) == 8

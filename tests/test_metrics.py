@@ -41,8 +41,9 @@ def test_embedding_similarity_with_tiny_backbones(tiny_backbones, kind):
     metric = EmbeddingSimilarity(kind, str(tiny_backbones / kind), torch.device("cpu"))
     gt, pred = images(shape=(48, 48, 3))
     other = images(seed=9, shape=(48, 48, 3))[0][::-1]
-    assert metric(gt, gt) == pytest.approx(1.0, abs=1e-5)
-    assert metric(gt, other) < metric(gt, gt)
+    same, different = metric(gt, [gt, other])
+    assert same == pytest.approx(1.0, abs=1e-5) and different < same
+    assert metric(gt, [other]) == pytest.approx([different], abs=1e-5), "a batch measures each image as alone"
 
 
 def test_unavailable_metrics_say_why(tiny_backbones, tmp_path):
@@ -51,7 +52,7 @@ def test_unavailable_metrics_say_why(tiny_backbones, tmp_path):
     gt, pred = images()
     mask = np.zeros(gt.shape[:2], bool)
     mask[8:40, 8:40] = True
-    values = evaluator(gt, pred, mask)
+    (values,) = evaluator(gt, [pred], mask)
     assert values.dino is not None and values.clip is None and values.dreamsim is None
     assert "clip" in evaluator.unavailable and "none" in evaluator.unavailable["clip"]
     assert "pickled weights" in evaluator.unavailable["dreamsim"]
@@ -68,5 +69,6 @@ def test_lpips_with_random_weights(tmp_path):
                                      dino_model=str(tmp_path), clip_model=str(tmp_path)))
     gt, pred = images()
     mask = np.ones(gt.shape[:2], bool)
-    assert evaluator.lpips(gt, gt, mask) == pytest.approx(0.0, abs=1e-6)
-    assert evaluator.lpips(gt, pred, mask) > 0
+    same, different = evaluator.lpips(gt, [gt, pred], mask)
+    assert same == pytest.approx(0.0, abs=1e-6) and different > 0
+    assert evaluator.lpips(gt, [pred], mask) == pytest.approx([different], abs=1e-5), "a batch measures each alone"

@@ -31,6 +31,8 @@ class Photo:
     taken: datetime | None = None
     gps: tuple[float, float] | None = None
     """(latitude, longitude) in degrees."""
+    size: tuple[int, int] | None = None
+    """(width, height) as displayed, from the header read at listing (None: the photo could not be read)."""
 
 
 HEADER_BLOCK = 64 << 10
@@ -97,18 +99,30 @@ def exif_place_and_time(image: Image.Image) -> tuple[datetime | None, tuple[floa
 
 
 def photo_of(uri: str, album: str) -> Photo:
-    """A listed photo with its EXIF time and place, read from its header."""
+    """A listed photo with its displayed size and its EXIF time and place, read from its header."""
     try:
         with photo_header(uri) as image:
             taken, place = exif_place_and_time(image)
+            size = displayed_size(image)
     except SceneError:
-        taken, place = None, None  # an unreadable photo fails when a request uses it
-    return Photo(uri, album, taken, place)
+        return Photo(uri, album)  # an unreadable photo fails when a request uses it
+    return Photo(uri, album, taken, place, size)
 
 
-def list_library(root: str) -> list[Photo]:
-    """Every photo of every album (a folder directly under root), with its EXIF time and place: from one listing
-    per album and each photo's header, read storage.IN_FLIGHT at a time."""
+def photos_of(listed: list[tuple[str, str]]) -> list[Photo]:
+    """Listed (uri, album) pairs as photos, their headers read storage.IN_FLIGHT at a time: one chunk of a
+    library's listing (a Ray task each, when the library runs on Ray)."""
+    with ThreadPoolExecutor(storage.IN_FLIGHT) as pool:
+        return list(pool.map(lambda pair: photo_of(*pair), listed))
+
+
+LISTING_CHUNK = 500
+"""Photos whose headers one call reads."""
+
+
+def list_library(root: str, map_chunks=map) -> list[Photo]:
+    """Every photo of every album (a folder directly under root), with its displayed size and EXIF time and place:
+    one listing per album here, then each photo's header in chunks of LISTING_CHUNK through map_chunks."""
     root = storage.normalize(root)
     found = []
     for album in entries(root, "library not found"):
@@ -119,8 +133,8 @@ def list_library(root: str) -> list[Photo]:
                   if name.lower().endswith(PHOTO_SUFFIXES)]
     if not found:
         raise SceneError(f"{root}: no photos (expected ROOT/<album>/*{', *'.join(PHOTO_SUFFIXES)})")
-    with ThreadPoolExecutor(storage.IN_FLIGHT) as pool:
-        return list(pool.map(lambda listed: photo_of(*listed), found))
+    chunks = [found[start : start + LISTING_CHUNK] for start in range(0, len(found), LISTING_CHUNK)]
+    return [photo for chunk in map_chunks(photos_of, chunks) for photo in chunk]
 
 
 def read_photo(uri: str, max_side: int | None = None, data: bytes | None = None) -> np.ndarray:

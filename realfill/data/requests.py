@@ -146,9 +146,10 @@ def check_request(number: int, given: dict[str, str], root: str, photos: dict[st
     if "target" not in given:
         raise ValueError("no target")
     target = resolve(root, given["target"])
-    if target not in photos and not storage.exists(target):  # a listed photo was there a moment ago
+    own = photos.get(target)
+    if own is None and not storage.exists(target):  # a listed photo was there a moment ago
         raise ValueError(f"target {given['target']}: file not found")
-    width, height = photo_size(target)
+    width, height = own.size if own and own.size else photo_size(target)  # its header was read at listing
     kinds = [kind for kind in KINDS if kind in given]
     if len(kinds) != 1:
         raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(kinds) or 'none'})")
@@ -167,7 +168,6 @@ def check_request(number: int, given: dict[str, str], root: str, photos: dict[st
         request.margins = outpaint_margins(width, height, given["outpaint"])
     else:
         request.margins = aspect_margins(width, height, given["aspect"])
-    own = photos.get(target)
     request.album = given.get("album") or (own.album if own else "")
     if not request.album:
         raise ValueError(f"target {given['target']} is not in an album of the library: give album")

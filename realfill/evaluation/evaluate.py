@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import pyarrow as pa
 from tqdm.auto import tqdm
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 from realfill.config import EvalConfig, FillConfig
 from realfill.data import manifest
 from realfill.data.layout import Output
-from realfill.data.records import arrow_schema
+from realfill.data.records import SampleRow, SceneRow, arrow_schema
 from realfill.data.scene import load_scene, read_image
 from realfill.evaluation.metrics import LOWER_IS_BETTER, METRICS, PAPER_REALFILL, Evaluator, Metrics
 
@@ -57,34 +58,95 @@ LEADERBOARD_SCHEMA = arrow_schema(LeaderboardRow, "sweep")
 """OUT/sweep.parquet: one row per variant and group (all seeds, selected seeds)."""
 
 
-def evaluate_run(
-    out_uri: str, config: EvalConfig, show_progress: bool = True, evaluator: Evaluator | None = None
-) -> tuple[pa.Table, dict[str, str], list[str]]:
+EVAL_BATCH = 8
+"""Samples of a scene read and measured together: the backbones see batches, memory holds this many images."""
+
+
+@dataclass
+class SceneSamples:
+    """One scene's finished samples, measured together against its ground truth: the unit of evaluation work."""
+
+    scene_id: str
+    scene_uri: str
+    samples: list[SampleOf]
+
+
+@dataclass
+class SceneMetrics:
+    """A scene's evaluated samples (none when the scene has no gt.png)."""
+
+    scene_id: str
+    has_gt: bool
+    rows: list[MetricRow]
+
+
+def evaluate_scene(work: SceneSamples, evaluator: Evaluator) -> SceneMetrics:
+    """Every sample of one scene against its ground truth, EVAL_BATCH at a time."""
+    scene = load_scene(work.scene_uri, FillConfig().max_megapixels)
+    if scene.gt is None:
+        return SceneMetrics(work.scene_id, False, [])
+    rows = []
+    for start in range(0, len(work.samples), EVAL_BATCH):
+        batch = work.samples[start : start + EVAL_BATCH]
+        values = evaluator(scene.gt, [read_image(sample.uri) for sample in batch], scene.mask)
+        rows += [MetricRow(**asdict(sample), **asdict(metrics)) for sample, metrics in zip(batch, values)]
+    return SceneMetrics(work.scene_id, True, rows)
+
+
+class Evaluation(Protocol):
+    """Where scenes are evaluated: here (InProcess), or in actors on a Ray cluster (pipeline.fanout.MetricPool)."""
+
+    unavailable: dict[str, str]
+    """The learned metrics that cannot run, with the reason."""
+
+    def map(self, works: list[SceneSamples]) -> Iterable[SceneMetrics]:
+        """Each work's metrics, in the order of works."""
+
+
+class InProcess:
+    """Scenes evaluated one after another in this process, with one Evaluator."""
+
+    def __init__(self, config: EvalConfig):
+        self.evaluator = Evaluator(config)
+        self.unavailable = self.evaluator.unavailable
+
+    def map(self, works: list[SceneSamples]) -> Iterable[SceneMetrics]:
+        return (evaluate_scene(work, self.evaluator) for work in works)
+
+
+def evaluation_work(out_uri: str) -> list[SceneSamples]:
+    """The run's finished samples, by scene."""
+    sample_table, scene_table = manifest.read_tables(out_uri)
+    scene_uris = {row.scene_id: row.scene_uri for row in manifest.rows_of(scene_table, SceneRow)}
+    works: dict[str, SceneSamples] = {}
+    for row in manifest.rows_of(sample_table, SampleRow):
+        if row.ok:
+            works.setdefault(row.scene_id, SceneSamples(row.scene_id, scene_uris[row.scene_id], [])).samples.append(
+                SampleOf(scene_id=row.scene_id, seed=row.seed, uri=row.uri, selected=row.selected))
+    return list(works.values())
+
+
+def evaluate_run(out_uri: str, config: EvalConfig, show_progress: bool = True,
+                 evaluation: Evaluation | None = None) -> tuple[pa.Table, dict[str, str], list[str]]:
     """Metrics for every finished sample of the run whose scene has a gt.png; written to OUT/metrics.parquet.
-    Returns the table, the unavailable metrics with their reasons, and the scenes without ground truth.
-    An evaluator (its backbones loaded) may be passed in, to evaluate several runs with one."""
+    Returns the table, the unavailable metrics with their reasons, and the scenes without ground truth. The
+    scenes are evaluated by evaluation (default: here), which may serve several runs with its backbones loaded."""
     if not manifest.exists(out_uri):
         raise ValueError(f"{out_uri}: no manifest here; is this the --out of a realfill fill or run?")
-    sample_table, scene_table = manifest.read_tables(out_uri)
-    samples = [row for row in sample_table.to_pylist() if row["status"] == "ok"]
-    scene_uris = {row["scene_id"]: row["scene_uri"] for row in scene_table.to_pylist()}
-    evaluator = evaluator or Evaluator(config)
-    scenes, without_gt, rows = {}, [], []
-    for sample in tqdm(samples, desc="eval", disable=not show_progress, leave=False):
-        scene_id = sample["scene_id"]
-        if scene_id not in scenes:
-            scenes[scene_id] = load_scene(scene_uris[scene_id], FillConfig().max_megapixels)
-            if scenes[scene_id].gt is None:
-                without_gt.append(scene_id)
-        scene = scenes[scene_id]
-        if scene.gt is None:
-            continue
-        values = evaluator(scene.gt, read_image(sample["uri"]), scene.mask)
-        rows.append(MetricRow(scene_id=scene_id, seed=sample["seed"], uri=sample["uri"],
-                              selected=sample.get("selected"), **asdict(values)))
+    works = evaluation_work(out_uri)
+    evaluation = evaluation or InProcess(config)
+    without_gt, rows = [], []
+    progress = tqdm(total=sum(len(work.samples) for work in works), desc="eval", disable=not show_progress,
+                    leave=False)
+    for work, done in zip(works, evaluation.map(works)):  # in the order of works
+        if not done.has_gt:
+            without_gt.append(done.scene_id)
+        rows += done.rows
+        progress.update(len(work.samples))
+    progress.close()
     table = pa.Table.from_pylist([asdict(row) for row in rows], schema=METRICS_SCHEMA)
     manifest.write_arrow(Output(out_uri).metrics, table)
-    return table, evaluator.unavailable, without_gt
+    return table, evaluation.unavailable, without_gt
 
 
 def _mean(values: list) -> float | None:

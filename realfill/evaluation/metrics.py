@@ -104,9 +104,10 @@ class EmbeddingSimilarity:
         vectors = outputs.image_embeds if self.kind == "clip" else outputs.last_hidden_state[:, 0]
         return torch.nn.functional.normalize(vectors.float(), dim=-1)
 
-    def __call__(self, gt: np.ndarray, pred: np.ndarray) -> float:
-        a, b = self.embed([gt, pred])
-        return float((a * b).sum())
+    def __call__(self, gt: np.ndarray, preds: list[np.ndarray]) -> list[float]:
+        """Each prediction's similarity to gt, in one forward pass over [gt, *preds]."""
+        vectors = self.embed([gt, *preds])
+        return (vectors[1:] @ vectors[0]).tolist()
 
 
 class LpipsDistance:
@@ -132,14 +133,16 @@ class LpipsDistance:
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+    def __call__(self, gt: np.ndarray, preds: list[np.ndarray], mask: np.ndarray) -> list[float]:
+        """Each prediction's distance to gt on the fill region's box, in one batch."""
         box = region_box(mask)
 
-        def tensor(image: np.ndarray) -> torch.Tensor:
-            crop = torch.from_numpy(np.ascontiguousarray(image[box])).permute(2, 0, 1)[None].float()
-            return (crop / 127.5 - 1.0).to(self.device)
+        def tensor(images: list[np.ndarray]) -> torch.Tensor:
+            crops = torch.from_numpy(np.stack([image[box] for image in images])).permute(0, 3, 1, 2).float()
+            return (crops / 127.5 - 1.0).to(self.device)
 
-        return float(self.model(tensor(gt), tensor(pred)).item())
+        predicted = tensor(preds)
+        return self.model(tensor([gt]).expand_as(predicted), predicted).flatten().tolist()
 
 
 class Evaluator:
@@ -159,7 +162,11 @@ class Evaluator:
             self.unavailable[name] = str(exc)
             return None
 
-    def __call__(self, gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> Metrics:
-        return Metrics(psnr=psnr_in_region(gt, pred, mask), ssim=ssim_in_region(gt, pred, mask),
-                       lpips=self.lpips(gt, pred, mask) if self.lpips else None,
-                       dino=self.dino(gt, pred) if self.dino else None, clip=self.clip(gt, pred) if self.clip else None)
+    def __call__(self, gt: np.ndarray, preds: list[np.ndarray], mask: np.ndarray) -> list[Metrics]:
+        """The metrics of each prediction of one scene: the learned ones batched, gt embedded once."""
+        unmeasured = [None] * len(preds)
+        lpips = self.lpips(gt, preds, mask) if self.lpips else unmeasured
+        dino = self.dino(gt, preds) if self.dino else unmeasured
+        clip = self.clip(gt, preds) if self.clip else unmeasured
+        return [Metrics(psnr=psnr_in_region(gt, pred, mask), ssim=ssim_in_region(gt, pred, mask), lpips=lpips[index],
+                        dino=dino[index], clip=clip[index]) for index, pred in enumerate(preds)]

@@ -22,9 +22,11 @@ import math
 import os
 import posixpath
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -99,14 +101,13 @@ class Stamps:
 
 @dataclass
 class Pictures:
-    """Every thumbnail a report shows, by key, and why some could not be made."""
+    """Every thumbnail a report shows, by key, and why some cannot be shown."""
 
     stamps: Stamps
     thumb_px: int
     wanted: dict[str, Picture] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
-    """Pictures whose sources are not on storage (no thumbnail to make), with the reason."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """Pictures that cannot be shown, with the reason: a source not on storage, or one that could not be read."""
 
     def of(self, *sources: str) -> Picture:
         stamps = [self.stamps(uri) for uri in sources]
@@ -114,12 +115,12 @@ class Pictures:
         self.wanted.setdefault(picture.key, picture)
         gone = [uri for uri, stamp in zip(sources, stamps) if stamp is None]
         if gone:
-            self.missing[picture.key] = f"{gone[0]}: file not found"
+            self.problems[picture.key] = f"{gone[0]}: file not found"
         return picture
 
     def problem(self, picture: Picture) -> str | None:
         """Why the picture cannot be shown (None: it can)."""
-        return self.missing.get(picture.key) or self.errors.get(picture.key)
+        return self.problems.get(picture.key)
 
 
 def make_thumbnail(picture: Picture, px: int) -> bytes:
@@ -137,6 +138,11 @@ def make_thumbnail(picture: Picture, px: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def scene_page(scene_id: str) -> str:
+    """A scene's page, relative to OUT."""
+    return f"{REPORT_DIR}/scenes/{storage_name(scene_id)}.html"
 
 
 @dataclass
@@ -169,7 +175,7 @@ class SceneView:
 
     @property
     def page(self) -> str:
-        return f"{REPORT_DIR}/scenes/{storage_name(self.scene_id)}.html"
+        return scene_page(self.scene_id)
 
     @property
     def no_evidence(self) -> bool:
@@ -490,14 +496,16 @@ class RunReport:
 
 
 class Writer:
-    """One report's writing: the files it makes, so that those of older reports can be removed after it."""
+    """One report's writing (or a chunk of it): the files it makes, so that those of older reports can be removed
+    after it. existing: the report's files that earlier reports left, by folder (listed here when not given)."""
 
-    def __init__(self, out_uri: str, config: ReportConfig):
+    def __init__(self, out_uri: str, config: ReportConfig, existing: dict[str, set[str]] | None = None):
         self.out_uri, self.config = out_uri, config
         self.environment = _environment()
         self.written: set[str] = set()
         """Files of the report, relative to OUT."""
-        self.existing = {folder: set(storage.stamped(storage.join(out_uri, REPORT_DIR, folder))) for folder in FOLDERS}
+        self.existing = existing if existing is not None else {
+            folder: set(storage.stamped(storage.join(out_uri, REPORT_DIR, folder))) for folder in FOLDERS}
 
     def have(self, path: str) -> bool:
         """Whether a content-named file (relative to OUT) is there from an earlier report."""
@@ -525,7 +533,7 @@ class Writer:
         html = self.environment.get_template(template).render(
             href=href, outside=outside, config=self.config, NO_EVIDENCE_TEXT=NO_EVIDENCE_TEXT, METRICS=METRICS,
             COMPOSED_TEXT=SELECTION_TEXT[NO_KNOWN_REGION], WEAK_EVIDENCE=WEAK_EVIDENCE,
-            NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE, PAPER=PAPER_REALFILL, **context)
+            NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE, PAPER=PAPER_REALFILL, scene_page=scene_page, **context)
         self.write(path, html.encode())
 
     def plot(self, name: str, data: object, draw) -> str | None:
@@ -554,7 +562,7 @@ class Writer:
 
 def make_pictures(writer: Writer, pictures: Pictures) -> tuple[int, int]:
     """Make the thumbnails that no earlier report made (in threads); returns (made, reused)."""
-    todo = [picture for key, picture in pictures.wanted.items() if key not in pictures.missing]
+    todo = [picture for key, picture in pictures.wanted.items() if key not in pictures.problems]
     fresh = [picture for picture in todo if not writer.have(picture.path)]
     for picture in todo:
         writer.keep(picture.path)
@@ -569,9 +577,9 @@ def make_pictures(writer: Writer, pictures: Pictures) -> tuple[int, int]:
     with ThreadPoolExecutor(writer.config.workers) as pool:
         for picture, error in zip(fresh, pool.map(make, fresh)):
             if error:
-                pictures.errors[picture.key] = error
+                pictures.problems[picture.key] = error
                 writer.written.discard(picture.path)
-    return len(fresh) - sum(picture.key in pictures.errors for picture in fresh), len(todo) - len(fresh)
+    return len(fresh) - sum(picture.key in pictures.problems for picture in fresh), len(todo) - len(fresh)
 
 
 def make_sheets(writer: Writer, views: list[SceneView], pictures: Pictures) -> None:
@@ -596,46 +604,118 @@ def index_path(number: int) -> str:
     return REPORT_PAGE if number == 1 else f"{REPORT_DIR}/index-{number}.html"
 
 
-def write_run_report(out_uri: str, config: ReportConfig, title: str | None = None) -> RunReport:
-    """The report of one run's output folder (a fill, run or library, or one variant of a sweep)."""
+Map = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+"""How a report's chunks of scene work are run: the builtin map in this process; pipeline.fanout.ray_map as Ray
+tasks, when the run is on Ray."""
+
+
+@dataclass
+class Chunk:
+    """Consecutive index pages whose scenes one call makes, with the ids of the scenes around them."""
+
+    first_page: int
+    """The number of its first index page."""
+    views: list[SceneView]
+    before: str | None
+    after: str | None
+    """The scene ids just before and after the chunk in the report (its first and last scenes link to them)."""
+
+
+@dataclass
+class ChunkDone:
+    """What a chunk's call made: its scenes with their pictures and sheets set, and what the index needs of it."""
+
+    views: list[SceneView]
+    problems: dict[str, str]
+    """Its pictures that cannot be shown, with the reason."""
+    scores: list[str | None]
+    """Each of its index pages' score plot, relative to OUT."""
+    written: set[str]
+    """The report's files it wrote or kept, relative to OUT."""
+    made: int
+    reused: int
+
+
+@dataclass(frozen=True)
+class ScenePages:
+    """The report's work per scene, a chunk of index pages at a time: thumbnails, contact sheets, scene pages and
+    each index page's score plot. It carries the files of earlier reports (listed once, for the whole report), so
+    that a chunk reuses what is already made."""
+
+    out_uri: str
+    config: ReportConfig
+    title: str
+    existing: dict[str, set[str]]
+
+    def __call__(self, chunk: Chunk) -> ChunkDone:
+        config = self.config
+        writer, pictures = Writer(self.out_uri, config, self.existing), Pictures(Stamps(), config.thumb_px)
+        for view in chunk.views:
+            picture_sources(view, pictures, config.top)
+        made, reused = make_pictures(writer, pictures)
+        make_sheets(writer, chunk.views, pictures)
+        ids = [chunk.before, *(view.scene_id for view in chunk.views), chunk.after]
+        for position, view in enumerate(chunk.views):
+            writer.page(view.page, "scene.html.j2", view=view, pictures=pictures, title=self.title,
+                        neighbours=(ids[position], ids[position + 2]),
+                        index=index_path(chunk.first_page + position // config.per_page))
+        scores = [writer.plot(f"scores-{chunk.first_page + offset}", [view.plotted() for view in members],
+                              lambda members=members: score_plot(members))
+                  for offset, members in enumerate(paged(chunk.views, config.per_page))]
+        return ChunkDone(chunk.views, pictures.problems, scores, writer.written, made, reused)
+
+
+def paged(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def chunks_of(views: list[SceneView], config: ReportConfig) -> list[Chunk]:
+    """The report's scenes in chunks of config.chunk_pages index pages, in report order."""
+    size = config.chunk_pages * config.per_page
+    ids = [None, *(view.scene_id for view in views), None]
+    return [Chunk(1 + start // config.per_page, views[start : start + size], ids[start],
+                  ids[min(start + size, len(views)) + 1]) for start in range(0, len(views), size)]
+
+
+def write_run_report(out_uri: str, config: ReportConfig, title: str | None = None, map_chunks: Map = map) -> RunReport:
+    """The report of one run's output folder (a fill, run or library, or one variant of a sweep): the scenes'
+    pictures, sheets, pages and score plots in chunks of index pages through map_chunks, then the index pages and
+    the metric plot here."""
     out_uri = storage.normalize(out_uri)
     if not manifest.exists(out_uri):
         raise ValueError(f"{out_uri}: no manifest here; is this the --out of a realfill fill, run or library?")
-    views = read_views(out_uri)
+    title = title or out_uri
     writer, pictures = Writer(out_uri, config), Pictures(Stamps(), config.thumb_px)
-    for view in views:
-        picture_sources(view, pictures, config.top)
-    made, reused = make_pictures(writer, pictures)
-    make_sheets(writer, views, pictures)
+    views, scores, made, reused = [], [], 0, 0
+    for done in map_chunks(ScenePages(out_uri, config, title, writer.existing), chunks_of(read_views(out_uri), config)):
+        views += done.views
+        scores += done.scores
+        pictures.problems.update(done.problems)
+        writer.written |= done.written
+        made, reused = made + done.made, reused + done.reused
     summary = summarize(views)
-    pages = [views[start : start + config.per_page] for start in range(0, len(views), config.per_page)] or [[]]
+    pages = paged(views, config.per_page) or [[]]
     rank_chart = writer.plot("metric-vs-rank", [view.plotted() for view in views], lambda: rank_plot(views))
     for number, members in enumerate(pages, 1):
-        scores = writer.plot(f"scores-{number}", [view.plotted() for view in members],
-                             lambda: score_plot(members)) if members else None
-        writer.page(index_path(number), "index.html.j2", title=title or out_uri, summary=summary, views=members,
-                    number=number, pages=len(pages), index_path=index_path, pictures=pictures, scores=scores,
-                    rank_chart=rank_chart if number == 1 else None, failures_shown=FAILURES_SHOWN)
+        writer.page(index_path(number), "index.html.j2", title=title, summary=summary, views=members,
+                    number=number, pages=len(pages), index_path=index_path, pictures=pictures,
+                    scores=scores[number - 1] if members else None, rank_chart=rank_chart if number == 1 else None,
+                    failures_shown=FAILURES_SHOWN)
     if len(summary.failed) > FAILURES_SHOWN:
-        writer.page(f"{REPORT_DIR}/failures.html", "failures.html.j2", title=title or out_uri, summary=summary,
+        writer.page(f"{REPORT_DIR}/failures.html", "failures.html.j2", title=title, summary=summary,
                     index_path=index_path)
-    padded = [None, *views, None]
-    for position, view in enumerate(views):
-        writer.page(view.page, "scene.html.j2", view=view, pictures=pictures,
-                    neighbours=(padded[position], padded[position + 2]),
-                    index=index_path(position // config.per_page + 1), title=title or out_uri)
     writer.remove_stale()
     return RunReport(Output(out_uri).report, len(views), len(pages), made, reused, views, pictures)
 
 
-def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
+def write_sweep_report(out_uri: str, config: ReportConfig, map_chunks: Map = map) -> RunReport:
     """A sweep's report: every variant's own report, and a page comparing them (the leaderboard, its plot,
     and each scene's best fill under each variant)."""
     out_uri = storage.normalize(out_uri)
     rows = manifest.rows_of(manifest.read_arrow(Output(out_uri).sweep), LeaderboardRow)
     names = list(dict.fromkeys(row.variant for row in rows))
-    reports = {name: write_run_report(Output(out_uri).variant(name).uri, config, title=f"{out_uri}: variant {name}")
-               for name in names}
+    reports = {name: write_run_report(Output(out_uri).variant(name).uri, config, f"{out_uri}: variant {name}",
+                                      map_chunks) for name in names}
     writer = Writer(out_uri, config)
     chart = writer.plot("leaderboard", rows, lambda: leaderboard_plot(rows))
     every_scene = sorted({view.scene_id for report in reports.values() for view in report.views})
@@ -651,9 +731,10 @@ def write_sweep_report(out_uri: str, config: ReportConfig) -> RunReport:
                      sum(report.thumbnails_reused for report in reports.values()))
 
 
-def write_report(out_uri: str, config: ReportConfig | None = None) -> RunReport:
-    """OUT/report.html for a run's output folder, or for a sweep's (it holds sweep.parquet)."""
+def write_report(out_uri: str, config: ReportConfig | None = None, map_chunks: Map = map) -> RunReport:
+    """OUT/report.html for a run's output folder, or for a sweep's (it holds sweep.parquet); the scenes' work in
+    chunks through map_chunks."""
     config = config or ReportConfig()
     if storage.exists(Output(storage.normalize(out_uri)).sweep):
-        return write_sweep_report(out_uri, config)
-    return write_run_report(out_uri, config)
+        return write_sweep_report(out_uri, config, map_chunks)
+    return write_run_report(out_uri, config, map_chunks=map_chunks)

@@ -48,6 +48,11 @@ def photo_descriptor(uri: str) -> np.ndarray | None:
         return None
 
 
+def photo_descriptors(uris: list[str]) -> list[np.ndarray | None]:
+    """A chunk of photos' descriptors (one Ray task each, when the library runs on Ray)."""
+    return [photo_descriptor(uri) for uri in uris]
+
+
 def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     latitude_a, longitude_a, latitude_b, longitude_b = map(np.radians, (*a, *b))
     haversine = (np.sin((latitude_b - latitude_a) / 2) ** 2
