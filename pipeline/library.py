@@ -45,11 +45,37 @@ REQUESTS = arrow_schema(RequestRow, "requests")
 
 
 @ray.remote
-def prepare_task(request: Request, scenes_root: str, photos: dict[str, Photo], descriptors: dict, config: LibraryConfig,
-                 fill: FillConfig) -> Prepared:
-    """Pick one request's references and write its scene (CPU)."""
+def describe_task(uris: list[str]) -> dict:
+    """A chunk of an album's photos' descriptors, by URI (None for one that cannot be read)."""
+    check_environment()
+    return dict(zip(uris, photo_descriptors(uris)))
+
+
+@dataclass
+class Pool:
+    """An album as the requests that pick from it see it, in the object store: its photos, and its descriptors in
+    chunks (the driver holds only their references)."""
+
+    photos: ray.ObjectRef
+    described: list[ray.ObjectRef]
+
+
+def album_pool(members: list[Photo]) -> Pool:
+    uris = [photo.uri for photo in members]
+    return Pool(ray.put({photo.uri: photo for photo in members}),
+                [describe_task.remote(uris[start : start + DESCRIBE_CHUNK]) for start in range(0, len(uris),
+                                                                                             DESCRIBE_CHUNK)])
+
+
+@ray.remote
+def prepare_task(request: Request, scenes_root: str, pool: dict[str, Photo], described: list[ray.ObjectRef],
+                 target: Photo | None, config: LibraryConfig, fill: FillConfig) -> Prepared:
+    """Pick one request's references from its album and write its scene (CPU): its task reads its own album's
+    photos and descriptors, whatever the size of the library."""
     check_environment()
     fault_hooks("pick")
+    photos = {**pool, target.uri: target} if target else pool
+    descriptors = {uri: value for chunk in ray.get(described) for uri, value in chunk.items()}
     return prepare_scene(request, scenes_root, photos, descriptors, config, fill.geometry)
 
 
@@ -107,12 +133,6 @@ def unverifiable(row: RequestRow) -> str:
             "a featureless surface, or content the completions did not reproduce)")
 
 
-def describe_pool(uris: list[str]) -> dict:
-    chunks = [uris[start : start + DESCRIBE_CHUNK] for start in range(0, len(uris), DESCRIBE_CHUNK)]
-    found = ray_map(photo_descriptors, chunks)
-    return {uri: value for chunk, values in zip(chunks, found) for uri, value in zip(chunk, values)}
-
-
 def say(show: bool, text: str) -> None:
     if show:
         print(text, file=sys.stderr, flush=True)
@@ -147,16 +167,24 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
 def pick_all(checked: list[Request], photos: list[Photo], scenes_root: str, config: FillConfig,
              library_config: LibraryConfig, pipeline: PipelineConfig, show_progress: bool) -> list[Prepared]:
     """Every request's references picked and scene written, as Ray CPU tasks (each retried when its worker or
-    node is lost); a request whose task fails past its retries fails alone, with its reason."""
-    wanted = sorted({uri for request in checked if not request.refs for uri in (*request.pool, request.target)})
-    say(show_progress, f"library: describing {len(wanted)} photos, then picking references for "
-                       f"{len(checked)} requests")
-    descriptors = ray.put(describe_pool(wanted))
-    by_uri = ray.put({photo.uri: photo for photo in photos})
+    node is lost); a request whose task fails past its retries fails alone, with its reason. Each album that
+    requests pick from is put in the object store once and described in chunks, by tasks."""
+    by_album: dict[str, list[Photo]] = {}
+    for photo in photos:
+        by_album.setdefault(photo.album, []).append(photo)
+    picking = sorted({request.album for request in checked if not request.refs})
+    say(show_progress, f"library: describing {sum(len(by_album.get(album, [])) for album in picking)} photos, then "
+                       f"picking references for {len(checked)} requests")
+    pools = {album: album_pool(by_album.get(album, [])) for album in picking}
+    given = Pool(ray.put({}), [])  # a request whose table gave its references picks nothing
+    by_uri = {photo.uri: photo for photo in photos}
     progress = Progress("library", {"pick": len(checked)}, show_progress)
-    calls = {prepare_task.options(max_retries=pipeline.retries).remote(
-        request, scenes_root, by_uri, descriptors, library_config, config): index
-        for index, request in enumerate(checked)}
+    calls = {}
+    for index, request in enumerate(checked):
+        pool = given if request.refs else pools[request.album]
+        calls[prepare_task.options(max_retries=pipeline.retries).remote(
+            request, scenes_root, pool.photos, pool.described, by_uri.get(request.target), library_config,
+            config)] = index
     prepared: dict[int, Prepared] = {}
     while calls:
         ready, _ = ray.wait(list(calls), num_returns=1)
