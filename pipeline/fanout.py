@@ -13,6 +13,7 @@ import ray
 from ray.util import ActorPool
 
 from realfill.config import EvalConfig
+from realfill.data import storage
 from realfill.environment import check_environment
 from realfill.evaluation.evaluate import SceneMetrics, SceneSamples, evaluate_scene
 from realfill.evaluation.metrics import Evaluator
@@ -45,7 +46,7 @@ def ray_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     return ray.get(refs)
 
 
-def chunk_map() -> Callable:
+def chunk_map() -> storage.ChunkMap:
     """How a command's report runs its chunks: as Ray tasks when the command is on Ray (its run left Ray up, in
     hold_ray), else one after another in this process."""
     return ray_map if ray.is_initialized() else map

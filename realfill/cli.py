@@ -276,13 +276,14 @@ def cmd_fill(args: Namespace) -> int:
     return 0
 
 
-def run_ended(args: Namespace, log: RunLog, *lines: str, where: tuple[str, ...] = (), map_chunks=map) -> None:
+def run_ended(args: Namespace, log: RunLog, *lines: str, where: tuple[str, ...] = (),
+              map_chunks: storage.ChunkMap = map) -> None:
     """A run's last lines: what it did, its log (when anything was logged), where its tables are, its report."""
     print("\n".join([*lines, *([f"run log: {log.uri}"] if log.written else []), *where]))
     report_after(args, map_chunks)
 
 
-def report_after(args: Namespace, map_chunks=map) -> None:
+def report_after(args: Namespace, map_chunks: storage.ChunkMap = map) -> None:
     """The report a run ends with (unless --no_report), its scenes' pages made through map_chunks (Ray tasks, when
     the run is on Ray). One that cannot be written is said in one line, and the run's outcome stands: everything
     it made is recorded either way."""

@@ -29,7 +29,7 @@ CHUNKED = ReportConfig(per_page=4, chunk_pages=2)
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never another Ray here
     yield
     ray.shutdown()
 

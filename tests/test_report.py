@@ -15,7 +15,7 @@ from realfill.cli import main
 from realfill.config import ReportConfig
 from realfill.data import storage
 from realfill.data.records import SampleRow
-from realfill.evaluation.report import write_report
+from realfill.evaluation.report import pager_pages, write_report
 from realfill.example import write_examples
 from realfill.selection.rank import NO_EVIDENCE_ANYWHERE
 from synthetic import synthetic_run
@@ -62,6 +62,15 @@ def test_a_tiny_model_run_ends_with_a_report_that_renders_in_chromium(tmp_path, 
     assert "Failed:" in pages["report/scenes/broken.html"]["text"]
     sheet = Image.open(next((moved / "report" / "sheets").glob("wall-*.png")))
     assert sheet.width > 3 * sheet.height, "refs | target + mask | a tile saying there is no evidence"
+
+
+def test_the_pager_links_as_many_pages_at_any_size():
+    """An index page links the first page, the last, and three each side of its own: at 2,000 pages as at 9, so
+    an index page (and the report's cost per scene) does not grow with the run."""
+    assert pager_pages(1, 4) == [1, 2, 3, 4] and pager_pages(5, 9) == list(range(1, 10))
+    assert pager_pages(1000, 2000) == [1, None, 997, 998, 999, 1000, 1001, 1002, 1003, None, 2000]
+    assert pager_pages(2, 2000) == [1, 2, 3, 4, 5, None, 2000]
+    assert max(len(pager_pages(number, 2000)) for number in range(1, 2001)) == 11
 
 
 def test_a_report_of_200_scenes_pages_its_index(tmp_path):

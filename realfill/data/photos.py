@@ -120,7 +120,7 @@ LISTING_CHUNK = 500
 """Photos whose headers one call reads."""
 
 
-def list_library(root: str, map_chunks=map) -> list[Photo]:
+def list_library(root: str, map_chunks: storage.ChunkMap = map) -> list[Photo]:
     """Every photo of every album (a folder directly under root), with its displayed size and EXIF time and place:
     one listing per album here, then each photo's header in chunks of LISTING_CHUNK through map_chunks."""
     root = storage.normalize(root)

@@ -12,9 +12,11 @@ import io
 import os
 import posixpath
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -138,6 +140,9 @@ def read_bytes(uri: str) -> bytes:
 
 IN_FLIGHT = 16
 """Requests kept in flight at once when many small objects are read or written (each is a round trip)."""
+ChunkMap = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+"""How chunks of work over many objects are run, results in the chunks' order: the builtin map, one after another
+in this process, or pipeline.fanout.ray_map, as Ray tasks on the run's cluster."""
 
 
 def read_each(uris: list[str]) -> dict[str, bytes]:

@@ -22,11 +22,9 @@ import math
 import os
 import posixpath
 from collections import Counter
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -533,7 +531,8 @@ class Writer:
         html = self.environment.get_template(template).render(
             href=href, outside=outside, config=self.config, NO_EVIDENCE_TEXT=NO_EVIDENCE_TEXT, METRICS=METRICS,
             COMPOSED_TEXT=SELECTION_TEXT[NO_KNOWN_REGION], WEAK_EVIDENCE=WEAK_EVIDENCE,
-            NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE, PAPER=PAPER_REALFILL, scene_page=scene_page, **context)
+            NO_EVIDENCE_ANYWHERE=NO_EVIDENCE_ANYWHERE, PAPER=PAPER_REALFILL, scene_page=scene_page,
+            pager_pages=pager_pages, **context)
         self.write(path, html.encode())
 
     def plot(self, name: str, data: object, draw) -> str | None:
@@ -600,13 +599,22 @@ def make_sheets(writer: Writer, views: list[SceneView], pictures: Pictures) -> N
         list(pool.map(make, views))
 
 
+PAGER_NEAR = 3
+"""Index pages a pager links on each side of its own, besides the first and the last: its size is the same at
+any number of pages (linking every page made each index page, and the report, grow with the run's square)."""
+
+
+def pager_pages(number: int, pages: int) -> list[int | None]:
+    """The pages the pager of page number links, in order, None where it skips some."""
+    shown = sorted({1, pages, *range(max(1, number - PAGER_NEAR), min(pages, number + PAGER_NEAR) + 1)})
+    linked: list[int | None] = []
+    for previous, page in zip([0, *shown], shown):
+        linked += [None, page] if page - previous > 1 else [page]
+    return linked
+
+
 def index_path(number: int) -> str:
     return REPORT_PAGE if number == 1 else f"{REPORT_DIR}/index-{number}.html"
-
-
-Map = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
-"""How a report's chunks of scene work are run: the builtin map in this process; pipeline.fanout.ray_map as Ray
-tasks, when the run is on Ray."""
 
 
 @dataclass
@@ -677,7 +685,8 @@ def chunks_of(views: list[SceneView], config: ReportConfig) -> list[Chunk]:
                   ids[min(start + size, len(views)) + 1]) for start in range(0, len(views), size)]
 
 
-def write_run_report(out_uri: str, config: ReportConfig, title: str | None = None, map_chunks: Map = map) -> RunReport:
+def write_run_report(out_uri: str, config: ReportConfig, title: str | None = None,
+                     map_chunks: storage.ChunkMap = map) -> RunReport:
     """The report of one run's output folder (a fill, run or library, or one variant of a sweep): the scenes'
     pictures, sheets, pages and score plots in chunks of index pages through map_chunks, then the index pages and
     the metric plot here."""
@@ -708,7 +717,7 @@ def write_run_report(out_uri: str, config: ReportConfig, title: str | None = Non
     return RunReport(Output(out_uri).report, len(views), len(pages), made, reused, views, pictures)
 
 
-def write_sweep_report(out_uri: str, config: ReportConfig, map_chunks: Map = map) -> RunReport:
+def write_sweep_report(out_uri: str, config: ReportConfig, map_chunks: storage.ChunkMap = map) -> RunReport:
     """A sweep's report: every variant's own report, and a page comparing them (the leaderboard, its plot,
     and each scene's best fill under each variant)."""
     out_uri = storage.normalize(out_uri)
@@ -731,7 +740,7 @@ def write_sweep_report(out_uri: str, config: ReportConfig, map_chunks: Map = map
                      sum(report.thumbnails_reused for report in reports.values()))
 
 
-def write_report(out_uri: str, config: ReportConfig | None = None, map_chunks: Map = map) -> RunReport:
+def write_report(out_uri: str, config: ReportConfig | None = None, map_chunks: storage.ChunkMap = map) -> RunReport:
     """OUT/report.html for a run's output folder, or for a sweep's (it holds sweep.parquet); the scenes' work in
     chunks through map_chunks."""
     config = config or ReportConfig()
