@@ -63,8 +63,7 @@ class Pool:
 def album_pool(members: list[Photo]) -> Pool:
     uris = [photo.uri for photo in members]
     return Pool(ray.put({photo.uri: photo for photo in members}),
-                [describe_task.remote(uris[start : start + DESCRIBE_CHUNK]) for start in range(0, len(uris),
-                                                                                             DESCRIBE_CHUNK)])
+                [describe_task.remote(chunk) for chunk in storage.chunks(uris, DESCRIBE_CHUNK)])
 
 
 @ray.remote
@@ -177,13 +176,12 @@ def pick_all(checked: list[Request], photos: list[Photo], scenes_root: str, conf
                        f"picking references for {len(checked)} requests")
     pools = {album: album_pool(by_album.get(album, [])) for album in picking}
     given = Pool(ray.put({}), [])  # a request whose table gave its references picks nothing
-    by_uri = {photo.uri: photo for photo in photos}
     progress = Progress("library", {"pick": len(checked)}, show_progress)
     calls = {}
     for index, request in enumerate(checked):
         pool = given if request.refs else pools[request.album]
         calls[prepare_task.options(max_retries=pipeline.retries).remote(
-            request, scenes_root, pool.photos, pool.described, by_uri.get(request.target), library_config,
+            request, scenes_root, pool.photos, pool.described, request.listed, library_config,
             config)] = index
     prepared: dict[int, Prepared] = {}
     while calls:

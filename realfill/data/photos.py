@@ -133,8 +133,7 @@ def list_library(root: str, map_chunks: storage.ChunkMap = map) -> list[Photo]:
                   if name.lower().endswith(PHOTO_SUFFIXES)]
     if not found:
         raise SceneError(f"{root}: no photos (expected ROOT/<album>/*{', *'.join(PHOTO_SUFFIXES)})")
-    chunks = [found[start : start + LISTING_CHUNK] for start in range(0, len(found), LISTING_CHUNK)]
-    return [photo for chunk in map_chunks(photos_of, chunks) for photo in chunk]
+    return [photo for chunk in map_chunks(photos_of, storage.chunks(found, LISTING_CHUNK)) for photo in chunk]
 
 
 def read_photo(uri: str, max_side: int | None = None, data: bytes | None = None) -> np.ndarray:

@@ -61,6 +61,8 @@ class Request:
     """Where the finished photo goes, relative to OUT/filled."""
     given: dict[str, Any] = field(default_factory=dict)
     """The row as the table gave it."""
+    listed: Photo | None = None
+    """The target as the library's listing gave it (size, EXIF time and place); None for a photo outside it."""
 
     @property
     def stored_id(self) -> str:
@@ -154,7 +156,8 @@ def check_request(number: int, given: dict[str, str], root: str, photos: dict[st
     if len(kinds) != 1:
         raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {', '.join(kinds) or 'none'})")
     kind = kinds[0]
-    request = Request(row=number, scene_id="", target=target, album="", kind=kind, given=dict(given))
+    request = Request(row=number, scene_id="", target=target, album="", kind=kind, given=dict(given),
+                      listed=own)
     if kind == "mask":
         request.mask = resolve(root, given["mask"])
         if not storage.exists(request.mask):

@@ -12,11 +12,11 @@ import io
 import os
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -138,11 +138,17 @@ def read_bytes(uri: str) -> bytes:
             return handle.read()
 
 
+T = TypeVar("T")
 IN_FLIGHT = 16
 """Requests kept in flight at once when many small objects are read or written (each is a round trip)."""
 ChunkMap = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 """How chunks of work over many objects are run, results in the chunks' order: the builtin map, one after another
 in this process, or pipeline.fanout.ray_map, as Ray tasks on the run's cluster."""
+
+
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """items cut into consecutive runs of size (the last may be shorter): the chunks a ChunkMap runs."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def read_each(uris: list[str]) -> dict[str, bytes]:

@@ -669,20 +669,16 @@ class ScenePages:
                         index=index_path(chunk.first_page + position // config.per_page))
         scores = [writer.plot(f"scores-{chunk.first_page + offset}", [view.plotted() for view in members],
                               lambda members=members: score_plot(members))
-                  for offset, members in enumerate(paged(chunk.views, config.per_page))]
+                  for offset, members in enumerate(storage.chunks(chunk.views, config.per_page))]
         return ChunkDone(chunk.views, pictures.problems, scores, writer.written, made, reused)
-
-
-def paged(items: list, size: int) -> list[list]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def chunks_of(views: list[SceneView], config: ReportConfig) -> list[Chunk]:
     """The report's scenes in chunks of config.chunk_pages index pages, in report order."""
     size = config.chunk_pages * config.per_page
     ids = [None, *(view.scene_id for view in views), None]
-    return [Chunk(1 + start // config.per_page, views[start : start + size], ids[start],
-                  ids[min(start + size, len(views)) + 1]) for start in range(0, len(views), size)]
+    return [Chunk(1 + number * config.chunk_pages, members, ids[number * size], ids[number * size + len(members) + 1])
+            for number, members in enumerate(storage.chunks(views, size))]
 
 
 def write_run_report(out_uri: str, config: ReportConfig, title: str | None = None,
@@ -703,7 +699,7 @@ def write_run_report(out_uri: str, config: ReportConfig, title: str | None = Non
         writer.written |= done.written
         made, reused = made + done.made, reused + done.reused
     summary = summarize(views)
-    pages = paged(views, config.per_page) or [[]]
+    pages = storage.chunks(views, config.per_page) or [[]]
     rank_chart = writer.plot("metric-vs-rank", [view.plotted() for view in views], lambda: rank_plot(views))
     for number, members in enumerate(pages, 1):
         writer.page(index_path(number), "index.html.j2", title=title, summary=summary, views=members,
