@@ -83,6 +83,7 @@ class LibrarySummary:
     run: RunSummary
     rows: list[RequestRow]
     out_uri: str
+    min_support: float = 0.0
 
     @property
     def delivered(self) -> list[RequestRow]:
@@ -95,7 +96,12 @@ class LibrarySummary:
     @property
     def without_evidence(self) -> list[RequestRow]:
         """Requests that completed but have no finished photo: no completion could be shown to be real."""
-        return [row for row in self.rows if row.ok and not row.filled_uri]
+        return [row for row in self.rows if row.ok and not row.filled_uri and row.support is None]
+
+    @property
+    def under_support(self) -> list[RequestRow]:
+        """Requests whose best completion was held back: less of its fill supported than --min_support."""
+        return [row for row in self.rows if row.ok and not row.filled_uri and row.support is not None]
 
     def text(self) -> str:
         lines = [self.run.text(),
@@ -108,6 +114,8 @@ class LibrarySummary:
                    f"above)"] if self.failed else []
             why += [f"{len(self.without_evidence)} without evidence (no completion's content lands where the "
                     f"photo's own pixels say it must, so none is delivered as real)"] if self.without_evidence else []
+            why += [f"{len(self.under_support)} under --min_support {self.min_support:g} (less of the fill vouched "
+                    f"for by the references; the requests table says each one's support)"] if self.under_support else []
             lines.append(f"delivered {len(self.delivered)} of {len(self.rows)} requests; not delivered: "
                          + "; ".join(why))
             lines += [f"  no evidence: {row.target}: {unverifiable(row)}" for row in self.without_evidence[:SHOWN]]
@@ -154,13 +162,13 @@ def run_library(library: str, out_uri: str, config: FillConfig, library_config: 
         with OutputLease(out_uri):
             summary, prepared = complete(checked, photos, out_uri, config, library_config, pipeline, show_progress,
                                          adapters)
-            rows = deliver(out_uri, prepared, config)
+            rows = deliver(out_uri, prepared, config, library_config.min_support)
             fence(out_uri)
             manifest.write_arrow(Output(out_uri).requests,
                                  pa.Table.from_pylist([asdict(row) for row in rows], REQUESTS))
     finally:
         release(started_ray)
-    return LibrarySummary(summary, rows, out_uri)
+    return LibrarySummary(summary, rows, out_uri, library_config.min_support)
 
 
 def pick_all(checked: list[Request], photos: list[Photo], scenes_root: str, config: FillConfig,
@@ -220,8 +228,9 @@ def complete(checked: list[Request], photos: list[Photo], out_uri: str, config: 
     return summary, prepared
 
 
-def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[RequestRow]:
-    """Each request's best completion to OUT/filled/<album>/<name>.<ext>, and its row."""
+def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig, min_support: float) -> list[RequestRow]:
+    """Each request's best completion to OUT/filled/<album>/<name>.<ext> when at least min_support of its fill
+    is supported, and its row."""
     key = run_key(config)
     scenes = {row.scene_id: row for row in manifest.rows_of(manifest.read_table(out_uri, "scenes"), SceneRow)
               if row.run_key == key}
@@ -230,15 +239,18 @@ def deliver(out_uri: str, prepared: list[Prepared], config: FillConfig) -> list[
         request, scene = item.request, scenes.get(item.request.stored_id)
         error = item.error or ("not completed: the run was stopped; the same command resumes" if scene is None
                                else scene.error)
-        filled = None
-        if not error and scene is not None and scene.best_uri:
-            fence(out_uri)
-            filled = Output(out_uri).filled(request.filled)
+        filled, support = None, scene.best_support if scene is not None and scene.best_uri else None
+        destination = Output(out_uri).filled(request.filled)
+        fence(out_uri)
+        if not error and scene is not None and scene.best_uri and (support or 0.0) >= min_support:
+            filled = destination
             save_filled(scene.best_uri, request.target, filled)
+        else:  # what an earlier run delivered there is not this run's finished photo
+            storage.remove(destination)
         rows.append(RequestRow(
             scene_id=request.scene_id, row=request.row, target=request.target, album=request.album,
             kind=request.kind, request=json.dumps(request.given, sort_keys=True),
             refs=item.picks, status="failed" if error else "ok",
-            error=error, scene_uri=item.scene_uri, filled_uri=filled, pick_s=round(item.seconds, 3),
+            error=error, scene_uri=item.scene_uri, filled_uri=filled, support=support, pick_s=round(item.seconds, 3),
             fill_seen=item.coverage and item.coverage.seen, fill_detail=item.coverage and item.coverage.detail))
     return rows

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import posixpath
 import re
 import shlex
 import signal
@@ -370,26 +371,48 @@ def cmd_sweep(args: Namespace, argv: list[str]) -> int:
     return exit_code(summary)
 
 
+def map_paths(images: list[str], folder: str) -> list[str]:
+    """Where `rank --maps` writes each image's support map: FOLDER/<image file stem>.support.png."""
+    stems = [posixpath.splitext(posixpath.basename(image))[0] for image in images]
+    for stem in stems:
+        if stems.count(stem) > 1:
+            same = [image for image, other in zip(images, stems) if other == stem]
+            raise ValueError(f"--maps {folder}: {' and '.join(same)} would both write {stem}.support.png (maps are "
+                             f"named by the image's file stem); rank them in separate calls")
+    return [storage.join(folder, f"{stem}.support.png") for stem in stems]
+
+
 def cmd_rank(args: Namespace) -> int:
     from realfill.data.scene import load_scene
     from realfill.selection.rank import GEOMETRY, SELECTION_TEXT, rank_scores, score_images, selection
+    from realfill.selection.support import map_image, support_fraction, support_map
 
     config = GeometryConfig(**args.geometry.as_dict())
+    maps = map_paths(args.images, args.maps) if args.maps else None
     scene = load_scene(args.scene, FillConfig().max_megapixels)
     rank_config = RankConfig(**args.rank.as_dict())
     scores = score_images(scene, args.images, config, rank_config)
     basis = selection(scene, scores)
-    results = [{"path": path, "matches": s.matches, "score": s.score, "rank": rank, "selection": basis,
-                "confirmed": s.confirmed} for path, s, rank in zip(args.images, scores, rank_scores(scores))]
+    results = []
+    for index, (path, score, rank) in enumerate(zip(args.images, scores, rank_scores(scores))):
+        supported = support_map(scene.mask, score)
+        if maps:
+            storage.write_png(maps[index], map_image(supported))
+        results.append({"path": path, "matches": score.matches, "score": score.score, "rank": rank,
+                        "support": support_fraction(scene.mask, supported), "selection": basis,
+                        "confirmed": score.confirmed})
     results.sort(key=lambda result: result["rank"])
     if args.json:
         for result in results:
             print(json.dumps(result))
         return 0
     width = max(len(result["path"]) for result in results)
-    print(f"{'rank':>4}  {'score':>9}  {'matches':>7}  path")
+    print(f"{'rank':>4}  {'score':>9}  {'matches':>7}  {'support':>7}  path")
     for result in results:
-        print(f"{result['rank']:>4}  {result['score']:>9.2f}  {result['matches']:>7}  {result['path']:<{width}}")
+        print(f"{result['rank']:>4}  {result['score']:>9.2f}  {result['matches']:>7}  {result['support']:>7.0%}  "
+              f"{result['path']:<{width}}")
+    if maps:
+        print(f"support maps (white: pixels of the fill that the references vouch for): {args.maps}")
     print(f"ranked by {basis}" if basis == GEOMETRY else f"{basis}: {SELECTION_TEXT[basis]}")
     if rank_config.confirm:
         print(f"the top {sum(s.confirmed for s in scores)} confirmed by {rank_config.confirm}")
@@ -502,7 +525,10 @@ def make_parser() -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
     rank.add_argument("scene", help="scene folder or URI")
     rank.add_argument("images", nargs="+", help="completed images (target size), from any generator")
     rank.add_argument("--json", action="store_true",
-                      help="one JSON object per line: path, matches, score, rank, selection, confirmed")
+                      help="one JSON object per line: path, matches, score, rank, support, selection, confirmed")
+    rank.add_argument("--maps", default=None,
+                      help="write each image's support map here, as <image file stem>.support.png (the target's "
+                           "size, 255 where the references vouch for the fill, 0 elsewhere)")
     rank.add_class_arguments(GeometryConfig, "geometry", fail_untyped=True)
     rank.add_class_arguments(RankConfig, "rank", fail_untyped=True, skip={"keep", "keep_fraction"})
     commands["rank"] = rank, "rank completions of a scene by correspondence to its references"

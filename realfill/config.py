@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import math
 import reprlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -390,11 +390,20 @@ class LibraryConfig:
     """A photo that, aligned to the target through its matches, correlates at least this much with the target's
     known pixels is a near-duplicate (a burst shot, an edited copy) and is not used."""
 
+    min_support: float = 0.0
+    """A finished photo is delivered only when at least this share of its fill is supported (the references vouch
+    for it: realfill.selection.support); 0 delivers every photo whose completion was selected."""
+
     def __post_init__(self) -> None:
+        check(0 <= self.min_support <= 1, "min_support must be in [0, 1]")
         check(self.max_refs >= 1 and self.min_beyond_chance >= 1, "need max_refs >= 1 and min_beyond_chance >= 1")
         check(self.shortlist >= self.max_refs, "shortlist must be >= max_refs")
         check(self.near_hours >= 0 and self.near_km >= 0, "near_hours and near_km must be >= 0")
         check(0 < self.duplicate_ncc <= 1, "duplicate_ncc must be in (0, 1]")
+
+    def picking(self) -> dict[str, Any]:
+        """The settings that decide a request's references (what is delivered, min_support, does not)."""
+        return {name: value for name, value in asdict(self).items() if name != "min_support"}
 
 
 @dataclass

@@ -32,6 +32,7 @@ from realfill.data.records import (
     image_key,
     run_key,
     stitch_key,
+    support_uri,
 )
 from realfill.data.runlog import InputError
 from realfill.data.scene import Scene, load_scene, read_image
@@ -40,7 +41,8 @@ from realfill.method.models import resolve_model
 from realfill.method.sample import Condition, SampleFailure, Sampler, composite_sample
 from realfill.method.stitch import exemplar, stitch
 from realfill.method.tune import ExtraView, tune
-from realfill.selection.rank import GEOMETRY, NO_KNOWN_REGION, rank_scores, score_images, selection
+from realfill.selection.rank import GEOMETRY, NO_KNOWN_REGION, Score, rank_scores, score_images, selection
+from realfill.selection.support import map_image, support_fraction, support_map
 
 LOG = logging.getLogger(__name__)
 
@@ -422,10 +424,22 @@ class Ranked:
     selection: Selection
 
     @property
-    def best_uri(self) -> str | None:
+    def best(self) -> SampleRow | None:
         """The best-ranked selected sample (rank 1 is always selected when anything is)."""
         selected = [row for row in self.rows if row.selected]
-        return min(selected, key=lambda row: (row.rank, row.seed)).uri if selected else None
+        return min(selected, key=lambda row: (row.rank, row.seed)) if selected else None
+
+    @property
+    def best_uri(self) -> str | None:
+        return self.best.uri if self.best else None
+
+
+def write_support(scene: Scene, row: SampleRow, score: Score, config: FillConfig) -> dict[str, float | str]:
+    """A ranked sample's support map, written beside it; its samples row's support columns."""
+    supported = support_map(scene.mask, score)
+    uri = support_uri(row.uri, config)
+    storage.write_png(uri, map_image(supported))
+    return {"support": support_fraction(scene.mask, supported), "support_uri": uri}
 
 
 def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> Ranked:
@@ -446,7 +460,7 @@ def rank_samples(scene: Scene, rows: list[SampleRow], config: FillConfig) -> Ran
     order = sorted(range(len(good)), key=lambda i: (ranks[i], good[i].seed))
     kept = set(order[: config.rank.keep_count(len(good))]) if basis == GEOMETRY else set()
     ranked = {row.seed: replace(row, matches=score.matches, score=score.score, rank=rank, selected=i in kept,
-                                width=width, height=height)
+                                width=width, height=height, **write_support(scene, row, score, config))
               for i, (row, score, rank) in enumerate(zip(good, scores, ranks))}
     return Ranked([replace(ranked.get(row.seed, replace(row, selected=False)), run_key=key) for row in rows], basis)
 
@@ -459,7 +473,9 @@ def scene_row(scene_id: str, scene_uri: str, config: FillConfig, *, error: str |
     return SceneRow(scene_id=scene_id, scene_uri=scene_uri, status="failed" if error else "ok", error=error,
                     run_key=run_key(config), method=config.method, adapter_uri=adapter,
                     selection=ranked.selection if ranked else None,
-                    best_uri=ranked.best_uri if ranked else None, num_samples=len(ranked.rows) if ranked else 0,
+                    best_uri=ranked.best_uri if ranked else None,
+                    best_support=ranked.best.support if ranked and ranked.best else None,
+                    num_samples=len(ranked.rows) if ranked else 0,
                     tune_s=timings.tune_s, sample_s=timings.sample_s,
                     rank_s=timings.rank_s, config=json.dumps(config.to_dict(), sort_keys=True))
 

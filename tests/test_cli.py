@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,6 +245,18 @@ def test_stitch_fills_from_geometry_alone_and_is_selected_by_it(tmp_path, exampl
     image, target = np.asarray(Image.open(samples[0]["uri"])), load_scene(example_scene)
     np.testing.assert_array_equal(image[~target.mask], target.target[~target.mask])
     assert (samples[0]["width"], samples[0]["height"]) == (image.shape[1], image.shape[0])
+    support = Image.open(samples[0]["support_uri"])
+    assert support.mode == "L" and support.size == (image.shape[1], image.shape[0])
+    vouched = np.asarray(support)
+    assert set(np.unique(vouched)) == {0, 255} and not vouched[~target.mask].any(), "255 only inside the fill"
+    assert samples[0]["support"] == pytest.approx((vouched[target.mask] == 255).mean(), abs=1e-6)
+    assert 0 < scene["best_support"] == samples[0]["support"] < 1
+    page = (out / "report" / "scenes" / f"{scene['scene_id']}.html").read_text()
+    assert f"support {100 * samples[0]['support']:.0f}%" in page and 'id="show-invented"' in page
+    shown = re.search(r'<figure class="invented">\s*<a href="[^"]+"><img src="([^"]+)"', page).group(1)
+    tinted = np.asarray(Image.open(out / "report" / "scenes" / shown)).astype(int)
+    assert ((tinted[..., 1] < tinted[..., 0] - 60) & (tinted[..., 1] < tinted[..., 2] - 60)).any(), \
+        "what the references do not vouch for is tinted magenta"
 
 
 @pytest.mark.parametrize("method", ["sd-inpaint", "paint-by-example"])

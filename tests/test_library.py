@@ -17,6 +17,7 @@ from PIL import Image
 from realfill.cli import main
 from realfill.config import GeometryConfig, LibraryConfig
 from realfill.data import manifest
+from realfill.data.layout import storage_name
 from realfill.data.photos import HEADER_BLOCK, list_library
 from realfill.data.requests import RequestsError, outpaint_margins, read_requests
 from realfill.selection.picking import Coverage, Sightlines, photo_descriptor, prepare_scene
@@ -222,11 +223,20 @@ def test_a_library_end_to_end(library, tmp_path, scenes_root):
     assert "no usable reference in album" in (out / "report" / "scenes" / "misc-pumpkin.html").read_text()
     assert sorted(path.name for path in (out / "scenes" / "city-opensfm_lund_street" / "ref").iterdir()) == \
         ["00.jpg", "01.jpg", "02.jpg", "03.jpg"]
+    best = {row["uri"]: row["support"] for row in manifest.read_table(str(out), "samples").to_pylist()}
+    for scene_id in ("city-opensfm_lund_street", "art-graffiti-camera", "my motorcycle"):
+        scene = scenes[storage_name(scene_id)]
+        assert 0 < rows[scene_id]["support"] == scene["best_support"] == best[scene["best_uri"]] < 1
     records = {path: path.stat().st_mtime_ns for path in (out / "scenes").rglob("request.json")}
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*command, "--min_support", "1"], capture_output=True, text=True, timeout=600)
     assert "already complete (skipped): 4" in again.stdout, again.stdout + again.stderr
     assert {path: path.stat().st_mtime_ns for path in (out / "scenes").rglob("request.json")} == records, \
         "the scenes and their picks are reused"
+    assert "requests: 5, filled: 0, failed: 1" in again.stdout
+    assert "4 under --min_support 1 (less of the fill vouched for by the references" in again.stdout
+    assert not list((out / "filled").rglob("*.jpg")), "the photos delivered before are held back now"
+    held = pd.read_parquet(out / "requests.parquet")
+    assert held.filled_uri.isna().all() and (held.support.dropna() > 0).sum() == 4
 
 
 def test_coverage_is_what_the_references_show_of_the_fill():

@@ -32,7 +32,7 @@ def test_schemas_are_derived_from_the_rows():
     assert manifest.SAMPLES.field("seed").type == pa.int64() and not manifest.SAMPLES.field("seed").nullable
     assert manifest.SAMPLES.field("rank").type == pa.int32() and manifest.SAMPLES.field("rank").nullable
     assert manifest.SCENES.field("created_at").type == pa.timestamp("ms", tz="UTC")
-    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"6", b"realfill.table": b"scenes"}
+    assert manifest.SCENES.metadata == {b"realfill.schema_version": b"7", b"realfill.table": b"scenes"}
 
 
 def test_any_scene_id_gets_a_visible_bounded_part(tmp_path):
@@ -321,6 +321,25 @@ def test_a_run_of_version_5_is_read_and_its_table_files_move_into_segments(tmp_p
                                                                                "scenes"]
     plain = pd.read_parquet(tmp_path / "manifest" / "samples")
     assert sorted(zip(plain.scene_id, plain.run_key)) == [("a", KEY_A)] * 2 + [("b", KEY_B)] * 3
+
+
+def test_a_version_6_segment_without_the_support_columns_reads_them_as_null(tmp_path):
+    """Version 7 added the samples' support and support_uri and the scenes' best_support: a run recorded before
+    reads them as null, and its next fold writes them (as null) into its segments."""
+    out, added = str(tmp_path), {"samples": ["support", "support_uri"], "scenes": ["best_support"]}
+    for table, records in (("samples", rows("a", KEY_A)[0]), ("scenes", [rows("a", KEY_A)[1]])):
+        schema = pa.schema([column for column in manifest.TABLES[table] if column.name not in added[table]],
+                           metadata={"realfill.schema_version": "6", "realfill.table": table})
+        stamped = [{**row.__dict__, "created_at": manifest.now()} for row in records]
+        manifest.write_arrow(str(tmp_path / "manifest" / table / "segment-000000.parquet"),
+                             pa.Table.from_pylist([{name: row[name] for name in schema.names} for row in stamped],
+                                                  schema=schema))
+    samples, scenes = manifest.read_tables(out)
+    assert samples.num_rows == 2 and samples.column("support").to_pylist() == [None, None]
+    assert scenes.column("best_support").to_pylist() == [None]
+    manifest.write_scene(out, *rows("b", KEY_A))
+    manifest.compact(out)
+    assert pd.read_parquet(tmp_path / "manifest" / "samples").support_uri.isna().all()
 
 
 def test_a_reader_reads_every_row_while_a_fold_removes_the_parts_it_listed(tmp_path, monkeypatch):

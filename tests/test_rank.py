@@ -2,6 +2,7 @@ import importlib.util
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,9 +249,22 @@ def test_rank_command_json_and_table(scenes_root, tmp_path, capsys):
     assert [line["rank"] for line in lines] == [1, 2]
     assert lines[0]["path"].endswith("gt.png") and lines[0]["matches"] > lines[1]["matches"]
     assert set(lines[0]) >= {"path", "matches", "score", "rank"} and lines[0]["selection"] == "geometry"
-    assert main(["rank", str(scene), *images]) == 0
+    assert main(["rank", str(scene), *images, "--maps", str(tmp_path / "maps")]) == 0
     table = capsys.readouterr().out
     assert "rank" in table and "gt.png" in table and "ranked by geometry" in table
+    assert sorted(path.name for path in (tmp_path / "maps").iterdir()) == ["blurred.support.png", "gt.support.png"]
+    for line in lines:
+        drawn = Image.open(tmp_path / "maps" / f"{Path(line['path']).stem}.support.png")
+        assert drawn.mode == "L" and drawn.size == (loaded.mask.shape[1], loaded.mask.shape[0])
+        vouched = np.asarray(drawn) == 255
+        assert not vouched[~loaded.mask].any()
+        assert line["support"] == pytest.approx(vouched[loaded.mask].mean(), abs=1e-6)
+    assert lines[0]["support"] > 0.5 > lines[1]["support"], "the truth is vouched for, its blur barely"
+    assert f"{lines[0]['support']:.0%}" in table
+    (tmp_path / "other").mkdir()
+    Image.open(blurred).save(tmp_path / "other" / "gt.png")
+    assert main(["rank", str(scene), images[1], str(tmp_path / "other" / "gt.png"), "--maps", str(tmp_path)]) == 2
+    assert "would both write gt.support.png (maps are named by the image's file stem)" in capsys.readouterr().err
 
 
 def test_rank_command_rejects_bad_input(scenes_root, tmp_path, capsys):

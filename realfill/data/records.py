@@ -33,12 +33,14 @@ ADAPTER_FORMAT = 2
 """Version of realfill_adapter.json; 2 records the weights' size, digest and dtype."""
 NOT_IN_PIXELS = ("num_samples", "batch_size")
 """Sampling settings that do not change any image: how many seeds, and how many per forward pass."""
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Version of the manifest tables. 2: parts named by scene alone and compacted at the end of a run (the
 columns are those of 1). 3: the scenes table's `selection` (older runs read it as null). 4: one file per table
 (OUT/manifest/TABLE.parquet), records in OUT/manifest/_journal/ until folded in (the columns are those of 3).
 5: the scenes table's `method` (older runs read it as null). 6: each table a folder of segments
-(OUT/manifest/TABLE/segment-N.parquet), a scene's rows in one segment, rewritten in place (the columns of 5)."""
+(OUT/manifest/TABLE/segment-N.parquet), a scene's rows in one segment, rewritten in place (the columns of 5).
+7: the samples table's `support` and `support_uri`, the scenes table's `best_support` (older runs read them as
+null)."""
 
 
 Status = Literal["ok", "failed"]
@@ -55,6 +57,13 @@ def digest(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, default=lambda value: asdict(value) if dataclasses.is_dataclass(value)
                       else list(value))
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def support_uri(sample_uri: str, config: FillConfig) -> str:
+    """Where a sample's support map goes: beside it, named by the ranking settings that draw it (a sweep's
+    variants share images, not necessarily their ranking)."""
+    ranking = digest({"geometry": asdict(config.geometry), "rank": asdict(config.rank)})
+    return f"{sample_uri.rsplit('.', 1)[0]}.support-{ranking}.png"
 
 
 def run_key(config: FillConfig) -> str:
@@ -261,6 +270,10 @@ class SampleRow(Outcome):
     """1 = best."""
     selected: bool | None = None
     """Kept by keep / keep_fraction."""
+    support: float | None = None
+    """The share of the fill region the references vouch for (realfill.selection.support), 0 to 1."""
+    support_uri: str | None = None
+    """Its support map: the target's size, 255 where the references vouch for the fill, 0 elsewhere."""
     created_at: datetime | None = None
 
 
@@ -278,6 +291,8 @@ class SceneRow(Outcome):
     adapter_uri: str | None = None
     best_uri: str | None = None
     """The top-ranked sample; None when the ranking has no evidence to rest on (see selection)."""
+    best_support: float | None = None
+    """The best sample's support (its samples row's)."""
     selection: Selection | None = None
     """What the ranking rests on: "geometry" (matches landing where the known pixels say), "no evidence"
     (none did: no sample is selected and there is no best; plain match counts, which noise has too, only order
@@ -323,7 +338,10 @@ class RequestRow(Outcome):
     error: str | None = None
     scene_uri: str | None = None
     filled_uri: str | None = None
-    """The finished photo; none when the run found no evidence to select a completion."""
+    """The finished photo; none when the run found no evidence to select a completion, or its support is under
+    --min_support."""
+    support: float | None = None
+    """The share of the best completion's fill that the references vouch for; none without a best completion."""
     fill_seen: float | None = None
     """Fraction of the fill region the picked references show (through the plane their correspondences with the
     known pixels fix); none when the requests table gave the references."""

@@ -61,13 +61,16 @@ SHEET_HEIGHT = 240
 """Height of a contact sheet's pictures, in pixels (at most: small images are not enlarged)."""
 TINT = np.array([255, 40, 40], np.float32)
 """Colour of the mask drawn over a target."""
+INVENTED = np.array([230, 0, 230], np.float32)
+"""Colour over the part of a fill the references do not vouch for (its support map's 0 inside the mask)."""
 
 
 @dataclass(frozen=True)
 class Picture:
-    """A thumbnail: one image, or a target with its mask drawn over it (two sources). Its key names what it
-    shows (each source's URI, size and modification time, and the thumbnail size), so a later report whose
-    images have not changed reuses it."""
+    """A thumbnail: one image, a target with its mask drawn over it (two sources), or a fill with what its
+    support map does not vouch for tinted (three: the fill, the mask, the map). Its key names what it shows (each
+    source's URI, size and modification time, and the thumbnail size), so a later report whose images have not
+    changed reuses it."""
 
     sources: tuple[str, ...]
     key: str
@@ -80,6 +83,10 @@ class Picture:
     @property
     def overlay(self) -> bool:
         return len(self.sources) == 2
+
+    @property
+    def invented(self) -> bool:
+        return len(self.sources) == 3
 
 
 class Stamps:
@@ -133,6 +140,13 @@ def make_thumbnail(picture: Picture, px: int) -> bytes:
         pixels[inside] = 0.55 * pixels[inside] + 0.45 * TINT
         pixels[edge] = TINT
         image = Image.fromarray(pixels.round().astype(np.uint8))
+    if picture.invented:
+        mask, support = (np.asarray(Image.fromarray(read_image(uri, mode="L", draft=(px, px))).resize(image.size))
+                         for uri in picture.sources[1:])
+        invented = (mask > 127) & (support <= 127)
+        pixels = np.asarray(image, np.float32)
+        pixels[invented] = 0.5 * pixels[invented] + 0.5 * INVENTED
+        image = Image.fromarray(pixels.round().astype(np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
@@ -159,6 +173,8 @@ class SceneView:
     gt: Picture | None = None
     fills: list[Picture] = field(default_factory=list)
     """The shown samples' pictures, in the order of `shown`."""
+    invented: list[Picture | None] = field(default_factory=list)
+    """The same with what their support maps do not vouch for tinted (None for a sample without a map)."""
     before: Picture | None = None
     after: Picture | None = None
     picked: list[tuple[Picture, int | None]] = field(default_factory=list)
@@ -236,6 +252,8 @@ def picture_sources(view: SceneView, pictures: Pictures, top: int) -> None:
     view.target = pictures.of(target, mask)
     view.gt = pictures.of(gt) if pictures.stamps(gt) else None
     view.fills = [pictures.of(sample.uri) for sample in view.shown(top)]
+    view.invented = [pictures.of(sample.uri, mask, sample.support_uri) if sample.support_uri else None
+                     for sample in view.shown(top)]
     if view.request is not None:
         view.before = pictures.of(view.request.target)
         view.after = pictures.of(view.request.filled_uri) if view.request.filled_uri else None
@@ -419,6 +437,9 @@ def sheet_tiles(view: SceneView, pictures: Pictures) -> list[tuple[Picture | Non
     tiles.append((view.target, "target + mask"))
     kept = [(picture, sample) for picture, sample in zip(view.fills, view.shown(SHEET_FILLS)) if sample.selected]
     tiles += [(picture, f"#{sample.rank} score {sample.score:.1f}") for picture, sample in kept]
+    best = view.invented[0] if kept and view.invented and kept[0][1].support is not None else None
+    if best is not None:
+        tiles.append((best, f"#1 · {kept[0][1].support:.0%} supported"))
     if view.composed:
         tiles += [(picture, f"variation, seed {sample.seed}") for picture, sample in zip(view.fills,
                                                                                          view.shown(SHEET_FILLS))]

@@ -223,7 +223,7 @@ def request_key(request: Request, config: LibraryConfig, geometry: GeometryConfi
 
     return digest({"target": content(request.target), "mask": content(request.mask), "box": request.box,
                    "margins": request.margins, "refs": request.refs, "pool": list(request.pool),
-                   "library": asdict(config), "geometry": asdict(geometry)})
+                   "library": config.picking(), "geometry": asdict(geometry)})
 
 
 @dataclass

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -68,6 +68,11 @@ geometry predicts."""
 COLOUR_SIGMA_PX = 2.0
 """Colours are compared on images blurred this much (at detection resolution), so a one-pixel
 misalignment at an edge is not a colour miss."""
+
+FOOTPRINT_PX = 16
+"""The radius (detection pixels) of the patch a match vouches for: about what a SIFT descriptor, or a learned
+matcher's 8-pixel cell with its neighbours, sees around its keypoint at the scales that matter."""
+NO_FOOTPRINTS = np.zeros((0, 3), np.float32)
 
 GEOMETRY, NO_EVIDENCE, NO_KNOWN_REGION = typing.get_args(Selection)
 """What a scene's selection rests on (the scene row's `selection`)."""
@@ -166,6 +171,9 @@ class Score:
     """Evidence (nats) that the fill's matches land where, and in the colours, the known region says."""
     confirmed: bool = False
     """Scored by the second matcher too (the contested top of a cascade): its matches and evidence are added."""
+    footprints: np.ndarray = field(default_factory=lambda: NO_FOOTPRINTS, repr=False, compare=False)
+    """K x 3 (x, y, radius; target pixels): the fill matches with evidence and the patch each one's descriptor
+    saw, which the references vouch for (realfill.selection.support draws them into a map)."""
 
 
 def blurred(image: np.ndarray, scale: float) -> np.ndarray:
@@ -311,7 +319,7 @@ def score_candidate(index: SceneIndex, image: np.ndarray, config: GeometryConfig
     fill = index.matcher.detect(image, index.hole)
     fill_image = None
     tests = max(1, len(fill.points)) * sum(known is not None for known in index.known)
-    matches, total = 0, 0.0
+    matches, total, vouched = 0, 0.0, [NO_FOOTPRINTS]
     for ref, ref_image, known in zip(index.refs, index.ref_images, index.known):
         fill_points, ref_points = index.matcher.match(fill, ref)
         matches += int(fundamental_inliers(fill_points, ref_points, config.ransac_px / fill.scale)[1].sum())
@@ -322,7 +330,9 @@ def score_candidate(index: SceneIndex, image: np.ndarray, config: GeometryConfig
         weights = evidence(fill_points, ref_points, colours_at(fill_image, fill_points),
                             colours_at(ref_image, ref_points), known, config.neighbours, tests)
         total += float(weights.sum())
-    return Score(matches=matches, score=round(total, 6))
+        evident = fill_points[weights > 0]
+        vouched.append(np.hstack([evident, np.full((len(evident), 1), FOOTPRINT_PX / fill.scale)]).astype(np.float32))
+    return Score(matches=matches, score=round(total, 6), footprints=np.concatenate(vouched))
 
 
 def score_file(index: SceneIndex, uri: str, config: GeometryConfig) -> Score:
@@ -358,7 +368,8 @@ def confirm_top(scores: list[Score], count: int, rescore: Callable[[int], Score]
     confirmed = list(scores)
     for i in contested:
         more = rescore(i)
-        confirmed[i] = Score(scores[i].matches + more.matches, round(scores[i].score + more.score, 6), confirmed=True)
+        confirmed[i] = Score(scores[i].matches + more.matches, round(scores[i].score + more.score, 6), confirmed=True,
+                             footprints=np.concatenate([scores[i].footprints, more.footprints]))
     return confirmed
 
 
