@@ -12,7 +12,8 @@ its real work (plan, scheduling with ray.wait, recording every scene, folding th
 workers do next to nothing, and the report that follows has real thumbnails, sheets and pages to make.
 
 Per unit: the driver's CPU seconds (all its threads, Ray's included) and its peak memory growth over the run;
-the CPU seconds of recording (each scene's journal parts) and of the folds, in the run and at its end; then the
+the CPU seconds of recording (each scene's journal parts) and of the folds, in the run and at its end (the CPU of
+the driver's thread that calls them: its other threads' work meanwhile is Ray's, counted above); then the
 report, on the same cluster (scene pages as Ray tasks over chunks, the index by the driver): wall and driver CPU
 per scene. CPU seconds, not wall, where the head shares its two cores with the workers' nodes here.
 Per photo: bytes read to list an album and check an uncrop request for every photo (headers only, through an
@@ -88,7 +89,8 @@ def synthetic_rank(job, runtime):
 
 
 class Timed:
-    """Seconds spent in a function, summed over its calls (wall and this process's CPU)."""
+    """Seconds spent in a function, summed over its calls: wall, and the CPU of the thread that calls it (the
+    process's CPU would count the work of Ray's threads that runs meanwhile)."""
 
     def __init__(self, owner, name: str):
         self.owner, self.name, self.original = owner, name, getattr(owner, name)
@@ -97,12 +99,12 @@ class Timed:
         setattr(owner, name, self)
 
     def __call__(self, *args, **kwargs):
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return self.original(*args, **kwargs)
         finally:
             self.wall += time.perf_counter() - wall
-            self.cpu += time.process_time() - cpu
+            self.cpu += time.thread_time() - cpu
             self.calls += 1
 
 

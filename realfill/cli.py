@@ -265,11 +265,12 @@ def cmd_fill(args: Namespace) -> int:
             LOG.info("%s: %s", row.scene_id, "ok" if row.ok else f"failed: {row.error}")
         lines = []
         if row.ok:
+            supported = f"; {row.best_support:.0%} of its fill supported" if row.best_support is not None else ""
             tuned = f"{row.tune_s:.1f}s tune + " if row.tune_s is not None else ""
             lines = [f"{row.scene_id}: {row.num_samples} samples (method {config.method}) in {tuned}"
                      f"{row.sample_s:.1f}s making images + {row.rank_s:.1f}s rank", *manifest.where_tables(args.out),
                      f"{row.selection}: {SELECTION_TEXT[row.selection]}" if row.best_uri is None
-                     else f"best: {row.best_uri} (selection by {row.selection})"]
+                     else f"best: {row.best_uri} (selection by {row.selection}{supported})"]
         run_ended(args, log, *lines)
     if not row.ok:
         print(f"realfill: {row.scene_id} failed: {row.error}", file=sys.stderr)

@@ -236,7 +236,8 @@ def manifest_rows(out: Path) -> tuple[list[dict], dict]:
 def test_stitch_fills_from_geometry_alone_and_is_selected_by_it(tmp_path, example_scene, capsys):
     out = tmp_path / "stitch"
     assert main(["fill", example_scene, "--out", str(out), "--method", "stitch", *TINY_FLAGS]) == 0
-    assert "1 samples (method stitch) in" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 samples (method stitch) in" in printed
     samples, scene = manifest_rows(out)
     assert len(samples) == 1 and samples[0]["seed"] == 0, "one image, whatever num_samples says"
     assert scene["selection"] == "geometry" and scene["best_uri"] == samples[0]["uri"]
@@ -251,6 +252,7 @@ def test_stitch_fills_from_geometry_alone_and_is_selected_by_it(tmp_path, exampl
     assert set(np.unique(vouched)) == {0, 255} and not vouched[~target.mask].any(), "255 only inside the fill"
     assert samples[0]["support"] == pytest.approx((vouched[target.mask] == 255).mean(), abs=1e-6)
     assert 0 < scene["best_support"] == samples[0]["support"] < 1
+    assert f"(selection by geometry; {scene['best_support']:.0%} of its fill supported)" in printed
     page = (out / "report" / "scenes" / f"{scene['scene_id']}.html").read_text()
     assert f"support {100 * samples[0]['support']:.0f}%" in page and 'id="show-invented"' in page
     shown = re.search(r'<figure class="invented">\s*<a href="[^"]+"><img src="([^"]+)"', page).group(1)

@@ -117,7 +117,8 @@ def test_realbench_sweep_job_runs_every_variant_in_one_pipeline(head, one_scene,
     assert len(list((out / "adapters").iterdir())) == 1, "equal training, trained once"
     folders = sorted(path for path in (out / "samples").iterdir())
     assert len(folders) == 2, "keep=1, keep=4 and few share their images; dpm makes its own"
-    assert sorted(len(list(folder.glob("*.png"))) for folder in folders) == [4, 4]
+    assert sorted(len(list(folder.glob("seed-*[0-9].png"))) for folder in folders) == [4, 4]
+    assert all(len(list(folder.glob("seed-*.support-*.png"))) >= 4 for folder in folders), "each image's map"
     board = (out / "leaderboard.md").read_text()
     for name in ("keep=1", "keep=4", "few", "dpm", "paper RealFill"):
         assert f"| {name} |" in board, board

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from conftest import write_scene
 from faults import faults
@@ -64,6 +66,11 @@ def snapshot(out: Path, report: bool = False) -> dict[str, int]:
     """Each file of a run's output and its modification time; the report (rewritten by every run) only if asked."""
     return {str(path): path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()
             and (report or not (path.name == "report.html" and path.parent == out or (out / "report") in path.parents))}
+
+
+def images(files: dict[str, int]) -> dict[str, int]:
+    """The images of a snapshot, without the support maps (every ranking redraws those)."""
+    return {path: mtime for path, mtime in files.items() if path.endswith(".png") and ".support-" not in path}
 
 
 def test_run_completes_good_scenes_and_records_the_broken_one(first_run):
@@ -127,16 +134,16 @@ def test_more_seeds_reuse_adapters_and_images_and_make_only_the_new_seeds(scenes
     out = own_run
     before = snapshot(out)
     adapters = {path: mtime for path, mtime in before.items() if "/adapters/" in path}
-    images = {path: mtime for path, mtime in before.items() if path.endswith(".png")}
+    made = images(before)
     changed = realfill_run(scenes, out, "--sample.num_samples", "4", "--sample.batch_size", "4")
     assert "done: 3" in changed.stdout, changed.stdout + changed.stderr
     samples = pq.read_table(out / "manifest" / "samples").to_pylist()
     assert len(samples) == 12 and len({row["run_key"] for row in samples}) == 1, "one config per scene"
     after = snapshot(out)
     assert {path: mtime for path, mtime in after.items() if "/adapters/" in path} == adapters
-    new_images = {path for path in after if path.endswith(".png")} - set(images)
+    new_images = set(images(after)) - set(made)
     assert sorted(Path(path).name for path in new_images) == ["seed-00003.png"] * 3, "only the new seed, per scene"
-    assert all(after[path] == mtime for path, mtime in images.items()), "the seeds made before are reused"
+    assert all(after[path] == mtime for path, mtime in made.items()), "the seeds made before are reused"
 
 
 def test_force_retrains(scenes, own_run):
@@ -150,13 +157,16 @@ def test_force_retrains(scenes, own_run):
 
 def test_ranking_only_change_reuses_samples(scenes, own_run):
     out = own_run
-    images = {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")}
+    maps = {row["uri"]: row["support_uri"] for row in pq.read_table(out / "manifest" / "samples").to_pylist()}
+    made = images(snapshot(out))
     reranked = realfill_run(scenes, out, "--rank.keep", "2")
     assert "done: 3" in reranked.stdout
-    assert {path: mtime for path, mtime in snapshot(out).items() if path.endswith(".png")} == images
+    assert images(snapshot(out)) == made
     samples = pq.read_table(out / "manifest" / "samples").to_pylist()
     assert len(samples) == 9 and len({row["run_key"] for row in samples}) == 1, "re-ranked under the new config"
     assert all(row["rank"] is not None and not row["selected"] for row in samples), "noise matches nothing"
+    assert {row["uri"]: row["support_uri"] for row in samples} == maps, "keeping more draws the same maps"
+    assert all(row["support"] == 0 and not np.asarray(Image.open(row["support_uri"])).any() for row in samples)
 
 
 @pytest.mark.parametrize("stage", ["sample", "rank"])  # a tune worker lost mid-step: tests/test_multinode.py

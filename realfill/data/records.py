@@ -60,9 +60,11 @@ def digest(payload: Any) -> str:
 
 
 def support_uri(sample_uri: str, config: FillConfig) -> str:
-    """Where a sample's support map goes: beside it, named by the ranking settings that draw it (a sweep's
-    variants share images, not necessarily their ranking)."""
-    ranking = digest({"geometry": asdict(config.geometry), "rank": asdict(config.rank)})
+    """Where a sample's support map goes: beside it, named by the settings that draw it, the matching and which
+    samples a second matcher confirms (a sweep's variants share images, not necessarily these); how many are kept
+    does not change it."""
+    ranking = digest({"geometry": asdict(config.geometry), "confirm": config.rank.confirm,
+                      "confirm_fraction": config.rank.confirm_fraction})
     return f"{sample_uri.rsplit('.', 1)[0]}.support-{ranking}.png"
 
 
