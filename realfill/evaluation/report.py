@@ -128,25 +128,32 @@ class Pictures:
         return self.problems.get(picture.key)
 
 
+def grey_at(uri: str, size: tuple[int, int], px: int) -> Image.Image:
+    """A mask or a support map, read at about px and resized to a thumbnail's size."""
+    return Image.fromarray(read_image(uri, mode="L", draft=(px, px))).resize(size)
+
+
+def tinted(image: Image.Image, where: np.ndarray, colour: np.ndarray, strength: float) -> np.ndarray:
+    """The image's pixels (float) with colour blended in where asked."""
+    pixels = np.asarray(image, np.float32)
+    pixels[where] = (1 - strength) * pixels[where] + strength * colour
+    return pixels
+
+
 def make_thumbnail(picture: Picture, px: int) -> bytes:
-    """A JPEG whose longest side is at most px; a target is shown with its mask tinted and outlined."""
+    """A JPEG whose longest side is at most px; a target is shown with its mask tinted and outlined, a fill with
+    what its support map does not vouch for tinted."""
     image = Image.fromarray(read_image(picture.sources[0], draft=(px, px)))
     image.thumbnail((px, px), Image.Resampling.LANCZOS)
     if picture.overlay:
-        mask = Image.fromarray(read_image(picture.sources[1], mode="L", draft=(px, px))).resize(image.size)
+        mask = grey_at(picture.sources[1], image.size, px)
         inside = np.asarray(mask) > 127
-        edge = inside & ~(np.asarray(mask.filter(ImageFilter.MinFilter(3))) > 127)
-        pixels = np.asarray(image, np.float32)
-        pixels[inside] = 0.55 * pixels[inside] + 0.45 * TINT
-        pixels[edge] = TINT
+        pixels = tinted(image, inside, TINT, 0.45)
+        pixels[inside & ~(np.asarray(mask.filter(ImageFilter.MinFilter(3))) > 127)] = TINT
         image = Image.fromarray(pixels.round().astype(np.uint8))
     if picture.invented:
-        mask, support = (np.asarray(Image.fromarray(read_image(uri, mode="L", draft=(px, px))).resize(image.size))
-                         for uri in picture.sources[1:])
-        invented = (mask > 127) & (support <= 127)
-        pixels = np.asarray(image, np.float32)
-        pixels[invented] = 0.5 * pixels[invented] + 0.5 * INVENTED
-        image = Image.fromarray(pixels.round().astype(np.uint8))
+        mask, support = (np.asarray(grey_at(uri, image.size, px)) for uri in picture.sources[1:])
+        image = Image.fromarray(tinted(image, (mask > 127) & (support <= 127), INVENTED, 0.5).round().astype(np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
